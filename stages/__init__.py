@@ -1,0 +1,1 @@
+"""Build deployment bundles of an ONNX CTC text recognizer for device classes."""

@@ -1,0 +1,78 @@
+"""The pass registry: `@register` a pure function under its name, `get(name)`, `names()`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+from pydantic import BaseModel
+
+from .errors import UnknownNameError
+from .inference import Runtime
+
+Kind = Literal["cleanup", "prune", "fuse", "quantize", "convert"]
+PassFn = Callable[..., onnx.ModelProto]
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """A registered pass: its function, options model and tags the pipeline reads."""
+
+    name: str
+    fn: PassFn
+    options: type[BaseModel]
+    kind: Kind
+    # exact passes must keep outputs within the recipe's equivalence tolerance;
+    # lossy ones (quantization, pruning) report their divergence instead.
+    exact: bool
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass may read besides its model and options; passes never touch files."""
+
+    # preprocessed [1, C, H, W] float32 tensors (widths vary) from data/calib
+    calibration: list[np.ndarray] = field(default_factory=list)
+    # (tensor, label) pairs from data/val, never the evaluation set
+    validation: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    allowed_chars: str = ""  # the site's characters (params.yaml: charset)
+    runtime: Runtime = field(default_factory=Runtime)  # the class's threads, for timing decisions
+    seed: int = 0
+
+
+_PASSES: dict[str, PassSpec] = {}
+
+
+def register(name: str, options: type[BaseModel], kind: Kind, exact: bool):
+    """Decorator: register `fn(model, options, context) -> ModelProto` as pass `name`.
+
+    The function must not mutate `model` and must raise PassError rather than return its input
+    unchanged when it cannot do what the options ask."""
+
+    def wrap(fn: PassFn) -> PassFn:
+        if name in _PASSES:
+            raise ValueError(f"pass '{name}' registered twice")
+        if fn.__name__ != name:
+            raise ValueError(f"pass function '{fn.__name__}' must be named like its key '{name}'")
+        _PASSES[name] = PassSpec(name, fn, options, kind, exact)
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> PassSpec:
+    try:
+        return _PASSES[name]
+    except KeyError:
+        raise UnknownNameError("pass", name, names()) from None
+
+
+def names() -> list[str]:
+    return sorted(_PASSES)

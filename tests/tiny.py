@@ -1,0 +1,112 @@
+"""Tiny CTC recognizers built with onnx.helper, shaped like ddddocr's model but a few KB big."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from stages import modelio
+
+HEIGHT = 8
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def tiny_ctc(
+    classes: int = 7,
+    features: int = 8,
+    hidden: int = 6,
+    head: str = "gemm",
+    wrong_output_shape: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """input [1,1,8,W] -> Conv(SiLU) -> LSTM(bi) -> Gemm|MatMul+Add -> [W/2, 1, classes] logits.
+
+    Like ddddocr's model, the declared output shape is wrong ([1, seqlen]) unless asked not to be,
+    and the final Reshape's target holds the class count as a constant.
+    """
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [
+        _init("conv_w", rng.normal(0, 0.5, (features, 1, HEIGHT, 2)).astype(f32)),
+        _init("conv_b", rng.normal(0, 0.1, features).astype(f32)),
+        _init("sq_axes", np.array([2], np.int64)),
+        _init("lstm_w", rng.normal(0, 0.4, (2, 4 * hidden, features)).astype(f32)),
+        _init("lstm_r", rng.normal(0, 0.4, (2, 4 * hidden, hidden)).astype(f32)),
+        _init("lstm_b", rng.normal(0, 0.1, (2, 8 * hidden)).astype(f32)),
+        _init("flat_shape", np.array([-1, 2 * hidden], np.int64)),
+        _init("out_shape", np.array([-1, 1, classes], np.int64)),
+    ]
+    head_w = rng.normal(0, 1.0, (classes, 2 * hidden)).astype(f32)
+    head_b = rng.normal(0, 0.2, classes).astype(f32)
+    nodes = [
+        helper.make_node(
+            "Conv", ["input1", "conv_w", "conv_b"], ["c"], strides=[HEIGHT, 2], name="conv"
+        ),
+        helper.make_node("Sigmoid", ["c"], ["c_sig"], name="sig"),
+        helper.make_node("Mul", ["c", "c_sig"], ["c_silu"], name="silu"),
+        helper.make_node("Squeeze", ["c_silu", "sq_axes"], ["sq"], name="squeeze"),
+        helper.make_node("Transpose", ["sq"], ["seq"], perm=[2, 0, 1], name="to_tbf"),
+        helper.make_node(
+            "LSTM",
+            ["seq", "lstm_w", "lstm_r", "lstm_b"],
+            ["y"],
+            direction="bidirectional",
+            hidden_size=hidden,
+            name="lstm",
+        ),
+        helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3], name="y_t"),
+        helper.make_node("Reshape", ["yt", "flat_shape"], ["flat"], name="flatten"),
+    ]
+    if head == "gemm":
+        inits += [_init("head_w", head_w), _init("head_b", head_b)]
+        nodes.append(
+            helper.make_node(
+                "Gemm", ["flat", "head_w", "head_b"], ["logits2d"], transB=1, name="head"
+            )
+        )
+    else:
+        inits += [_init("head_w", head_w.T.copy()), _init("head_b", head_b)]
+        nodes += [
+            helper.make_node("MatMul", ["flat", "head_w"], ["mm"], name="head_mm"),
+            helper.make_node("Add", ["mm", "head_b"], ["logits2d"], name="head_add"),
+        ]
+    nodes.append(helper.make_node("Reshape", ["logits2d", "out_shape"], ["logits"], name="out"))
+    out_shape = [1, "seqlen"] if wrong_output_shape else ["T", 1, classes]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_ctc",
+        [helper.make_tensor_value_info("input1", TensorProto.FLOAT, [1, 1, HEIGHT, "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    charset = [""] + [chr(ord("a") + i) for i in range(classes - 1)]
+    return modelio.with_spec(model, charset, "TBC", 0)
+
+
+def inputs(n: int = 4, seed: int = 1, widths: tuple[int, ...] = (16, 24, 32)) -> list[np.ndarray]:
+    """Random [1,1,8,W] inputs in [0, 1] with varying widths, like real calibration data."""
+    rng = np.random.default_rng(seed)
+    shapes = [widths[i % len(widths)] for i in range(n)]
+    return [rng.random((1, 1, HEIGHT, w), dtype=np.float32) for w in shapes]
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
