@@ -88,6 +88,10 @@ def preprocess(image: ImageInput, spec: Preprocess, source: str = "image") -> np
     return normalize(pixels, spec.normalize)
 
 
+def preprocess_all(images: list[Path], spec: Preprocess) -> list[np.ndarray]:
+    return [preprocess(p, spec) for p in images]
+
+
 def normalize(pixels: np.ndarray, mode: Normalize) -> np.ndarray:
     x = pixels.astype(np.float32)
     x *= np.float32(1 / 255)

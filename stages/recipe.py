@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -133,7 +134,24 @@ class Params(Strict):
         unknown = sorted(set(self.overrides) - set(self.targets))
         if unknown:
             raise ValueError(f"overrides for classes not in targets: {unknown}")
+        outside = sorted(set(self.data.style.alphabet) - set(self.allowed_chars()))
+        if outside:
+            raise ValueError(
+                f"data.style.alphabet uses {outside}, which charset '{self.charset}' excludes"
+            )
         return self
+
+    def check_versions(self, file: str) -> None:
+        """The installed libraries must be the ones params.yaml pins (DVC keys on these)."""
+        for lib, pinned in self.versions.items():
+            installed = metadata.version(lib)
+            if installed != pinned:
+                raise RecipeError(
+                    file,
+                    f"versions.{lib}",
+                    f"pins {pinned} but {installed} is "
+                    "installed; reinstall the project (pip install -e .)",
+                )
 
     def allowed_chars(self) -> str:
         return charsets.resolve(self.charset)
