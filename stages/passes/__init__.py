@@ -6,4 +6,5 @@ Adding a pass: write stages/passes/<name>.py (options model + function decorated
 
 from . import (  # noqa: F401 - imported for registration
     fix_output_shape,
+    prune_charset,
 )

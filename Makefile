@@ -1,0 +1,22 @@
+# The two commands of the README. Both create .venv and install the pinned project first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: build test install
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+# Builds every device class in params.yaml: models, metrics, reports (dvc repro).
+build: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# Lint and the whole test suite.
+test: install
+	$(BIN)/ruff check stages tests
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q

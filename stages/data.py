@@ -1,0 +1,375 @@
+"""Deterministic synthetic text captchas and the on-disk dataset format used by the pipeline.
+
+The `captcha` package draws with `secrets`, so it cannot be seeded; this module renders its
+own captchas with Pillow, driven only by a `numpy.random.Generator`, and uses only fonts that
+ship inside installed packages so the bytes do not depend on the host's system fonts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal, NamedTuple, Self
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FontName = Literal["droid_sans_mono", "pillow_default"]
+ColorScheme = Literal["random", "dark_on_light", "grayscale"]
+RGB = tuple[int, int, int]
+
+LABELS_FILE = "labels.json"
+# Fixed PNG settings: same pixels must always give the same bytes (no metadata is written).
+_PNG_OPTIONS = {"format": "PNG", "optimize": False, "compress_level": 6}
+# Minimum horizontal cell of a glyph, as a fraction of its font size.
+_MIN_CELL = 0.45
+
+
+class CaptchaStyle(BaseModel):
+    """How captcha images look; the defaults are calibrated against the stock ddddocr beta."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(160, ge=16, le=2048, description="Image width in pixels.")
+    height: int = Field(60, ge=16, le=1024, description="Image height in pixels.")
+    min_length: int = Field(4, ge=1, description="Shortest label, in characters.")
+    max_length: int = Field(6, ge=1, description="Longest label, in characters.")
+    alphabet: str = Field(
+        "abcdefghijklmnopqrstuvwxyz0123456789",
+        min_length=1,
+        description="Characters labels are drawn from; must be unique.",
+    )
+    fonts: list[FontName] = Field(
+        default_factory=lambda: ["droid_sans_mono", "pillow_default"],
+        min_length=1,
+        description="Packaged fonts to pick from, one per character.",
+    )
+    font_size: tuple[int, int] = Field(
+        (34, 40), description="Inclusive range of font sizes in pixels, per character."
+    )
+    rotation_deg: float = Field(
+        12.0, ge=0.0, le=90.0, description="Largest absolute rotation of one character."
+    )
+    overlap: tuple[float, float] = Field(
+        (0.0, 0.08),
+        description="Range of the fraction of a glyph's width that overlaps its predecessor.",
+    )
+    vertical_jitter: float = Field(
+        0.3, ge=0.0, le=1.0, description="Fraction of the free vertical space used for jitter."
+    )
+    noise_dots: int = Field(10, ge=0, description="Number of random dots drawn on top.")
+    noise_curves: int = Field(2, ge=0, description="Number of random curves drawn on top.")
+    curve_width: tuple[int, int] = Field(
+        (1, 1), description="Inclusive range of noise curve stroke widths in pixels."
+    )
+    colors: ColorScheme = Field(
+        "random",
+        description="random: colored text on a tinted background; dark_on_light: dark text on "
+        "near-white; grayscale: gray text on light gray.",
+    )
+    background_noise: bool = Field(
+        True, description="Add faint per-pixel noise and a color gradient to the background."
+    )
+
+    @field_validator("alphabet")
+    @classmethod
+    def _unique_alphabet(cls, value: str) -> str:
+        dupes = sorted({c for c in value if value.count(c) > 1})
+        if dupes:
+            raise ValueError(f"alphabet has duplicate characters {dupes}")
+        return value
+
+    @field_validator("font_size", "curve_width")
+    @classmethod
+    def _positive_int_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"need 1 <= low <= high, got {value}")
+        return value
+
+    @field_validator("overlap")
+    @classmethod
+    def _fraction_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] <= value[1] < 1.0:
+            raise ValueError(f"need 0 <= low <= high < 1, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _length_range(self) -> Self:
+        if self.min_length > self.max_length:
+            raise ValueError(
+                f"min_length ({self.min_length}) must be <= max_length ({self.max_length})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+@lru_cache(maxsize=256)
+def _font(name: FontName, size: int) -> ImageFont.FreeTypeFont:
+    if name == "droid_sans_mono":
+        path = resources.files("captcha") / "data" / "DroidSansMono.ttf"
+        return ImageFont.truetype(str(path), size)
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):  # Pillow without FreeType: bitmap only
+        raise RuntimeError("Pillow was built without FreeType; 'pillow_default' needs it")
+    return font
+
+
+def _uniform_int(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+    return int(rng.integers(bounds[0], bounds[1] + 1))
+
+
+def _color(rng: np.random.Generator, low: int, high: int, gray: bool) -> RGB:
+    if gray:
+        v = int(rng.integers(low, high + 1))
+        return (v, v, v)
+    r, g, b = (int(c) for c in rng.integers(low, high + 1, size=3))
+    return (r, g, b)
+
+
+def _palette(style: CaptchaStyle, rng: np.random.Generator) -> tuple[RGB, RGB]:
+    """Background colors at the left and right edge (a gradient when they differ)."""
+    if style.colors == "random":
+        return _color(rng, 200, 255, False), _color(rng, 200, 255, False)
+    if style.colors == "grayscale":
+        return _color(rng, 205, 245, True), _color(rng, 205, 245, True)
+    return (250, 250, 250), (250, 250, 250)
+
+
+def _ink(style: CaptchaStyle, rng: np.random.Generator) -> RGB:
+    if style.colors == "random":
+        return _color(rng, 0, 150, False)
+    if style.colors == "grayscale":
+        return _color(rng, 0, 110, True)
+    return _color(rng, 0, 70, False)
+
+
+def _background(style: CaptchaStyle, rng: np.random.Generator) -> Image.Image:
+    left, right = _palette(style, rng)
+    t = np.linspace(0.0, 1.0, style.width)[None, :, None]
+    img = np.broadcast_to(
+        (1 - t) * np.array(left) + t * np.array(right), (style.height, style.width, 3)
+    ).copy()
+    if style.background_noise:
+        noise = rng.normal(0.0, 6.0, size=(style.height, style.width, 1))
+        img += noise if style.colors == "grayscale" else noise + rng.normal(0, 3, img.shape)
+    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
+
+
+class _Glyph(NamedTuple):
+    mask: Image.Image  # 'L' coverage, cropped to the ink (and widened to a minimum cell)
+    dy: float  # top of the mask relative to the text line's vertical center
+
+
+def _glyph(char: str, style: CaptchaStyle, rng: np.random.Generator) -> _Glyph:
+    """One rotated character; `dy` keeps baselines aligned after cropping to the ink."""
+    size = _uniform_int(rng, style.font_size)
+    font = _font(style.fonts[int(rng.integers(len(style.fonts)))], size)
+    ascent, descent = font.getmetrics()
+    pad = size // 2
+    line = Image.new("L", (int(font.getlength(char)) + 2 * pad, ascent + descent + 2 * pad), 0)
+    ImageDraw.Draw(line).text((pad, pad), char, fill=255, font=font)
+    angle = float(rng.uniform(-style.rotation_deg, style.rotation_deg))
+    line = line.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    left, top, right, bottom = line.getbbox() or (0, 0, 1, 1)
+    # Narrow glyphs (i, l, 1) get a minimum cell so neighbours do not swallow them.
+    extra = max(0, round(size * _MIN_CELL) - (right - left))
+    left, right = left - extra // 2, right + extra - extra // 2
+    return _Glyph(line.crop((left, top, right, bottom)), top - line.height / 2)
+
+
+def _layout(glyphs: list[_Glyph], style: CaptchaStyle, rng: np.random.Generator) -> list[int]:
+    """Horizontal offset of each glyph from the previous one; overlap pulls glyphs together."""
+    overlaps = rng.uniform(style.overlap[0], style.overlap[1], size=len(glyphs))
+    return [0] + [
+        round(prev.mask.width - ov * cur.mask.width)
+        for prev, cur, ov in zip(glyphs, glyphs[1:], overlaps[1:], strict=False)
+    ]
+
+
+def _fit(glyphs: list[_Glyph], steps: list[int], style: CaptchaStyle) -> float:
+    """Scale factor that makes the text run fit inside the image with a small margin."""
+    run = sum(steps) + glyphs[-1].mask.width
+    extent = max(g.dy + g.mask.height for g in glyphs) - min(g.dy for g in glyphs)
+    margin = max(2, style.width // 32)
+    return min(1.0, (style.width - 2 * margin) / run, (style.height - 4) / extent)
+
+
+def _scaled(glyph: _Glyph, scale: float) -> _Glyph:
+    if scale >= 1.0:
+        return glyph
+    w, h = glyph.mask.size
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return _Glyph(glyph.mask.resize(size, Image.Resampling.BILINEAR), glyph.dy * scale)
+
+
+def _draw_text(img: Image.Image, text: str, style: CaptchaStyle, rng: np.random.Generator) -> None:
+    glyphs = [_glyph(c, style, rng) for c in text]
+    steps = _layout(glyphs, style, rng)
+    scale = _fit(glyphs, steps, style)
+    glyphs = [_scaled(g, scale) for g in glyphs]
+    steps = [round(s * scale) for s in steps]
+    top = min(g.dy for g in glyphs)
+    bottom = max(g.dy + g.mask.height for g in glyphs)
+    center = (style.height - (bottom - top)) / 2 - top  # line center that centers the ink
+    free = max(0.0, style.height - (bottom - top))
+    x = (style.width - sum(steps) - glyphs[-1].mask.width) // 2 + int(rng.integers(-2, 3))
+    for glyph, step in zip(glyphs, steps, strict=True):
+        x += step
+        jitter = rng.uniform(-0.5, 0.5) * free * style.vertical_jitter
+        y = min(max(0, round(center + glyph.dy + jitter)), style.height - glyph.mask.height)
+        box = (x, y, x + glyph.mask.width, y + glyph.mask.height)
+        img.paste(_ink(style, rng), box, glyph.mask)
+
+
+def _draw_curves(img: Image.Image, style: CaptchaStyle, rng: np.random.Generator) -> None:
+    """Sine-ish strokes across the text, as in common web captchas."""
+    draw = ImageDraw.Draw(img)
+    for _ in range(style.noise_curves):
+        x0 = rng.uniform(0, 0.3) * style.width
+        x1 = rng.uniform(0.7, 1.0) * style.width
+        xs = np.linspace(x0, x1, 48)
+        amp = rng.uniform(0.05, 0.25) * style.height
+        period = rng.uniform(0.5, 1.5) * style.width
+        phase = rng.uniform(0, 2 * np.pi)
+        mid = rng.uniform(0.3, 0.7) * style.height
+        ys = mid + amp * np.sin(2 * np.pi * xs / period + phase)
+        points = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
+        draw.line(points, fill=_ink(style, rng), width=_uniform_int(rng, style.curve_width))
+
+
+def _draw_dots(img: Image.Image, style: CaptchaStyle, rng: np.random.Generator) -> None:
+    draw = ImageDraw.Draw(img)
+    for _ in range(style.noise_dots):
+        x = float(rng.uniform(0, style.width))
+        y = float(rng.uniform(0, style.height))
+        r = float(rng.uniform(0.5, 1.5))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=_ink(style, rng))
+
+
+def render(text: str, style: CaptchaStyle, rng: np.random.Generator) -> Image.Image:
+    """Draw `text` as an RGB captcha; all randomness comes from `rng`."""
+    if not text:
+        raise ValueError("cannot render an empty label")
+    img = _background(style, rng)
+    _draw_text(img, text, style, rng)
+    _draw_curves(img, style, rng)
+    _draw_dots(img, style, rng)
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """Encode with fixed settings so equal pixels always give equal bytes."""
+    buf = io.BytesIO()
+    img.save(buf, **_PNG_OPTIONS)
+    return buf.getvalue()
+
+
+def sample(style: CaptchaStyle, seed: int, index: int) -> tuple[str, bytes]:
+    """Sample `index` of the split seeded by `seed`; independent of the split size."""
+    rng = np.random.default_rng([seed, index])
+    length = _uniform_int(rng, (style.min_length, style.max_length))
+    label = "".join(style.alphabet[i] for i in rng.integers(len(style.alphabet), size=length))
+    return label, png_bytes(render(label, style, rng))
+
+
+def iter_split(style: CaptchaStyle, n: int, seed: int) -> Iterator[tuple[str, bytes]]:
+    """Lazily yield (label, PNG bytes) for samples 0..n-1."""
+    if n < 0 or seed < 0:
+        raise ValueError(f"n and seed must be >= 0, got n={n}, seed={seed}")
+    for index in range(n):
+        yield sample(style, seed, index)
+
+
+def make_split(style: CaptchaStyle, n: int, seed: int) -> list[tuple[str, bytes]]:
+    """All (label, PNG bytes) pairs of a split, in index order."""
+    return list(iter_split(style, n, seed))
+
+
+# ---------------------------------------------------------------------------- dataset files
+
+
+def image_name(index: int) -> str:
+    """File name of sample `index` inside a split directory."""
+    return f"{index:05d}.png"
+
+
+def write_split(out_dir: Path, items: Iterable[tuple[str, bytes]]) -> None:
+    """Write images and labels.json atomically: readers see the old split or the new one."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a crashed run with a reused pid
+    try:
+        tmp.mkdir()
+        _write_files(tmp, items)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_files(directory: Path, items: Iterable[tuple[str, bytes]]) -> None:
+    labels: dict[str, str] = {}
+    for index, (label, data) in enumerate(items):
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"item {index}: label must be a non-empty string, got {label!r}")
+        name = image_name(index)
+        (directory / name).write_bytes(data)
+        labels[name] = label
+    text = json.dumps(labels, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    (directory / LABELS_FILE).write_text(text, encoding="utf-8")
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    # Move the old split aside rather than deleting it first, so a failed rename loses nothing.
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    had_old = out_dir.exists()
+    if had_old:
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if had_old:
+            os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_split(directory: Path) -> list[tuple[Path, str]]:
+    """(image path, label) pairs of a split written by `write_split`, sorted by file name."""
+    directory = Path(directory)
+    labels = _read_labels(directory / LABELS_FILE)
+    pairs = []
+    for name in sorted(labels):
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"{path}: image listed in {LABELS_FILE} is missing")
+        pairs.append((path, labels[name]))
+    return pairs
+
+
+def _read_labels(path: Path) -> dict[str, str]:
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; not a dataset split directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable labels file: {exc}") from None
+    if not isinstance(labels, dict):
+        raise ValueError(f"{path}: expected a JSON object of file name -> label")
+    for name, label in labels.items():
+        if Path(name).name != name or not name:
+            raise ValueError(f"{path}: entry {name!r} is not a plain file name")
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"{path}: label of {name!r} must be a non-empty string")
+    return labels
