@@ -6,6 +6,7 @@ shipped output-changing bugs); a lossy pass has its divergence recorded instead.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class StageResult:
     model: onnx.ModelProto = field(repr=False)
     seconds: float
     divergence: dict[str, float]
+    report: dict[str, Any] = field(default_factory=dict)  # what the pass chose and why
 
     @property
     def filename(self) -> str:
@@ -85,16 +87,30 @@ def run_passes(
     for i, step in enumerate(recipe.passes, start=1):
         spec = registry.get(step.name)
         t0 = time.perf_counter()
-        new = spec.fn(current, step.options, context)
+        new, report = pop_reports(spec.fn(current, step.options, context))
         seconds = time.perf_counter() - t0
         new_out = outputs(new, probe)
         div = divergence(current, new, current_out, new_out)
         if spec.exact:
             cols = _shared_columns(current, new)
             check_exact(step.name, [o[..., cols] for o in current_out], new_out, recipe.equivalence)
-        results.append(StageResult(i, step.name, new, seconds, div))
+        results.append(StageResult(i, step.name, new, seconds, div, report))
         current, current_out = new, new_out
     return results
+
+
+def pop_reports(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Move `report.*` metadata a pass attached into the build record, out of the model."""
+    reports = {
+        p.key[len("report.") :]: json.loads(p.value)
+        for p in model.metadata_props
+        if p.key.startswith("report.")
+    }
+    if reports:
+        kept = [p for p in model.metadata_props if not p.key.startswith("report.")]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+    return model, reports
 
 
 def _shared_columns(before: onnx.ModelProto, after: onnx.ModelProto) -> Any:
@@ -132,6 +148,7 @@ def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: s
                         "size_mb": round(modelio.size_mb(tmp / "stages" / r.filename), 3),
                         "seconds": round(r.seconds, 2),
                         **{k: round(v, 6) for k, v in r.divergence.items()},
+                        **({"report": r.report} if r.report else {}),
                     }
                     for r in results
                 ],

@@ -71,6 +71,22 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("preprocess", "measure every preprocessing candidate's cost and accuracy")
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .preprocess_bench import run
+
+    params = recipes.load_params(args.params)
+    pp = params.preprocess
+    result = run(pp.candidates, args.data, args.model / "model.onnx", pp.images)
+    modelio.write_json(args.out, result)
+    for name, row in result["candidates"].items():
+        print(
+            f"preprocess: {name}: {row['preprocess_ms']} ms/image, +{row['import_rss_mb']} MB "
+            f"imports, accuracy {row['accuracy']:.4f}"
+        )
+    return 0
+
+
 @verb("build", "apply a device class's passes to the source model")
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import run_passes, write_build
@@ -165,9 +181,16 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
 
 
+def _preprocess_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=Path("models/source"))
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--out", type=Path, required=True)
+
+
 ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "model": lambda p: p.add_argument("--out", type=Path, required=True),
     "data": lambda p: p.add_argument("--out", type=Path, required=True),
+    "preprocess": _preprocess_args,
     "build": _target_args,
     "evaluate": _target_args,
 }

@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .errors import DataError
+
 FontName = Literal["droid_sans_mono", "pillow_default"]
 ColorScheme = Literal["random", "dark_on_light", "grayscale"]
 RGB = tuple[int, int, int]
@@ -353,7 +355,7 @@ def read_split(directory: Path) -> list[tuple[Path, str]]:
     for name in sorted(labels):
         path = directory / name
         if not path.is_file():
-            raise ValueError(f"{path}: image listed in {LABELS_FILE} is missing")
+            raise DataError(f"{path}: image listed in {LABELS_FILE} is missing")
         pairs.append((path, labels[name]))
     return pairs
 
@@ -362,14 +364,14 @@ def _read_labels(path: Path) -> dict[str, str]:
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: missing; not a dataset split directory") from None
+        raise DataError(f"{path}: missing; not a dataset split directory") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable labels file: {exc}") from None
+        raise DataError(f"{path}: unreadable labels file: {exc}") from None
     if not isinstance(labels, dict):
-        raise ValueError(f"{path}: expected a JSON object of file name -> label")
+        raise DataError(f"{path}: expected a JSON object of file name -> label")
     for name, label in labels.items():
         if Path(name).name != name or not name:
-            raise ValueError(f"{path}: entry {name!r} is not a plain file name")
+            raise DataError(f"{path}: entry {name!r} is not a plain file name")
         if not isinstance(label, str) or not label:
-            raise ValueError(f"{path}: label of {name!r} must be a non-empty string")
+            raise DataError(f"{path}: label of {name!r} must be a non-empty string")
     return labels

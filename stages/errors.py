@@ -20,6 +20,10 @@ class ModelError(PipelineError):
     """A model file is unreadable or is not a CTC recognizer this pipeline can handle."""
 
 
+class DataError(PipelineError, ValueError):
+    """A dataset split on disk is missing or malformed; the message names the file."""
+
+
 class PassError(PipelineError):
     """A pass could not do what the recipe asked; nothing was written."""
 

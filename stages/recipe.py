@@ -117,12 +117,21 @@ class BenchParams(Strict):
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
 
 
+class PreprocessBench(Strict):
+    images: int = Field(500, ge=1, description="evaluation images each candidate is scored on")
+    candidates: dict[str, Preprocess] = Field(
+        default_factory=lambda: {"ddddocr": Preprocess()},
+        description="named preprocessing settings to measure",
+    )
+
+
 class Params(Strict):
     targets: list[str] = Field(min_length=1, description="device classes to build")
     model: ModelSource = Field(default_factory=ModelSource)
     charset: str = Field("lower_digits", description="allowed characters: preset or 'chars:...'")
     data: DataParams = Field(default_factory=DataParams)
     bench: BenchParams = Field(default_factory=BenchParams)
+    preprocess: PreprocessBench = Field(default_factory=PreprocessBench)
     versions: dict[str, str] = Field(description="pinned library versions the builds depend on")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-class patches of recipe fields"

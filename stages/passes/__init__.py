@@ -6,5 +6,10 @@ Adding a pass: write stages/passes/<name>.py (options model + function decorated
 
 from . import (  # noqa: F401 - imported for registration
     fix_output_shape,
+    ort_optimize,
     prune_charset,
+    quantize_dynamic,
+    quantize_static,
+    simplify,
+    to_fp16,
 )

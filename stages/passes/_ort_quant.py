@@ -1,0 +1,197 @@
+"""What quantize_dynamic and quantize_static share around onnxruntime.quantization.
+
+onnxruntime's quantizers want file paths (given a ModelProto, quantize_static saves it with
+external data *in place*, emptying the caller's initializers), print to stdout, warn about
+pre-processing, and can emit graphs that onnxruntime itself refuses. These helpers run them on a
+private copy in a temp dir and check the result before a pass returns it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import QuantType
+
+from ..errors import PassError
+from ..inference import make_session, run
+from ..registry import PassContext
+
+QUANT_TYPES: dict[str, QuantType] = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+
+# ops only a quantizer (or a QAT export) emits; quantizing their graph again double-quantizes
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeLSTM",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QAttention",
+        "QGemm",
+    }
+)
+
+
+def quantized_ops(model: onnx.ModelProto) -> list[str]:
+    """Op types in `model` that show it has been quantized already."""
+    ops = {n.op_type for n in model.graph.node}
+    return sorted(op for op in ops if op in _QUANTIZED_OPS or op.startswith("QLinear"))
+
+
+def reject_quantized(pass_name: str, model: onnx.ModelProto) -> None:
+    found = quantized_ops(model)
+    if found:
+        raise PassError(
+            pass_name,
+            f"the model is already quantized (it has {', '.join(found)} nodes); quantize the "
+            "float model instead (e.g. ddddocr's common.onnx, not common_old.onnx)",
+        )
+
+
+def check_node_names(pass_name: str, model: onnx.ModelProto, option: str, names: list[str]) -> None:
+    known = {n.name for n in model.graph.node}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise PassError(pass_name, f"{option}: nodes {unknown} are not in the model")
+
+
+def select(
+    model: onnx.ModelProto, op_types: list[str], exclude: list[str], only: list[str] | None
+) -> list[onnx.NodeProto]:
+    """The nodes the options ask to quantize, before onnxruntime decides what it can."""
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type in op_types and n.name not in exclude and (only is None or n.name in only)
+    ]
+
+
+def no_match_message(model: onnx.ModelProto, op_types: list[str]) -> str:
+    present = sorted({n.op_type for n in model.graph.node})
+    return (
+        f"no node to quantize: op_types {op_types} match nothing once the node-name options "
+        f"are applied; the model has {present}"
+    )
+
+
+def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy the quantizer may trip over less: every node named, output shapes undeclared.
+
+    Names let options address nodes (onnxruntime selects by name); a wrongly declared output
+    shape (ddddocr's [1, seqlen]) makes the quantizer's shape inference and calibration sessions
+    warn or merge shapes leniently, so the copy declares none and `finish` restores the original.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used = {n.name for n in out.graph.node}
+    for i, node in enumerate(out.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    for value in out.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow the calibrator's prints and the pre-processing advice we decided against."""
+
+    def drop_advice(record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop_advice)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(drop_advice)
+
+
+def run_quantizer(
+    pass_name: str, model: onnx.ModelProto, quantize: Callable[[str, str], None], fix: str
+) -> onnx.ModelProto:
+    """Call `quantize(input_path, output_path)` in a private temp dir; return the loaded output.
+
+    Any exception of onnxruntime's quantizer becomes a PassError ending in `fix`."""
+    with tempfile.TemporaryDirectory(prefix="ocr-quant-") as tmp:
+        src, dst = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
+        onnx.save(model, str(src))
+        try:
+            with _quiet():
+                quantize(str(src), str(dst))
+        except Exception as e:  # the quantizer raises ValueError, RuntimeError, KeyError, ...
+            raise PassError(
+                pass_name, f"onnxruntime.quantization failed: {type(e).__name__}: {e}; {fix}"
+            ) from e
+        # load_external_data pulls any side files into the proto before the dir goes away
+        return onnx.load(str(dst), load_external_data=True)
+
+
+def finish(result: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Give the quantized model the original's metadata and output declarations.
+
+    onnxruntime adds its own `onnx.infer` marker; the `ocr.*` contract is what travels."""
+    del result.metadata_props[:]
+    result.metadata_props.extend(original.metadata_props)
+    declared = {v.name: v for v in original.graph.output}
+    for value in result.graph.output:
+        if value.name in declared:
+            value.CopyFrom(declared[value.name])
+    return result
+
+
+def check_and_finish(
+    pass_name: str,
+    quantized: onnx.ModelProto,
+    original: onnx.ModelProto,
+    context: PassContext,
+    sample: np.ndarray | None,
+    fix: tuple[str, str],
+) -> onnx.ModelProto:
+    """`finish` the quantizer's output after checking it; raise PassError if it is broken.
+
+    onnx.checker checks the nodes and initializers, onnxruntime loads the finished model and
+    runs `sample`. The error reads
+    "<cause> produced a model onnxruntime cannot load or run: <error>; <fix>"."""
+    cause, advice = fix
+    try:
+        onnx.checker.check_model(_with_shape_fields(quantized))
+        out = finish(quantized, original)
+        session = make_session(out.SerializeToString(), context.runtime)
+        if sample is not None:
+            run(session, sample)
+    except Exception as e:  # checker, ORT load and ORT run each raise their own types
+        raise PassError(
+            pass_name,
+            f"{cause} produced a model onnxruntime cannot load or run: "
+            f"{type(e).__name__}: {e}; {advice}",
+        ) from e
+    return out
+
+
+def _with_shape_fields(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose shapeless outputs declare an empty shape, for onnx.checker only.
+
+    onnx 1.23's checker rejects a graph output without a shape field, yet "no shape" is how
+    fix_output_shape (rank 0) and `working_copy` say "unknown" on purpose."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.output:
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
+            value.type.tensor_type.shape.SetInParent()
+    return out

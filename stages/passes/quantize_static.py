@@ -1,0 +1,237 @@
+"""Static int8 quantization with onnxruntime, calibrated on context.calibration.
+
+Before: Conv(x, W, b) in float32.
+After:  qdq:       x -> QuantizeLinear -> DequantizeLinear -> Conv(DQ(W_int8), DQ(b_int32))
+                   -> QuantizeLinear -> DequantizeLinear (onnxruntime fuses the pattern into an
+                   int8 conv when the session loads).
+        qoperator: QuantizeLinear -> QLinearConv -> DequantizeLinear.
+        Activation ranges come from running the calibration tensors through the float model.
+Exact: no; ddddocr's model, Conv-only: ~96 % of frames keep their argmax class on captchas.
+
+Not done here:
+- LSTM/GRU: onnxruntime quantizes them dynamically only (DynamicQuantizeLSTM); asking for them
+  raises PassError pointing to quantize_dynamic.
+- onnxruntime's quant_pre_process: its symbolic shape inference needs sympy (not a dependency)
+  and its optimizer step is a graph rewrite that belongs to explicit cleanup passes. The
+  quantizer's own onnx shape inference suffices: Conv/Gemm weights are initializers.
+Checked: the result must pass onnx.checker, load in onnxruntime and run the first calibration
+tensor; per_channel=True in qdq format on an opset-12 model (ddddocr's) gives per-axis
+DequantizeLinear nodes that onnxruntime 1.32 rejects, reported as a PassError naming per_channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+import numpy as np
+import onnx
+import onnxruntime.quantization as ort_quant
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import PassError
+from ..registry import PassContext, register
+from . import _ort_quant as q
+
+NAME = "quantize_static"
+_FORMATS = {"qdq": ort_quant.QuantFormat.QDQ, "qoperator": ort_quant.QuantFormat.QOperator}
+_SUPPORTED = {"qdq": set(QDQRegistry), "qoperator": set(QLinearOpsRegistry)}
+_METHODS = {
+    "minmax": ort_quant.CalibrationMethod.MinMax,
+    "entropy": ort_quant.CalibrationMethod.Entropy,
+    "percentile": ort_quant.CalibrationMethod.Percentile,
+}
+# these calibrators stack every run's activations into one array, so shapes must agree
+_HISTOGRAM = {"entropy", "percentile"}
+
+
+class QuantizeStaticOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quant_format: Literal["qdq", "qoperator"] = Field(
+        "qdq",
+        description="qdq: Q/DQ pairs around float ops (onnxruntime's CPU default); "
+        "qoperator: QLinearConv and friends",
+    )
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="activation data type; uint8 suits x86 CPUs (U8S8 kernels)"
+    )
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="weight data type")
+    per_channel: bool = Field(
+        False, description="one weight scale per output channel; qdq needs opset >= 13 for it"
+    )
+    reduce_range: bool = Field(
+        False,
+        description=(
+            "quantize weights to 7 bits; set true on x86 CPUs without VNNI (AVX2 only) if U8S8 "
+            "saturation hurts accuracy"
+        ),
+    )
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="how activation ranges are chosen from the calibration runs"
+    )
+    percentile: float = Field(
+        99.999,
+        gt=90.0,
+        le=100.0,
+        description="percentile of |activation| kept in range; only for calibrate_method "
+        "percentile",
+    )
+    op_types: list[str] = Field(
+        default_factory=lambda: ["Conv"],
+        min_length=1,
+        description="op types to quantize (LSTM/GRU are dynamic-only: use quantize_dynamic)",
+    )
+    nodes_to_exclude: list[str] = Field(
+        default_factory=list, description="node names to keep in float"
+    )
+    calibration_images: int = Field(
+        32, ge=1, le=100_000, description="use at most this many calibration tensors"
+    )
+    pad_width: Literal["auto", "none"] = Field(
+        "auto",
+        description=(
+            "auto: for entropy/percentile, right-pad every calibration tensor to the widest one "
+            "by edge replication, because onnxruntime's histogram calibrators fail on "
+            "varying widths; minmax never needs it. none: feed tensors as they are"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise ValueError(
+                "activation_type int8 with weight_type uint8 is not supported by onnxruntime; "
+                "use weight_type: int8"
+            )
+        if "percentile" in self.model_fields_set and self.calibrate_method != "percentile":
+            raise ValueError(
+                f"percentile is only used with calibrate_method: percentile, not "
+                f"{self.calibrate_method}; remove percentile or change calibrate_method"
+            )
+        return self
+
+
+@register(NAME, QuantizeStaticOptions, kind="quantize", exact=False)
+def quantize_static(
+    model: onnx.ModelProto, options: QuantizeStaticOptions, context: PassContext
+) -> onnx.ModelProto:
+    """Quantize weights and activations of `op_types` to 8 bits with calibrated ranges."""
+    q.reject_quantized(NAME, model)
+    _check_op_types(options)
+    work = q.working_copy(model)
+    q.check_node_names(NAME, work, "nodes_to_exclude", options.nodes_to_exclude)
+    if not q.select(work, options.op_types, options.nodes_to_exclude, None):
+        raise PassError(NAME, q.no_match_message(work, options.op_types))
+    samples = _calibration(context, options)
+    reader = _Reader(_input_name(work), samples)
+    args = _ort_arguments(options, reader)
+    out = q.run_quantizer(
+        NAME,
+        work,
+        lambda src, dst: ort_quant.quantize_static(src, dst, **args),
+        fix=_failure_advice(options, samples),
+    )
+    if not q.quantized_ops(out):
+        raise PassError(NAME, f"onnxruntime quantized no node of op_types {options.op_types}")
+    first = np.asarray(context.calibration[0], np.float32)  # unpadded: a real width must run
+    return q.check_and_finish(NAME, out, model, context, first, _load_advice(options, model))
+
+
+def _ort_arguments(options: QuantizeStaticOptions, reader: _Reader) -> dict[str, Any]:
+    """The one place the typed options become onnxruntime's quantize_static arguments."""
+    extra: dict[str, Any] = {
+        # asymmetric ranges keep the full 8 bits for SiLU outputs, which are almost all >= 0
+        "ActivationSymmetric": False,
+        # zero-point-0 weights: what onnxruntime's int8 kernels are fastest with
+        "WeightSymmetric": True,
+    }
+    if options.calibrate_method == "percentile":
+        extra["CalibPercentile"] = options.percentile
+    return {
+        "calibration_data_reader": reader,
+        "quant_format": _FORMATS[options.quant_format],
+        "op_types_to_quantize": list(options.op_types),
+        "per_channel": options.per_channel,
+        "reduce_range": options.reduce_range,
+        "activation_type": q.QUANT_TYPES[options.activation_type],
+        "weight_type": q.QUANT_TYPES[options.weight_type],
+        "nodes_to_exclude": list(options.nodes_to_exclude),
+        "calibrate_method": _METHODS[options.calibrate_method],
+        "extra_options": extra,
+    }
+
+
+class _Reader(ort_quant.CalibrationDataReader):
+    """Feeds each calibration tensor once, as onnxruntime's calibrators expect."""
+
+    def __init__(self, input_name: str, samples: list[np.ndarray]) -> None:
+        self._feeds = iter([{input_name: x} for x in samples])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def _check_op_types(options: QuantizeStaticOptions) -> None:
+    supported = _SUPPORTED[options.quant_format]
+    bad = [t for t in options.op_types if t not in supported]
+    if not bad:
+        return
+    hint = ""
+    if {"LSTM", "GRU"} & set(bad):
+        hint = "LSTM/GRU are quantized dynamically only in onnxruntime: use quantize_dynamic; "
+    raise PassError(
+        NAME,
+        f"op_types {bad} cannot be statically quantized in {options.quant_format} format; "
+        f"{hint}supported: {sorted(supported)}",
+    )
+
+
+def _calibration(context: PassContext, options: QuantizeStaticOptions) -> list[np.ndarray]:
+    samples = [np.asarray(x, np.float32) for x in context.calibration[: options.calibration_images]]
+    if not samples:
+        raise PassError(
+            NAME,
+            "needs calibration data, but context.calibration is empty; add images to "
+            "data/calib or use quantize_dynamic",
+        )
+    if options.pad_width == "auto" and options.calibrate_method in _HISTOGRAM:
+        width = max(x.shape[-1] for x in samples)
+        # edge replication continues the background instead of inventing black/white columns
+        return [
+            np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])], mode="edge")
+            for x in samples
+        ]
+    return samples
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    weights = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in weights]
+    if len(names) != 1:
+        raise PassError(NAME, f"calibration feeds one image tensor, but the model has {names}")
+    return names[0]
+
+
+def _failure_advice(options: QuantizeStaticOptions, samples: list[np.ndarray]) -> str:
+    widths = {x.shape[-1] for x in samples}
+    if options.calibrate_method in _HISTOGRAM and options.pad_width == "none" and len(widths) > 1:
+        return (
+            f"calibrate_method {options.calibrate_method} cannot merge calibration tensors of "
+            f"widths {sorted(widths)}; set pad_width: auto or calibrate_method: minmax"
+        )
+    return "change calibrate_method, quant_format or op_types"
+
+
+def _load_advice(options: QuantizeStaticOptions, model: onnx.ModelProto) -> tuple[str, str]:
+    """(cause, fix) for a result onnxruntime refuses: per_channel first, it is the usual one."""
+    if options.per_channel:
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        note = ""
+        if options.quant_format == "qdq" and opset < 13:
+            note = f" (per-axis DequantizeLinear needs opset >= 13; the model has opset {opset})"
+        return "per_channel=True", f"set per_channel: false{note}"
+    return (
+        f"quant_format={options.quant_format}, op_types {options.op_types}",
+        "try the other quant_format or remove the op type from op_types",
+    )
