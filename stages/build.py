@@ -20,6 +20,7 @@ import onnx
 from . import modelio, registry
 from .errors import PassError
 from .inference import Runtime, make_session, run
+from .modelio import swap_into_place
 from .recipe import Equivalence, Recipe
 
 LIBRARIES = ("onnx", "onnxruntime", "onnxsim", "numpy")
@@ -154,8 +155,7 @@ def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: s
                 ],
             },
         )
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

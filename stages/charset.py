@@ -18,7 +18,7 @@ PRESETS: dict[str, str] = {
 def resolve(spec: str) -> str:
     """A preset name ('lower_digits') or explicit characters after 'chars:' ('chars:0123')."""
     if spec.startswith("chars:"):
-        chars = spec[len("chars:"):]
+        chars = spec[len("chars:") :]
         if not chars:
             raise ValueError("'chars:' needs at least one character after the colon")
         if len(set(chars)) != len(chars):

@@ -138,6 +138,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("bundle", "package a class's final model, float fallback, charset and manifest for apps")
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import write_bundle
+
+    _, recipe = _load_class(args)
+    doc = write_bundle(args.target, args.build, args.model, recipe, args.eval, args.out)
+    fallback = doc["models"]["fallback"]["origin"]
+    print(f"bundle@{args.target}: {len(doc['files'])} files -> {args.out} (fallback: {fallback})")
+    return 0
+
+
+@verb("recognize", "recognize images with a bundle: exit 0 ok, 3 bad image, 4 bad bundle, 1 bug")
+def cmd_recognize(args: argparse.Namespace) -> int:
+    from .recognize import cmd_recognize as recognize
+
+    return recognize(args)
+
+
 def reference_preprocess(pipeline: recipes.Pipeline):
     """The source model is judged as its own package feeds it: the pipeline's defaults."""
     from .preprocess import Preprocess
@@ -187,12 +205,25 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
 
 
+def _bundle_args(p: argparse.ArgumentParser) -> None:
+    _target_args(p)
+    p.add_argument("--eval", type=Path, help="eval.json whose figures the manifest summarizes")
+
+
+def _recognize_args(p: argparse.ArgumentParser) -> None:
+    from .recognize import add_recognize_args
+
+    add_recognize_args(p)
+
+
 ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "model": lambda p: p.add_argument("--out", type=Path, required=True),
     "data": lambda p: p.add_argument("--out", type=Path, required=True),
     "preprocess": _preprocess_args,
     "build": _target_args,
     "evaluate": _target_args,
+    "bundle": _bundle_args,
+    "recognize": _recognize_args,
 }
 
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import DataError
+from .modelio import swap_into_place
 
 FontName = Literal["droid_sans_mono", "pillow_default"]
 ColorScheme = Literal["random", "dark_on_light", "grayscale"]
@@ -313,7 +314,7 @@ def write_split(out_dir: Path, items: Iterable[tuple[str, bytes]]) -> None:
     try:
         tmp.mkdir()
         _write_files(tmp, items)
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -329,22 +330,6 @@ def _write_files(directory: Path, items: Iterable[tuple[str, bytes]]) -> None:
         labels[name] = label
     text = json.dumps(labels, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
     (directory / LABELS_FILE).write_text(text, encoding="utf-8")
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    # Move the old split aside rather than deleting it first, so a failed rename loses nothing.
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    had_old = out_dir.exists()
-    if had_old:
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if had_old:
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_split(directory: Path) -> list[tuple[Path, str]]:

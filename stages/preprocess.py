@@ -94,7 +94,7 @@ def preprocess_all(images: list[Path], spec: Preprocess) -> list[np.ndarray]:
 
 def normalize(pixels: np.ndarray, mode: Normalize) -> np.ndarray:
     x = pixels.astype(np.float32)
-    x *= np.float32(1 / 255)
+    x /= np.float32(255)  # a division, bit-identical to ddddocr's x / 255.0
     if mode == "signed":
         x -= np.float32(0.5)
         x *= np.float32(2.0)

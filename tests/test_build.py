@@ -1,0 +1,268 @@
+"""The build stage: per-pass equivalence checks and the atomic output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tiny
+from onnx import numpy_helper
+from pydantic import BaseModel, ConfigDict, Field
+
+import stages.passes  # noqa: F401 - registers fix_output_shape and prune_charset
+from stages import build, modelio, registry
+from stages.build import run_passes, write_build
+from stages.errors import PassError
+from stages.passes.fix_output_shape import FixOutputShapeOptions
+from stages.passes.prune_charset import PruneCharsetOptions
+from stages.recipe import Equivalence, PassStep, Recipe
+
+
+class ScaleOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    factor: float = Field(1.5, description="multiplies the classifier weights")
+
+
+def _scaled_head(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name == "head_w":
+            t.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name)
+            )
+    return out
+
+
+@pytest.fixture
+def scale_passes():
+    """Two temporary passes that scale the Gemm weights: one tagged exact, one lossy."""
+    saved = dict(registry._PASSES)
+
+    def _tmp_scale_exact(model, options, context):
+        """Scale the head (wrongly tagged exact)."""
+        return _scaled_head(model, options.factor)
+
+    def _tmp_scale_lossy(model, options, context):
+        """Scale the head (tagged lossy)."""
+        return _scaled_head(model, options.factor)
+
+    registry.register("_tmp_scale_exact", ScaleOptions, kind="fuse", exact=True)(_tmp_scale_exact)
+    registry.register("_tmp_scale_lossy", ScaleOptions, kind="quantize", exact=False)(
+        _tmp_scale_lossy
+    )
+    yield
+    registry._PASSES.clear()
+    registry._PASSES.update(saved)
+
+
+def _recipe(*steps: PassStep, **fields) -> Recipe:
+    return Recipe(description="test", passes=list(steps), **fields)
+
+
+def _context(**kw) -> registry.PassContext:
+    kw.setdefault("calibration", tiny.inputs(8))
+    return registry.PassContext(**kw)
+
+
+FIX = PassStep("fix_output_shape", FixOutputShapeOptions())
+PRUNE = PassStep("prune_charset", PruneCharsetOptions())
+
+
+# ---------------------------------------------------------------------------- run_passes
+
+
+def test_exact_pass_records_zero_divergence():
+    model = tiny.tiny_ctc()
+    results = run_passes(model, _recipe(FIX), _context())
+    assert len(results) == 1
+    r = results[0]
+    assert (r.index, r.name, r.filename) == (1, "fix_output_shape", "01-fix_output_shape.onnx")
+    assert r.divergence == {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "argmax_agreement": 1.0}
+    assert r.seconds >= 0
+    assert isinstance(r.model, onnx.ModelProto)
+
+
+def test_passes_chain_and_pruning_compares_shared_classes():
+    model = tiny.tiny_ctc()
+    results = run_passes(model, _recipe(FIX, PRUNE), _context(allowed_chars="abc"))
+    assert [(r.index, r.name) for r in results] == [(1, "fix_output_shape"), (2, "prune_charset")]
+    assert results[1].filename == "02-prune_charset.onnx"
+    assert modelio.spec(results[1].model).charset == ["", "a", "b", "c"]
+    # the kept logits are unchanged: divergence is measured on the columns both models share
+    div = results[1].divergence
+    assert div["max_abs_diff"] < 1e-5
+    assert div["argmax_agreement"] == 1.0
+    # each pass got the previous pass's model
+    out = tiny.run(results[1].model, tiny.inputs(1)[0])
+    assert out.shape[-1] == 4
+
+
+def test_no_calibration_images_is_an_error():
+    with pytest.raises(PassError, match="no calibration images"):
+        run_passes(tiny.tiny_ctc(), _recipe(FIX), _context(calibration=[]))
+
+
+def test_equivalence_images_limits_the_probe(monkeypatch):
+    seen = []
+    real = build.outputs
+
+    def counting(model, tensors):
+        seen.append(len(tensors))
+        return real(model, tensors)
+
+    monkeypatch.setattr(build, "outputs", counting)
+    run_passes(tiny.tiny_ctc(), _recipe(FIX, equivalence=Equivalence(images=3)), _context())
+    assert seen == [3, 3]
+
+
+def test_broken_exact_pass_fails_naming_pass_and_tolerance(scale_passes):
+    step = PassStep("_tmp_scale_exact", ScaleOptions())
+    recipe = _recipe(FIX, step, equivalence=Equivalence(rtol=0.002, atol=0.003))
+    with pytest.raises(PassError) as info:
+        run_passes(tiny.tiny_ctc(), recipe, _context())
+    err = info.value
+    assert err.pass_name == "_tmp_scale_exact"
+    msg = str(err)
+    assert msg.startswith("pass '_tmp_scale_exact': changed the outputs on calibration image 0")
+    assert "atol 0.003" in msg and "rtol 0.002" in msg
+    assert "exact" in msg
+
+
+def test_exact_pass_within_a_wide_tolerance_passes(scale_passes):
+    step = PassStep("_tmp_scale_exact", ScaleOptions(factor=1.0001))
+    results = run_passes(tiny.tiny_ctc(), _recipe(step), _context())
+    assert 0 < results[0].divergence["max_abs_diff"] < 1e-3
+
+
+def test_lossy_pass_with_the_same_effect_is_recorded(scale_passes):
+    model = tiny.tiny_ctc()
+    results = run_passes(model, _recipe(PassStep("_tmp_scale_lossy", ScaleOptions())), _context())
+    div = results[0].divergence
+    xs = tiny.inputs(8)
+    ref = [tiny.run(model, x) for x in xs]
+    new = [tiny.run(results[0].model, x) for x in xs]
+    expected_abs = max(float(np.abs(a - b).max()) for a, b in zip(ref, new, strict=True))
+    assert div["max_abs_diff"] == pytest.approx(expected_abs, rel=1e-5)
+    assert div["max_abs_diff"] > 0.01
+    assert div["max_rel_diff"] > 0
+    agree = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(ref, new, strict=True))
+    steps = sum(a.shape[0] for a in ref)
+    assert div["argmax_agreement"] == pytest.approx(agree / steps)
+
+
+def test_divergence_refuses_changed_shapes():
+    model = tiny.tiny_ctc()
+    a = [np.zeros((4, 1, 7), np.float32)]
+    b = [np.zeros((5, 1, 7), np.float32)]
+    with pytest.raises(PassError, match="output shape changed"):
+        build.divergence(model, model, a, b)
+
+
+# ---------------------------------------------------------------------------- write_build
+
+
+def _results(allowed="abc"):
+    recipe = _recipe(FIX, PRUNE)
+    return recipe, run_passes(tiny.tiny_ctc(), recipe, _context(allowed_chars=allowed))
+
+
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_write_build_writes_every_record(tmp_path):
+    recipe, results = _results()
+    out = tmp_path / "build" / "low" / "model"
+    write_build(out, recipe, results, "low")
+    files = set(_snapshot(out))
+    assert files == {
+        "stages/01-fix_output_shape.onnx",
+        "stages/02-prune_charset.onnx",
+        "model.onnx",
+        "charset.json",
+        "recipe.json",
+        "build.json",
+    }
+    assert list(out.parent.iterdir()) == [out]  # no temp folder left next to it
+    assert (out / "model.onnx").read_bytes() == (out / "stages/02-prune_charset.onnx").read_bytes()
+    final = modelio.load(out / "model.onnx")
+    assert final.SerializeToString() == results[-1].model.SerializeToString()
+    assert json.loads((out / "charset.json").read_text()) == ["", "a", "b", "c"]
+
+    rec = json.loads((out / "recipe.json").read_text())
+    assert rec["target"] == "low"
+    assert rec["recipe"] == recipe.resolved()
+    assert set(rec["versions"]) == set(build.LIBRARIES)
+
+    info = json.loads((out / "build.json").read_text())
+    assert info["target"] == "low"
+    assert [s["pass"] for s in info["stages"]] == ["fix_output_shape", "prune_charset"]
+    for s, r in zip(info["stages"], results, strict=True):
+        assert s["index"] == r.index
+        assert s["file"] == f"stages/{r.filename}"
+        assert (out / s["file"]).is_file()
+        assert s["size_mb"] == round(modelio.size_mb(out / s["file"]), 3)
+        assert s["argmax_agreement"] == round(r.divergence["argmax_agreement"], 6)
+        assert {"seconds", "max_abs_diff", "max_rel_diff"} <= set(s)
+
+
+def test_write_build_replaces_a_previous_build(tmp_path):
+    out = tmp_path / "model"
+    recipe, results = _results()
+    write_build(out, recipe, results, "a")
+    (out / "stale.txt").write_text("from an older build")
+    recipe2 = _recipe(FIX)
+    write_build(out, recipe2, results[:1], "b")
+    assert not (out / "stale.txt").exists()
+    assert not (out / "stages" / "02-prune_charset.onnx").exists()
+    assert json.loads((out / "build.json").read_text())["target"] == "b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    recipe, results = _results()
+    write_build(out, recipe, results, "old")
+    before = _snapshot(out)
+
+    real_save, calls = modelio.save, []
+
+    def flaky_save(model, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_save(model, path)
+
+    monkeypatch.setattr(modelio, "save", flaky_save)
+    _, new_results = _results(allowed="ab")
+    with pytest.raises(OSError, match="disk full"):
+        write_build(out, recipe, new_results, "new")
+    assert len(calls) == 2
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # temp folder removed
+
+
+def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    recipe, results = _results()
+    write_build(out, recipe, results, "old")
+    before = _snapshot(out)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src).name == ".model.tmp":
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        write_build(out, recipe, results, "new")
+    assert _snapshot(out) == before
