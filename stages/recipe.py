@@ -193,9 +193,13 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def raise_validation(file: str, prefix: str, err: ValidationError) -> NoReturn:
+def raise_validation(
+    file: str, prefix: str, err: ValidationError, fields: list[str] | None = None
+) -> NoReturn:
     """Turn pydantic's error into one RecipeError naming file, field path, value and allowed."""
     first = err.errors()[0]
+    if first["type"] == "extra_forbidden" and fields:
+        first = {**first, "msg": f"unknown option; allowed options: {', '.join(fields)}"}
     path = field_path((prefix, *first["loc"]) if prefix else tuple(first["loc"]))
     given = first.get("input")
     shown = "" if isinstance(given, dict) else f" (given: {given!r})"
@@ -243,13 +247,17 @@ def load_recipe(
         raise RecipeError(file, "passes", "must be a non-empty list of {pass_name: {options}}")
     patch = dict(override or {})
     pass_patch = patch.pop("passes", {}) or {}
-    raw = merge(raw, patch)
     steps = [_parse_step(file, i, item) for i, item in enumerate(passes)]
+    _validate(file, raw, steps)  # the recipe file's own errors name the recipe file
     steps = _patch_steps(steps, pass_patch, override_source)
+    return _validate(override_source, merge(raw, patch), steps)
+
+
+def _validate(source: str, raw: dict[str, Any], steps: list[PassStep]) -> Recipe:
     try:
         return Recipe.model_validate({**raw, "passes": steps})
     except ValidationError as e:
-        raise_validation(file, "", e)
+        raise_validation(source, "", e)
 
 
 def _parse_step(file: str, i: int, item: Any) -> PassStep:
@@ -266,7 +274,7 @@ def _parse_step(file: str, i: int, item: Any) -> PassStep:
     try:
         return PassStep(name, spec.options.model_validate(options or {}))
     except ValidationError as e:
-        raise_validation(file, f"{where}.{name}", e)
+        raise_validation(file, f"{where}.{name}", e, list(spec.options.model_fields))
 
 
 def _patch_steps(steps: list[PassStep], patch: dict[str, Any], source: str) -> list[PassStep]:

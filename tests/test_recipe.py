@@ -133,12 +133,6 @@ def test_unknown_option_names_its_path(tmp_path):
     assert "given: 1" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG stages/recipe.py raise_validation: an unknown option's message is pydantic's "
-    "'Extra inputs are not permitted' and does not list the allowed option names",
-)
 def test_unknown_option_lists_the_allowed_options(tmp_path):
     err = _error(_recipe(tmp_path, passes=[{"fix_output_shape": {"bogus": 1}}]))
     for field in FixOutputShapeOptions.model_fields:
@@ -318,12 +312,6 @@ def test_override_with_a_bad_pass_option_names_params(tmp_path):
     assert info.value.field == "passes.fix_output_shape.rank"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG stages/recipe.py load_recipe: a bad non-pass field from the params.yaml "
-    "override is merged first and reported as an error of the recipe file",
-)
 def test_override_with_a_bad_field_names_params(tmp_path):
     path = _recipe(tmp_path)
     with pytest.raises(RecipeError) as info:
