@@ -10,6 +10,7 @@ from . import (  # noqa: F401 - imported for registration
     prune_charset,
     quantize_dynamic,
     quantize_static,
+    quantize_to_tolerance,
     simplify,
     to_fp16,
 )
