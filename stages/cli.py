@@ -156,6 +156,58 @@ def cmd_recognize(args: argparse.Namespace) -> int:
     return recognize(args)
 
 
+@verb("baselines", "build naive_int8 and score stock ddddocr on the evaluation set")
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from .baselines import build_baselines
+
+    params = recipes.load_params(args.params)
+    pipeline = recipes.load_pipeline(args.pipeline)
+    result = build_baselines(
+        args.model,
+        args.data,
+        args.out,
+        reference_preprocess(pipeline),
+        recipes.Runtime(),
+        params.bench.baselines,
+    )
+    for name, row in result["variants"].items():
+        print(f"baselines: {name} accuracy {row['accuracy']:.4f}")
+    return 0
+
+
+@verb("bench", "measure every variant of a class in fresh pinned processes, interleaved")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    params, recipe = _load_class(args)
+    pipeline = recipes.load_pipeline(args.pipeline)
+    result = run_bench(
+        args.target,
+        args.build,
+        args.model,
+        args.baselines,
+        args.data,
+        recipe,
+        reference_preprocess(pipeline),
+        BenchConfig.from_params(params.bench),
+    )
+    modelio.write_json(args.out, result)
+    print(f"bench@{args.target}: ratios vs stock_beta {result.get('ratios')}")
+    return 0
+
+
+@verb("report", "write reports/<class>.md, reports/summary.md and plot data; embed in README")
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import embed_file, write_reports
+
+    params = recipes.load_params(args.params)
+    text = write_reports(params.targets, args.metrics, Path("build"), args.out, args.plots)
+    if args.readme:
+        embed_file(args.readme, text)
+    print(f"report: {len(params.targets)} classes -> {args.out}")
+    return 0
+
+
 def reference_preprocess(pipeline: recipes.Pipeline):
     """The source model is judged as its own package feeds it: the pipeline's defaults."""
     from .preprocess import Preprocess
@@ -216,6 +268,22 @@ def _recognize_args(p: argparse.ArgumentParser) -> None:
     add_recognize_args(p)
 
 
+def _baselines_args(p: argparse.ArgumentParser) -> None:
+    _preprocess_args(p)
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    _target_args(p)
+    p.add_argument("--baselines", type=Path, default=Path("build/baselines"))
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", type=Path, default=Path("metrics"))
+    p.add_argument("--plots", type=Path, default=Path("plots"))
+    p.add_argument("--readme", type=Path, help="README whose summary markers get the table")
+    p.add_argument("--out", type=Path, required=True)
+
+
 ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "model": lambda p: p.add_argument("--out", type=Path, required=True),
     "data": lambda p: p.add_argument("--out", type=Path, required=True),
@@ -223,6 +291,9 @@ ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "build": _target_args,
     "evaluate": _target_args,
     "bundle": _bundle_args,
+    "baselines": _baselines_args,
+    "bench": _bench_args,
+    "report": _report_args,
     "recognize": _recognize_args,
 }
 

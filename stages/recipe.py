@@ -115,6 +115,10 @@ class BenchParams(Strict):
     repeats: int = Field(5, ge=1, description="interleaved rounds; figures are medians")
     warm_images: int = Field(100, ge=1, description="images timed per round after warm-up")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
+    baselines: list[Literal["stock_beta", "stock_default", "naive_int8"]] = Field(
+        default_factory=lambda: ["stock_beta", "stock_default", "naive_int8"],
+        description="what each class is measured against in the same run",
+    )
 
 
 class PreprocessBench(Strict):
