@@ -309,6 +309,14 @@ def accuracies(eval_json: dict[str, Any], baselines_json: dict[str, Any] | None)
 _CONV = {"Conv": 1, "ConvInteger": 1, "FusedConv": 1, "QLinearConv": 3}
 _MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "DynamicQuantizeMatMul"}
 _RNN = {"LSTM": 4, "DynamicQuantizeLSTM": 4, "GRU": 3, "RNN": 1}
+_INT8_OPS = {
+    "ConvInteger",
+    "QLinearConv",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+}
 
 
 def tensor_shapes(model: onnx.ModelProto, x: np.ndarray) -> dict[str, tuple[int, ...]]:
@@ -361,49 +369,76 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     return 0
 
 
+def is_int8(node: onnx.NodeProto, producers: dict[str, str]) -> bool:
+    """Integer kernels: quantized op types, and float ops fed by DequantizeLinear (QDQ), which
+    onnxruntime fuses into integer kernels when it optimizes the session."""
+    if node.op_type in _INT8_OPS:
+        return True
+    return any(producers.get(i) == "DequantizeLinear" for i in node.input)
+
+
 def count_macs(model: onnx.ModelProto, x: np.ndarray) -> dict[str, int]:
-    """MACs per op type at input `x`, and their `total`: Conv out elements x Cin/group x kH x kW;
-    Gemm/MatMul out elements x K; LSTM per step 4*H*(In+H) per direction (GRU 3*, RNN 1*)."""
+    """MACs per op type at input `x`, split into `fp32` and `int8` (see is_int8), and `total`:
+    Conv out elements x Cin/group x kH x kW; Gemm/MatMul out elements x K; LSTM per step
+    4*H*(In+H) per direction (GRU 3*, RNN 1*)."""
     shapes = tensor_shapes(model, x)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
     per_op: dict[str, int] = {}
+    kinds = {"fp32": 0, "int8": 0}
     for node in model.graph.node:
         macs = node_macs(node, shapes)
         if macs:
             per_op[node.op_type] = per_op.get(node.op_type, 0) + macs
-    return {**dict(sorted(per_op.items())), "total": sum(per_op.values())}
+            kinds["int8" if is_int8(node, producers) else "fp32"] += macs
+    return {**dict(sorted(per_op.items())), **kinds, "total": sum(per_op.values())}
 
 
-def matmul_rate(sizes: Sequence[int] = (256, 512, 1024), tries: int = 10) -> tuple[float, int]:
-    """Best single-thread fp32 multiply-accumulates per second of an onnxruntime n x n x n
-    MatMul over `sizes` (small ones stay in cache, large ones amortize call overhead), and the
-    n that reached it: the fastest this machine runs the op these models are made of."""
-    best = (0.0, 0)
-    for n in sizes:
-        best = max(best, (n**3 / _best_matmul_seconds(n, tries), n))
-    return best
+Rate = tuple[float, int]  # best multiply-accumulates per second, and the n x n x n that did it
 
 
-def _best_matmul_seconds(n: int, tries: int) -> float:
+def matmul_rates(sizes: Sequence[int] = (256, 512, 1024), tries: int = 10) -> dict[str, Rate]:
+    """Best single-thread MACs/s of an onnxruntime n x n x n MatMul (fp32) and MatMulInteger
+    (uint8 x int8, the kernel dynamic quantization runs) over `sizes`: small ones stay in
+    cache, large ones amortize call overhead. The fastest this machine runs these models' ops."""
+    return {kind: max(_rate(kind, n, tries) for n in sizes) for kind in ("fp32", "int8")}
+
+
+def _rate(kind: str, n: int, tries: int) -> Rate:
     from onnx import TensorProto, helper
 
+    fp32 = kind == "fp32"
+    a_type, b_type = (TensorProto.FLOAT,) * 2 if fp32 else (TensorProto.UINT8, TensorProto.INT8)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        [helper.make_node("MatMul" if fp32 else "MatMulInteger", ["a", "b"], ["c"])],
         "rate",
-        [helper.make_tensor_value_info(v, TensorProto.FLOAT, [n, n]) for v in "ab"],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [
+            helper.make_tensor_value_info("a", a_type, [n, n]),
+            helper.make_tensor_value_info("b", b_type, [n, n]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "c", TensorProto.FLOAT if fp32 else TensorProto.INT32, [n, n]
+            )
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     sess = make_session(model.SerializeToString(), Runtime(intra_op_threads=1))
     rng = np.random.default_rng(0)
-    feed = {v: rng.random((n, n), dtype=np.float32) for v in "ab"}
+    if fp32:
+        feed = {v: rng.random((n, n), dtype=np.float32) for v in "ab"}
+    else:
+        feed = {
+            "a": rng.integers(0, 256, (n, n), dtype=np.uint8),
+            "b": rng.integers(-127, 128, (n, n), dtype=np.int8),
+        }
     sess.run(None, feed)
     best = float("inf")
     for _ in range(tries):
         t0 = time.perf_counter()
         sess.run(None, feed)
         best = min(best, time.perf_counter() - t0)
-    return best
+    return n**3 / best, n
 
 
 def median_input(images: list[Path], spec: Preprocess) -> np.ndarray:
@@ -416,22 +451,25 @@ def compute_floor(
     models: dict[str, tuple[Path, Preprocess]],
     images: list[Path],
     measured: dict[str, Any],
-    rate: tuple[float, int],
+    rates: dict[str, Rate],
     threads: int = 1,
 ) -> dict[str, Any]:
-    """floor_ms = MACs at the median eval input / best single-core fp32 rate, per model, next to
-    its measured model-only p50. With several threads the measured time is compared against the
-    floor divided by the thread count (perfect scaling). An fp32 floor: int8 kernels can beat it.
-    """
+    """floor_ms = fp32 MACs / best fp32 rate + int8 MACs / best int8 rate, single core, at the
+    median eval input, per model, next to its measured model-only p50. With several threads
+    the measured time is compared against the floor divided by the thread count (perfect
+    scaling). Element-wise ops, memory traffic and the LSTM's sequential steps are not in it."""
     out: dict[str, Any] = {
-        "rate_gmacs": round(rate[0] / 1e9, 2),
-        "rate_op": f"onnxruntime MatMul fp32 {rate[1]}x{rate[1]}x{rate[1]}, 1 thread, best",
+        "rate_gmacs": {k: round(r[0] / 1e9, 1) for k, r in rates.items()},
+        "rate_op": (
+            f"onnxruntime MatMul fp32 {rates['fp32'][1]}^3 / MatMulInteger u8s8 "
+            f"{rates['int8'][1]}^3, 1 thread, best of 10"
+        ),
         "threads": threads,
     }
     for name, (path, spec) in models.items():
         x = median_input(images, spec)
         macs = count_macs(modelio.load(path), x)
-        floor_ms = macs["total"] / rate[0] * 1e3
+        floor_ms = (macs["fp32"] / rates["fp32"][0] + macs["int8"] / rates["int8"][0]) * 1e3
         p50 = measured.get(name, {}).get("model_p50_ms")
         out[name] = {
             "input_width": int(x.shape[-1]),
@@ -502,10 +540,14 @@ def variant_record(
     texts = runs[0]["texts"]
     rec.update(stats)
     rec.update({k: acc.get(v.name, {}).get(k) for k in ("accuracy", "cer", "agreement")})
+    if v.kind == "bundle":
+        rec["accuracy_source"] = "final"  # same model, same preprocessing: evaluate's figures
     rec["timed_accuracy"] = round(
         float(np.mean([t == labels[i % len(labels)] for i, t in enumerate(texts)])), 4
     )
+    rec["ort_threads"] = runs[0]["ort_threads"]
     rec["os_threads"] = runs[0]["os_threads"]
+    rec["escaped_threads"] = max(r["escaped_threads"] for r in runs)
     rec["imported"] = runs[0]["imported"]
     if runs[0].get("model_timing"):
         rec["model_timing"] = runs[0]["model_timing"]
@@ -532,10 +574,11 @@ def run_bench(
     variants = collect_variants(
         build, source, baselines, recipe, reference, include, bundle or build / "bundle"
     )
-    cores = pinned_cores(recipe.runtime.intra_op_threads)
-    runs = measure(variants, [p for p, _ in timed], cfg, cores)
+    # read the accuracy files first: a missing one should fail before minutes of timing
     base_json = _read_json(baselines / ACCURACY_FILE) if include else None
     acc = accuracies(_read_json(build / "eval.json"), base_json)
+    cores = pinned_cores(recipe.runtime.intra_op_threads)
+    runs = measure(variants, [p for p, _ in timed], cfg, cores)
     labels = [t for _, t in timed]
     records = {v.name: variant_record(v, runs.get(v.name, []), acc, labels) for v in variants}
     floor = compute_floor(
@@ -545,7 +588,7 @@ def run_bench(
         },
         [p for p, _ in items],
         records,
-        matmul_rate(floor_sizes),
+        matmul_rates(floor_sizes),
         recipe.runtime.intra_op_threads,
     )
     return assemble(target, recipe, cores, records, items, cfg, floor, runs)
@@ -562,13 +605,14 @@ def assemble(
     runs: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     final, ref = records["final"], records["reference"]
-    affinities = sorted({tuple(r["affinity"]) for rs in runs.values() for r in rs})
+    affinities = sorted({tuple(r["thread_affinity"]) for rs in runs.values() for r in rs})
     return {
         "target": target,
         "description": recipe.description,
         "threads": recipe.runtime.intra_op_threads,
         "affinity": cores,
-        "worker_affinity": [list(a) for a in affinities],  # as each worker reported it
+        # the CPUs the workers' threads were allowed on, as each worker reported at its end
+        "worker_affinity": [list(a) for a in affinities],
         "machine": machine_info(),
         "dataset": dataset_info(items, cfg),
         "variants": records,

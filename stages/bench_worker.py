@@ -55,6 +55,7 @@ class Runner(ABC):
     """One recognizer under test; `model_s[0]` accumulates model-only seconds of a call."""
 
     model_timing: str | None = None  # why model time cannot be measured, when it cannot
+    ort_threads: int | None = None  # the intra-op threads its onnxruntime session runs with
 
     def __init__(self) -> None:
         self.model_s = [0.0]
@@ -77,6 +78,7 @@ class OnnxRunner(Runner):
         rt["providers"] = tuple(rt.get("providers", ("CPUExecutionProvider",)))
         self.pre = Preprocess(**spec["preprocess"])
         self.session = make_session(str(spec["model"]), Runtime(**rt))
+        self.ort_threads = int(rt.get("intra_op_threads", 1))
         # the CTC contract travels in the model's metadata; ORT reads it without onnx
         meta = self.session.get_modelmeta().custom_metadata_map
         self.charset = json.loads(meta["ocr.charset"])
@@ -97,6 +99,7 @@ class StockRunner(Runner):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
+        self.ort_threads = device_sized_default_sessions(len(spec["cores"]))
         import ddddocr
 
         self.ocr = ddddocr.DdddOcr(beta=spec["stock"] == "beta", show_ad=False)
@@ -106,6 +109,26 @@ class StockRunner(Runner):
 
     def recognize(self, data: bytes) -> str:
         return str(self.ocr.classification(data))
+
+
+def device_sized_default_sessions(cores: int) -> int:
+    """Make sessions created without options (ddddocr's) get `cores` intra-op threads.
+
+    ddddocr passes no SessionOptions, so onnxruntime sizes its pool to the machine's physical
+    cores and pins each pool thread to one of them, escaping our process affinity. On a device
+    with `cores` cores onnxruntime's default would be `cores` threads: give stock exactly that,
+    and nothing else differs from its defaults."""
+    import onnxruntime as ort
+
+    class DeviceSizedSession(ort.InferenceSession):
+        def __init__(self, path_or_bytes: Any, sess_options: Any = None, *args: Any, **kw: Any):
+            if sess_options is None:
+                sess_options = ort.SessionOptions()
+                sess_options.intra_op_num_threads = cores
+            super().__init__(path_or_bytes, sess_options, *args, **kw)
+
+    ort.InferenceSession = DeviceSizedSession  # type: ignore[misc]
+    return cores
 
 
 class BundleRunner(Runner):
@@ -119,6 +142,8 @@ class BundleRunner(Runner):
         from stages.runtime import Recognizer
 
         self.recognizer = Recognizer.from_bundle(spec["bundle"])
+        runtime = getattr(getattr(self.recognizer, "spec", None), "runtime", None)
+        self.ort_threads = getattr(runtime, "intra_op_threads", None)
 
     def recognize(self, data: bytes) -> str:
         result = self.recognizer.predict(data)
@@ -154,12 +179,39 @@ def timed_calls(runner: Runner, images: list[bytes]) -> tuple[list[str], list[fl
     return texts, total_ms, model_ms
 
 
+def confine_threads(cores: list[int]) -> int:
+    """Pin every thread of this process to `cores`; returns how many had left them (a library
+    that pins its own threads, or one started before the process affinity was set)."""
+    escaped = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            if os.sched_getaffinity(int(tid)) - set(cores):
+                os.sched_setaffinity(int(tid), cores)
+                escaped += 1
+        except ProcessLookupError:
+            continue  # the thread ended between listing and pinning: nothing left to pin
+    return escaped
+
+
+def thread_affinity() -> list[int]:
+    """Every CPU any thread of this process may run on."""
+    cpus: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            cpus |= os.sched_getaffinity(int(tid))
+        except ProcessLookupError:
+            continue  # the thread ended between listing and reading
+    return sorted(cpus)
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Load, recognize the first image (cold), warm up, then time `warm_images` calls."""
     runner = RUNNERS[spec["kind"]](spec)
+    escaped = confine_threads(spec["cores"])  # thread pools exist once the session does
     paths = [Path(p) for p in spec["images"]]
     first = runner.recognize(paths[0].read_bytes())
     emit({"event": "first", "text": first})
+    escaped += confine_threads(spec["cores"])  # and any started lazily on the first call
     pool = [p.read_bytes() for p in paths]
     for i in range(spec["warmup"]):
         runner.recognize(pool[i % len(pool)])
@@ -175,6 +227,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
         "peak_rss_mb": peak_rss_kb() / 1024,
         "affinity": sorted(os.sched_getaffinity(0)),
+        "thread_affinity": thread_affinity(),
+        "escaped_threads": escaped,
+        "ort_threads": runner.ort_threads,
         "os_threads": len(os.listdir("/proc/self/task")),
         "imported": [m for m in NOTABLE if m in sys.modules],
     }
@@ -190,8 +245,8 @@ def main(argv: list[str]) -> int:
             f"bench_worker: kind must be one of {KINDS}, got {spec.get('kind')!r}", file=sys.stderr
         )
         return 2
-    # Pin before importing onnxruntime or ddddocr: their thread pools size themselves and
-    # bind to the CPUs visible at creation (stock ddddocr sets no thread count at all).
+    # Pin before importing onnxruntime or ddddocr, so every thread they start inherits it;
+    # `confine_threads` then catches the threads that pin themselves elsewhere.
     os.sched_setaffinity(0, spec["cores"])
     emit(measure(spec))
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import tiny
+from onnx import helper, numpy_helper
 from PIL import Image
 
 from stages import bench, modelio, report
@@ -55,6 +56,8 @@ VARIANT_KEYS = {
     "agreement",
     "timed_accuracy",
     "os_threads",
+    "ort_threads",
+    "escaped_threads",
     "imported",
     "spread",
 }
@@ -167,13 +170,35 @@ def test_count_macs_reads_quantized_ops_too(tmp_path: Path) -> None:
     x = tiny.inputs(1, widths=(40,))[0]
     fp32 = bench.count_macs(model, x)
     int8 = bench.count_macs(onnx.load(str(tmp_path / "q.onnx")), x)
+    assert fp32["int8"] == 0 and fp32["fp32"] == fp32["total"]
     assert int8["total"] == fp32["total"]
-    assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= set(int8)
+    # default dynamic quantization turns every Conv, MatMul and LSTM into an integer op
+    assert {"ConvInteger", "DynamicQuantizeLSTM", "MatMulInteger"} <= set(int8)
+    assert int8["int8"] == int8["total"] and int8["fp32"] == 0
 
 
-def test_matmul_rate_is_a_plausible_rate() -> None:
-    rate, n = bench.matmul_rate((32, 64), tries=2)
-    assert n in (32, 64) and 1e7 < rate < 1e13
+def test_a_conv_fed_by_dequantize_linear_counts_as_int8() -> None:
+    model = tiny.tiny_ctc(wrong_output_shape=False)
+    w = next(t for t in model.graph.initializer if t.name == "conv_w")
+    q = np.clip(np.round(numpy_helper.to_array(w) / 0.01), -127, 127).astype(np.int8)
+    model.graph.initializer.remove(w)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, "conv_w_q"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "conv_w_s"),
+        ]
+    )
+    dq = helper.make_node("DequantizeLinear", ["conv_w_q", "conv_w_s"], ["conv_w"])
+    model.graph.node.insert(0, dq)
+    macs = bench.count_macs(model, tiny.inputs(1, widths=(40,))[0])
+    assert macs["int8"] == macs["Conv"] and macs["fp32"] == macs["LSTM"] + macs["Gemm"]
+
+
+def test_matmul_rates_are_plausible() -> None:
+    rates = bench.matmul_rates((32, 64), tries=2)
+    assert set(rates) == {"fp32", "int8"}
+    for rate, n in rates.values():
+        assert n in (32, 64) and 1e7 < rate < 1e13
 
 
 def test_bundle_variant_is_skipped_with_a_reason_when_missing(tmp_path: Path) -> None:
@@ -300,8 +325,10 @@ def test_wider_model_is_measured_slower(metrics: dict[str, Any]) -> None:
 def test_workers_honor_the_pinning_and_stay_lean(metrics: dict[str, Any]) -> None:
     first_core = sorted(os.sched_getaffinity(0))[:1]
     assert metrics["threads"] == 1 and metrics["affinity"] == first_core
-    assert metrics["worker_affinity"] == [first_core]
+    assert metrics["worker_affinity"] == [first_core]  # every thread of every worker
     for name in ("reference", "final", "naive_int8"):
+        assert metrics["variants"][name]["ort_threads"] == 1
+        assert metrics["variants"][name]["escaped_threads"] == 0
         imported = metrics["variants"][name]["imported"]
         assert "onnxruntime" in imported
         assert not {"pydantic", "onnx", "cv2", "ddddocr"} & set(imported), name
@@ -322,7 +349,7 @@ def test_budgets_and_floor_in_metrics(metrics: dict[str, Any]) -> None:
     assert metrics["budgets"]["max_size_mb"]["ok"] is True
     assert metrics["budgets"]["max_warm_p50_ms"]["ok"] is False
     floor = metrics["compute_floor"]
-    assert floor["rate_gmacs"] > 0 and floor["threads"] == 1
+    assert floor["rate_gmacs"]["fp32"] > 0 and floor["threads"] == 1
     assert floor["final"]["input_width"] == 120
     assert floor["final"]["mmacs"]["total"] > 100 * floor["reference"]["mmacs"]["total"]
     assert floor["final"]["floor_ms"] > 0
@@ -390,4 +417,7 @@ def test_stock_ddddocr_worker_times_its_session(project: dict[str, Any]) -> None
     cfg = bench.BenchConfig(repeats=1, warm_images=2, warmup=0)
     run = bench.spawn(bench.worker_spec(variant, images, cfg, [0]), timeout_s=300)
     assert run["affinity"] == [0] and "ddddocr" in run["imported"]
+    # onnxruntime's default pool would pin a thread per machine core; sized to the 1 core here
+    assert run["thread_affinity"] == [0] and run["ort_threads"] == 1
+    assert run["escaped_threads"] == 0
     assert len(run["model_ms"]) == 2 and all(t > 0 for t in run["model_ms"])

@@ -70,12 +70,12 @@ def metrics(target: str = "low", sensitivity: bool = False) -> dict[str, Any]:
             "max_accuracy_drop_pts": {"limit": None, "value": 2.0, "ok": None},
         },
         "compute_floor": {
-            "rate_gmacs": 100.0,
+            "rate_gmacs": {"fp32": 100.0, "int8": 400.0},
             "rate_op": "MatMul",
             "threads": 1,
             "final": {
                 "input_width": 170,
-                "mmacs": {"Conv": 300.0, "total": 620.0},
+                "mmacs": {"Conv": 300.0, "fp32": 320.0, "int8": 300.0, "total": 620.0},
                 "floor_ms": 6.2,
                 "floor_ms_at_threads": 6.2,
                 "model_p50_ms": 4.0,
@@ -140,7 +140,8 @@ def test_class_report_has_every_section_and_the_ratios(tmp_path: Path) -> None:
     assert "| 01-quantize | quantize | 10.00 | 3.2 | 0.25 | 0.9950 | 90.0 | 100.0 |" in page
     assert "| 4 | 10 | 90.0 | 80.0 |" in page
     assert "| conv_1 | 0.5 | True |" in page
-    assert "620.0 M MACs at input width 170" in page
+    assert "620.0 M MACs (320.0 M fp32, 300.0 M int8) at input width 170" in page
+    assert "100.0 G MAC/s fp32, 400.0 G MAC/s int8" in page
     assert "Test CPU" in page and "pinned to CPU(s) [0]" in page
 
 
