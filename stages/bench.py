@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from . import modelio
 from .baselines import ACCURACY_FILE, BASELINES, NAIVE_FILE, stock_model_file
@@ -279,6 +280,44 @@ def collect_variants(
 def _onnx(name: str, path: Path, pre: dict[str, Any], rt: dict[str, Any]) -> Variant:
     spec = {"model": str(path.resolve()), "preprocess": pre, "runtime": rt}
     return Variant(name, "onnx", round(modelio.size_mb(path), 3), spec)
+
+
+def runtime_floor_model(final: onnx.ModelProto, height: int, channels: int) -> onnx.ModelProto:
+    """The cheapest model with the final model's input, charset and TBC output (one step per 8
+    columns, like ddddocr): one pool, one transpose, one MatMul. Timed in a fresh process it
+    gives what Python + onnxruntime + the preprocessing backend cost before any network runs."""
+    classes = len(modelio.spec(final).charset)
+    w = np.zeros((channels, classes), np.float32)
+    w[:, 0] = 1.0  # blank everywhere: decodes to ""
+    nodes = [
+        helper.make_node(
+            "AveragePool", ["x"], ["p"], kernel_shape=[height, 8], strides=[height, 8]
+        ),
+        helper.make_node("Squeeze", ["p", "axes"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[2, 0, 1]),
+        helper.make_node("MatMul", ["t", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "runtime_floor",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, channels, height, "W"])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["T", 1, classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([2], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    spec = modelio.spec(final)
+    return modelio.with_spec(model, spec.charset, "TBC", spec.blank)
+
+
+def floor_variant(final: Path, recipe: Recipe, tmp: Path) -> Variant:
+    """`runtime_floor`: the class's process (imports, preprocessing, session options) around
+    a do-nothing model, so the report shows how much of cold start and memory no model
+    optimization can remove."""
+    pre = recipe.preprocess
+    path = tmp / "runtime_floor.onnx"
+    modelio.save(runtime_floor_model(modelio.load(final), pre.height, pre.channels), path)
+    return _onnx("runtime_floor", path, pre.as_dict(), recipe.runtime.as_dict())
 
 
 def bundle_variant(bundle: Path) -> Variant:
@@ -578,7 +617,9 @@ def run_bench(
     base_json = _read_json(baselines / ACCURACY_FILE) if include else None
     acc = accuracies(_read_json(build / "eval.json"), base_json)
     cores = pinned_cores(recipe.runtime.intra_op_threads)
-    runs = measure(variants, [p for p, _ in timed], cfg, cores)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants.append(floor_variant(build / "model" / "model.onnx", recipe, Path(tmp)))
+        runs = measure(variants, [p for p, _ in timed], cfg, cores)
     labels = [t for _, t in timed]
     records = {v.name: variant_record(v, runs.get(v.name, []), acc, labels) for v in variants}
     floor = compute_floor(

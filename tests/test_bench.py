@@ -19,6 +19,7 @@ from stages import bench, modelio, report
 from stages.baselines import build_baselines, clear_output_shape
 from stages.build import StageResult, write_build
 from stages.data import png_bytes, write_split
+from stages.decode import decode
 from stages.evaluate import evaluate_build
 from stages.inference import Runtime
 from stages.preprocess import Preprocess
@@ -299,6 +300,7 @@ def test_every_metrics_key_is_present(metrics: dict[str, Any]) -> None:
         "02-widen",
         "final",
         "bundle",
+        "runtime_floor",
     ]
     for name, v in metrics["variants"].items():
         if name != "bundle":
@@ -421,3 +423,15 @@ def test_stock_ddddocr_worker_times_its_session(project: dict[str, Any]) -> None
     assert run["thread_affinity"] == [0] and run["ort_threads"] == 1
     assert run["escaped_threads"] == 0
     assert len(run["model_ms"]) == 2 and all(t > 0 for t in run["model_ms"])
+
+
+def test_runtime_floor_model_keeps_the_contract_and_decodes_to_nothing():
+    final = tiny.tiny_ctc(wrong_output_shape=False)
+    floor = bench.runtime_floor_model(final, tiny.HEIGHT, 1)
+    onnx.checker.check_model(floor, full_check=True)
+    assert tiny.op_counts(floor) == {"AveragePool": 1, "Squeeze": 1, "Transpose": 1, "MatMul": 1}
+    assert modelio.spec(floor).charset == modelio.spec(final).charset
+    x = tiny.inputs(1, widths=(32,))[0]
+    logits = tiny.run(floor, x)
+    assert logits.shape == (32 // 8, 1, 7)  # ddddocr's stride of 8 columns per step
+    assert decode(logits, modelio.spec(floor).charset).text == ""

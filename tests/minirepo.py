@@ -1,0 +1,189 @@
+"""A throwaway git + DVC copy of this pipeline, fed the tiny CTC model from `tests/tiny.py`.
+
+`make_repo(dest)` copies the pipeline code and dvc.yaml, writes tiny-friendly recipes, params and
+pipeline defaults (height 8, a few dozen images, no stock baselines) and commits it all, so that a
+full `dvc repro` takes seconds instead of the real build's minutes. `dvc(...)` runs the venv's DVC
+with the venv first in PATH (the stage commands call `python`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: python, dvc
+COPIED = ("stages", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+TARGETS = ("high", "mid", "low")
+README = "# tiny\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
+
+# one cheap pass per class after fix_output_shape; preprocessing fit for an 8-pixel-high model
+CLASS_PASSES: dict[str, list[dict[str, Any]]] = {
+    "high": [{"fix_output_shape": {}}, {"simplify": {}}],
+    # the tiny model's classes are exactly params' charset (abcdef): prune one to have work to do
+    "mid": [{"fix_output_shape": {}}, {"prune_charset": {"chars": "abcde"}}],
+    "low": [
+        {"fix_output_shape": {}},
+        {"quantize_dynamic": {"op_types": ["LSTM", "Gemm", "MatMul"]}},
+    ],
+}
+PREPROCESS = {"height": 8, "backend": "pillow", "interpolation": "bilinear"}
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    e["VIRTUAL_ENV"] = str(BIN.parent)
+    e["PYTHONDONTWRITEBYTECODE"] = "1"
+    e["DVC_NO_ANALYTICS"] = "1"
+    e["DVC_NO_UPDATER"] = "1"
+    for k in ("GIT_AUTHOR", "GIT_COMMITTER"):
+        e[f"{k}_NAME"] = "dvc tests"
+        e[f"{k}_EMAIL"] = "dvc-tests@example.invalid"
+    e.pop("PYTHONPATH", None)
+    e.pop("GIT_DIR", None)
+    e.pop("GIT_WORK_TREE", None)
+    return e
+
+
+def sh(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise AssertionError carrying its whole output."""
+    p = subprocess.run(
+        args,
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(args)}` in {cwd} exited {p.returncode}\n"
+            f"--- stdout ---\n{p.stdout}\n--- stderr ---\n{p.stderr}"
+        )
+    return p
+
+
+def dvc(cwd: Path, *args: str, check: bool = True, timeout: float = 300):
+    return sh([str(BIN / "dvc"), *args], cwd, check=check, timeout=timeout)
+
+
+def git(cwd: Path, *args: str, check: bool = True):
+    return sh(["git", *args], cwd, check=check, timeout=60)
+
+
+def output(p: subprocess.CompletedProcess[str]) -> str:
+    return f"{p.stdout}\n{p.stderr}"
+
+
+_RUNNING = re.compile(r"Running stage '([^']+)'")
+
+
+def ran_stages(p: subprocess.CompletedProcess[str]) -> set[str]:
+    """Names of the stages `dvc repro` says it ran (not those it skipped or restored)."""
+    return set(_RUNNING.findall(output(p)))
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    if git(repo, "diff", "--cached", "--quiet", check=False).returncode != 0:
+        git(repo, "commit", "-q", "-m", message)
+
+
+def params() -> dict[str, Any]:
+    real = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {
+        "targets": list(TARGETS),
+        "model": {
+            "source": "file",
+            "path": "tiny/model.onnx",
+            "charset_file": "tiny/charset.json",
+            "layout": "TBC",
+            "blank": 0,
+            "height": 8,
+            "channels": 1,
+        },
+        "charset": "chars:abcdef",
+        "data": {
+            "seed": 1,
+            "calib": 8,
+            "val": 8,
+            "eval": 12,
+            "style": {"alphabet": "abcdef", "min_length": 2, "max_length": 3},
+        },
+        "preprocess": {
+            "images": 6,
+            "candidates": {"a": {"backend": "pillow", "interpolation": "bilinear", "height": 8}},
+        },
+        "bench": {"repeats": 1, "warm_images": 3, "warmup": 1, "baselines": []},
+        "versions": real["versions"],
+        # per_channel exists in the baseline so `dvc exp run -S` can set it without new keys
+        "overrides": {
+            "high": {},
+            "mid": {},
+            "low": {"passes": {"quantize_dynamic": {"per_channel": False}}},
+        },
+    }
+
+
+def recipe(target: str) -> dict[str, Any]:
+    return {
+        "description": f"tiny {target}",
+        "passes": CLASS_PASSES[target],
+        "preprocess": dict(PREPROCESS),
+        "runtime": {"intra_op_threads": 1},
+        "bundle": {"ort_format": False},
+    }
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def make_repo(dest: Path) -> Path:
+    """A committed git + DVC repository at `dest` holding the tiny pipeline (not yet built)."""
+    import tiny
+
+    from stages import modelio
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / "README.md").write_text(README)
+
+    pipeline = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
+    pipeline["defaults"]["preprocess"]["height"] = 8
+    write_yaml(dest / "pipeline.yaml", pipeline)
+    for target in TARGETS:
+        write_yaml(dest / "configs" / f"{target}.yaml", recipe(target))
+    write_yaml(dest / "params.yaml", params())
+
+    model = tiny.tiny_ctc(classes=7, wrong_output_shape=False)
+    modelio.save(model, dest / "tiny" / "model.onnx")
+    (dest / "tiny" / "charset.json").write_text(json.dumps(modelio.spec(model).charset))
+
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "config", "user.name", "dvc tests")
+    git(dest, "config", "user.email", "dvc-tests@example.invalid")
+    git(dest, "config", "commit.gpgsign", "false")
+    dvc(dest, "init", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    dvc(dest, "config", "core.autostage", "true")
+    commit_all(dest, "tiny pipeline")
+    return dest
