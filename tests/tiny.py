@@ -110,3 +110,17 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def assert_quantized_close(
+    model: onnx.ModelProto, out: onnx.ModelProto, max_abs: float, min_agree: float
+) -> None:
+    """Quantized `out` stays within `max_abs` of `model`'s logits and agrees on the best class
+    of at least `min_agree` of the time steps, over six fixed inputs of varying width."""
+    agree = []
+    for x in inputs(6, seed=7):
+        ref, got = run(model, x), run(out, x)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= max_abs
+        agree.append((got.argmax(-1) == ref.argmax(-1)).mean())
+    assert np.mean(agree) >= min_agree

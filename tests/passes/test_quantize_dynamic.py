@@ -17,13 +17,7 @@ MIN_AGREE = 0.9
 
 
 def assert_close(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    agree = []
-    for x in tiny.inputs(6, seed=7):
-        ref, got = tiny.run(model, x), tiny.run(out, x)
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() <= MAX_ABS
-        agree.append((got.argmax(-1) == ref.argmax(-1)).mean())
-    assert np.mean(agree) >= MIN_AGREE
+    tiny.assert_quantized_close(model, out, MAX_ABS, MIN_AGREE)
 
 
 @pytest.mark.parametrize("head", ["gemm", "matmul"])

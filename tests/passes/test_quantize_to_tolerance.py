@@ -43,13 +43,7 @@ def report(model: onnx.ModelProto) -> dict:
 
 
 def assert_close(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    agree = []
-    for x in tiny.inputs(6, seed=7):
-        ref, got = tiny.run(model, x), tiny.run(out, x)
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() <= MAX_ABS
-        agree.append((got.argmax(-1) == ref.argmax(-1)).mean())
-    assert np.mean(agree) >= MIN_FRAME_AGREE
+    tiny.assert_quantized_close(model, out, MAX_ABS, MIN_FRAME_AGREE)
 
 
 def test_loose_tolerance_quantizes_everything_with_no_float_node():
