@@ -87,12 +87,16 @@ def output(p: subprocess.CompletedProcess[str]) -> str:
     return f"{p.stdout}\n{p.stderr}"
 
 
+# `dvc repro` either runs a stage whose inputs changed or, when the run-cache already holds a run
+# with these exact inputs (an earlier experiment, say), restores its outputs without running it
 _RUNNING = re.compile(r"Running stage '([^']+)'")
+_RESTORED = re.compile(r"Stage '([^']+)' is cached")
 
 
 def ran_stages(p: subprocess.CompletedProcess[str]) -> set[str]:
-    """Names of the stages `dvc repro` says it ran (not those it skipped or restored)."""
-    return set(_RUNNING.findall(output(p)))
+    """Names of the stages `dvc repro` reproduced: ran, or restored from the run-cache."""
+    text = output(p)
+    return set(_RUNNING.findall(text)) | set(_RESTORED.findall(text))
 
 
 def commit_all(repo: Path, message: str) -> None:
