@@ -226,7 +226,7 @@ def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, recipes.Recip
             "targets",
             f"'{args.target}' is not a target; targets: {params.targets}",
         )
-    return params, recipes.load_class(args.target, params, pipeline, args.configs)
+    return params, recipes.load_class(args.target, params, pipeline, args.configs, args.params)
 
 
 def _load_passes() -> None:

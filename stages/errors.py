@@ -7,6 +7,15 @@ class PipelineError(Exception):
     """Base of every error this project raises on purpose (exit code 2 in the CLI)."""
 
 
+class FieldValueError(ValueError):
+    """A settings object refused one field's value; `field` lets the recipe loader report the
+    full path (runtime.intra_op_threads), not only the section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field} {message}")
+
+
 class RecipeError(PipelineError):
     """A recipe, pipeline.yaml or params.yaml is missing, malformed or invalid."""
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from .errors import FieldValueError
+
 log = logging.getLogger(__name__)
 
 OptLevel = Literal["disable", "basic", "extended", "all"]
@@ -36,11 +38,15 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if not self.providers:
-            raise ValueError("providers must name at least one execution provider")
+            raise FieldValueError("providers", "must name at least one execution provider")
         if not 1 <= self.intra_op_threads <= 256:
-            raise ValueError(f"intra_op_threads must be in 1..256, got {self.intra_op_threads}")
+            raise FieldValueError(
+                "intra_op_threads", f"must be in 1..256, got {self.intra_op_threads}"
+            )
         if not 1 <= self.inter_op_threads <= 256:
-            raise ValueError(f"inter_op_threads must be in 1..256, got {self.inter_op_threads}")
+            raise FieldValueError(
+                "inter_op_threads", f"must be in 1..256, got {self.inter_op_threads}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

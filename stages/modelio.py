@@ -52,7 +52,13 @@ def load(path: str | Path) -> onnx.ModelProto:
         raise ModelError(f"{path}: not an ONNX model (empty or truncated graph)")
     _check_external_data(model, path.parent.resolve(), path)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        onnx.load_external_data_for_model(model, str(path.parent))
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (ValueError, OSError, onnx.checker.ValidationError) as e:
+            raise ModelError(
+                f"{path}: its external weight data cannot be read "
+                f"({type(e).__name__}: {e}); keep the data file next to the model"
+            ) from e
     return model
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import FieldValueError
+
 Backend = Literal["pillow", "opencv", "numpy"]
 Interpolation = Literal["lanczos", "bilinear", "area", "nearest"]
 Normalize = Literal["unit", "signed"]
@@ -56,15 +58,15 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if not 8 <= self.height <= 1024:
-            raise ValueError(f"height must be in 8..1024, got {self.height}")
+            raise FieldValueError("height", f"must be in 8..1024, got {self.height}")
         if not 0.1 <= self.width_scale <= 4.0:
-            raise ValueError(f"width_scale must be in 0.1..4.0, got {self.width_scale}")
+            raise FieldValueError("width_scale", f"must be in 0.1..4.0, got {self.width_scale}")
         if self.backend == "numpy" and self.interpolation == "lanczos":
             raise ValueError(
                 "backend 'numpy' supports interpolation bilinear, area or nearest, got 'lanczos'"
             )
         if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+            raise FieldValueError("max_pixels", f"must be positive, got {self.max_pixels}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,12 @@ def preprocess(image: ImageInput, spec: Preprocess, source: str = "image") -> np
         pixels = to_gray(pixels, spec.backend)
     h, w = pixels.shape[:2]
     width = max(MIN_WIDTH, int(w * (spec.height / h) * spec.width_scale))
+    if width * spec.height > spec.max_pixels:  # a 1e6 x 1 strip is small but resizes huge
+        raise ImageError(
+            "E_TOO_LARGE",
+            f"{w}x{h} would resize to {width}x{spec.height} pixels > limit {spec.max_pixels}",
+            source,
+        )
     pixels = resize(pixels, width, spec.height, spec)
     if spec.channels == 1 and pixels.ndim == 3:
         pixels = to_gray(pixels, spec.backend)
@@ -105,7 +113,14 @@ def normalize(pixels: np.ndarray, mode: Normalize) -> np.ndarray:
 def load_pixels(image: ImageInput, spec: Preprocess, source: str) -> np.ndarray:
     """HxW or HxWx3 uint8 (RGB) from bytes, a path or an array; alpha is composited on white."""
     if isinstance(image, np.ndarray):
-        return _from_array(image, source)
+        arr = _from_array(image, source)
+        if arr.shape[0] * arr.shape[1] > spec.max_pixels:
+            raise ImageError(
+                "E_TOO_LARGE",
+                f"{arr.shape[1]}x{arr.shape[0]} pixels > limit {spec.max_pixels}",
+                source,
+            )
+        return arr
     if isinstance(image, str | Path):
         source = str(image)
         try:

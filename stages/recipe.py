@@ -10,12 +10,19 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from . import charset as charsets
 from . import registry
 from .data import CaptchaStyle
-from .errors import RecipeError, UnknownNameError
+from .errors import FieldValueError, RecipeError, UnknownNameError
 from .inference import Runtime
 from .preprocess import Preprocess
 
@@ -142,17 +149,32 @@ class Params(Strict):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> Params:
-        charsets.resolve(self.charset)
+    def _check(self, info: ValidationInfo) -> Params:
+        # RecipeError is not a ValueError: pydantic lets it through with its file and field
+        self.cross_check((info.context or {}).get("file", "params.yaml"))
+        return self
+
+    def cross_check(self, file: str) -> None:
+        """Rules spanning fields, each reported at the field to change."""
+        try:
+            charsets.resolve(self.charset)
+        except ValueError as e:
+            raise RecipeError(file, "charset", str(e)) from None
         unknown = sorted(set(self.overrides) - set(self.targets))
         if unknown:
-            raise ValueError(f"overrides for classes not in targets: {unknown}")
+            raise RecipeError(
+                file,
+                "overrides",
+                f"classes {unknown} are not in targets "
+                f"{self.targets}; add them to targets or remove their overrides",
+            )
         outside = sorted(set(self.data.style.alphabet) - set(self.allowed_chars()))
         if outside:
-            raise ValueError(
-                f"data.style.alphabet uses {outside}, which charset '{self.charset}' excludes"
+            raise RecipeError(
+                file,
+                "data.style.alphabet",
+                f"uses {outside}, which charset '{self.charset}' excludes",
             )
-        return self
 
     def check_versions(self, file: str) -> None:
         """The installed libraries must be the ones params.yaml pins (DVC keys on these)."""
@@ -202,6 +224,9 @@ def raise_validation(
 ) -> NoReturn:
     """Turn pydantic's error into one RecipeError naming file, field path, value and allowed."""
     first = err.errors()[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, FieldValueError):  # a dataclass section's own check names its field
+        first = {**first, "loc": (*first["loc"], cause.field)}
     if first["type"] == "extra_forbidden" and fields:
         first = {**first, "msg": f"unknown option; allowed options: {', '.join(fields)}"}
     path = field_path((prefix, *first["loc"]) if prefix else tuple(first["loc"]))
@@ -212,8 +237,9 @@ def raise_validation(
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    raw = read_yaml(path)
     try:
-        return Params.model_validate(read_yaml(path))
+        return Params.model_validate(raw, context={"file": str(path)})
     except ValidationError as e:
         raise_validation(str(path), "", e)
 
@@ -299,11 +325,18 @@ def _patch_steps(steps: list[PassStep], patch: dict[str, Any], source: str) -> l
         try:
             out.append(PassStep(step.name, type(step.options).model_validate(merged)))
         except ValidationError as e:
-            raise_validation(source, f"passes.{step.name}", e)
+            fields = list(type(step.options).model_fields)
+            raise_validation(source, f"passes.{step.name}", e, fields)
     return out
 
 
-def load_class(target: str, params: Params, pipeline: Pipeline, configs: str | Path) -> Recipe:
+def load_class(
+    target: str,
+    params: Params,
+    pipeline: Pipeline,
+    configs: str | Path,
+    params_file: str | Path = "params.yaml",
+) -> Recipe:
     """The recipe of one device class as the build sees it."""
     path = Path(configs) / f"{target}.yaml"
     if not path.is_file():
@@ -314,5 +347,5 @@ def load_class(target: str, params: Params, pipeline: Pipeline, configs: str | P
             f"no recipe for device class '{target}'; known classes: {', '.join(known)}",
         )
     return load_recipe(
-        path, pipeline.defaults, params.overrides.get(target), f"params.yaml: overrides.{target}"
+        path, pipeline.defaults, params.overrides.get(target), f"{params_file}: overrides.{target}"
     )

@@ -361,7 +361,10 @@ def test_max_pixels_is_the_limit():
     err = _image_error(data, Preprocess(max_pixels=399))
     assert err.code == "E_TOO_LARGE"
     assert "20x20" in str(err) and "399" in str(err)
-    assert preprocess(data, Preprocess(max_pixels=400)).shape == (1, 1, 64, 64)
+    # the limit also covers the resized tensor: 20x20 becomes 64x64 = 4096 pixels
+    with pytest.raises(ImageError, match="would resize to 64x64"):
+        preprocess(data, Preprocess(max_pixels=400))
+    assert preprocess(data, Preprocess(max_pixels=4096)).shape == (1, 1, 64, 64)
 
 
 def test_claimed_small_header_decodes():

@@ -172,13 +172,6 @@ def test_out_of_range_names_file_field_and_range(tmp_path, section, field, value
     assert str(path) in msg and field in msg and allowed in msg and f"got {value}" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG stages/recipe.py raise_validation: range checks in Runtime/Preprocess "
-    "__post_init__ are reported at the section ('runtime'), not the field "
-    "('runtime.intra_op_threads')",
-)
 def test_out_of_range_field_path_is_the_full_path(tmp_path):
     err = _error(_recipe(tmp_path, runtime={"intra_op_threads": 0}), defaults=DEFAULTS)
     assert err.field == "runtime.intra_op_threads"
