@@ -142,6 +142,22 @@ def ratios(final: dict[str, Any], stock: dict[str, Any]) -> dict[str, float | No
     }
 
 
+def ratio_spread(
+    final_runs: list[dict[str, Any]], stock_runs: list[dict[str, Any]]
+) -> dict[str, list[float]]:
+    """[min, max] of each timed ratio over the rounds. Rounds interleave the variants, so
+    machine-wide drift (which moves every absolute median between runs) cancels in a ratio."""
+    per_round = [
+        ratios(round_stats(f), round_stats(s)) for f, s in zip(final_runs, stock_runs, strict=False)
+    ]
+    out = {}
+    for key in ("warm_speedup", "cold_start", "peak_rss"):
+        values = [r[key] for r in per_round if r[key] is not None]
+        if values:
+            out[key] = [min(values), max(values)]
+    return out
+
+
 def check_budgets(
     budgets: Budgets, final: dict[str, Any], reference: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
@@ -658,6 +674,7 @@ def assemble(
         "dataset": dataset_info(items, cfg),
         "variants": records,
         "ratios": _vs(final, records.get("stock_beta")),
+        "ratios_spread": ratio_spread(runs.get("final", []), runs.get("stock_beta", [])),
         "vs_stock_default": _vs(final, records.get("stock_default")),
         "budgets": check_budgets(recipe.budgets, final, ref),
         "compute_floor": floor,

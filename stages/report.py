@@ -305,11 +305,65 @@ def summary(metrics: dict[str, dict[str, Any]]) -> str:
     parts = [
         "### Results per device class (final model)",
         table(header, rows),
+        "### Against stock_beta, same run (median ratio, [min–max] over interleaved rounds)",
+        ratios_table(metrics),
         "### Baselines",
         baselines_table(metrics),
         _machine_line(first),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def ratios_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """Ratios of final to stock_beta with their per-round spread, beside what the runtime
+    alone (runtime_floor: the same process around a do-nothing model) already costs."""
+    rows = []
+    for target, m in metrics.items():
+        r, spread = m.get("ratios"), m.get("ratios_spread") or {}
+        if not r:
+            continue
+        stock = m["variants"].get("stock_beta", {})
+        floor = m["variants"].get("runtime_floor", {})
+        rows.append(
+            [
+                target,
+                f"{fmt(r['size'], 3)}×",
+                _with_spread(r["warm_speedup"], spread.get("warm_speedup")),
+                _with_spread(r["cold_start"], spread.get("cold_start")),
+                _with_spread(r["peak_rss"], spread.get("peak_rss")),
+                _gain_pts(r["accuracy_drop_pts"]),
+                _floor_cell(floor, stock),
+            ]
+        )
+    header = [
+        "class",
+        "size",
+        "warm speedup",
+        "cold start",
+        "peak RSS",
+        "accuracy",
+        "runtime floor (cold start, RSS)",
+    ]
+    return table(header, rows)
+
+
+def _gain_pts(drop: float | None) -> str:
+    return DASH if drop is None else f"{signed(-drop)} pts"
+
+
+def _with_spread(value: float | None, spread: list[float] | None) -> str:
+    if value is None:
+        return DASH
+    return f"{value:.2f}× [{spread[0]:.2f}–{spread[1]:.2f}]" if spread else f"{value:.2f}×"
+
+
+def _floor_cell(floor: dict[str, Any], stock: dict[str, Any]) -> str:
+    try:
+        cold = floor["cold_start_ms"] / stock["cold_start_ms"]
+        rss = floor["peak_rss_mb"] / stock["peak_rss_mb"]
+    except (KeyError, TypeError):
+        return DASH  # not measured in this run (skipped floor or stock)
+    return f"{cold:.2f}×, {rss:.2f}×"
 
 
 def baselines_table(metrics: dict[str, dict[str, Any]]) -> str:

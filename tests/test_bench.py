@@ -39,6 +39,7 @@ METRIC_KEYS = {
     "machine",
     "dataset",
     "variants",
+    "ratios_spread",
     "ratios",
     "vs_stock_default",
     "budgets",
@@ -435,3 +436,17 @@ def test_runtime_floor_model_keeps_the_contract_and_decodes_to_nothing():
     logits = tiny.run(floor, x)
     assert logits.shape == (32 // 8, 1, 7)  # ddddocr's stride of 8 columns per step
     assert decode(logits, modelio.spec(floor).charset).text == ""
+
+
+def test_ratio_spread_takes_each_round_pair():
+    def run(cold: float, warm: float, rss: float) -> dict[str, Any]:
+        return {"cold_start_ms": cold, "total_ms": [warm] * 3, "model_ms": None, "peak_rss_mb": rss}
+
+    final = [run(100, 2.0, 50), run(110, 2.5, 50)]
+    stock = [run(200, 8.0, 100), run(200, 12.5, 100)]
+    assert bench.ratio_spread(final, stock) == {
+        "warm_speedup": [4.0, 5.0],
+        "cold_start": [0.5, 0.55],
+        "peak_rss": [0.5, 0.5],
+    }
+    assert bench.ratio_spread(final, []) == {}

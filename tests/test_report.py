@@ -219,3 +219,30 @@ def test_embed_file_rewrites_the_readme(tmp_path: Path) -> None:
     path.write_text(README)
     report.embed_file(path, "fresh")
     assert "<!-- summary:start -->\nfresh\n<!-- summary:end -->" in path.read_text()
+
+
+def test_ratios_table_shows_spread_and_runtime_floor():
+    m = {
+        "ratios": {
+            "size": 0.097,
+            "warm_speedup": 4.1,
+            "cold_start": 0.59,
+            "peak_rss": 0.43,
+            "accuracy_drop_pts": -1.2,
+        },
+        "ratios_spread": {
+            "warm_speedup": [3.9, 4.3],
+            "cold_start": [0.55, 0.6],
+            "peak_rss": [0.43, 0.43],
+        },
+        "variants": {
+            "stock_beta": {"cold_start_ms": 200.0, "peak_rss_mb": 160.0},
+            "runtime_floor": {"cold_start_ms": 100.0, "peak_rss_mb": 60.0},
+        },
+    }
+    text = report.ratios_table({"low": m})
+    row = text.splitlines()[-1]
+    assert row == (
+        "| low | 0.097× | 4.10× [3.90–4.30] | 0.59× [0.55–0.60] | 0.43× [0.43–0.43] "
+        "| +1.2 pts | 0.50×, 0.38× |"
+    )
