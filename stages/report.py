@@ -145,6 +145,9 @@ def facts(m: dict[str, Any]) -> str:
             "core count (what onnxruntime picks on such a device) instead of one thread per "
             "machine core pinned outside the affinity. Bundle size counts every file in the "
             "bundle folder (model, .ort copy, fallback model).",
+            "- reference is the source model fed as ddddocr feeds it (pipeline.yaml defaults); "
+            "every stage model is fed with this class's preprocessing, so a class that changes "
+            "preprocessing differs from reference already at its first, exact stage.",
             "- runtime_floor: the final variant's process (Python, numpy, onnxruntime, the "
             "preprocessing backend, the session options) around a do-nothing model: the cold "
             "start and memory no model optimization can remove.",
@@ -354,7 +357,9 @@ def _gain_pts(drop: float | None) -> str:
 def _with_spread(value: float | None, spread: list[float] | None) -> str:
     if value is None:
         return DASH
-    return f"{value:.2f}× [{spread[0]:.2f}–{spread[1]:.2f}]" if spread else f"{value:.2f}×"
+    # three decimals: the inputs are rounded medians, so two would make a median ratio look
+    # outside its own per-round spread
+    return f"{value:.3f}× [{spread[0]:.3f}–{spread[1]:.3f}]" if spread else f"{value:.3f}×"
 
 
 def _floor_cell(floor: dict[str, Any], stock: dict[str, Any]) -> str:

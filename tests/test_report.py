@@ -243,6 +243,6 @@ def test_ratios_table_shows_spread_and_runtime_floor():
     text = report.ratios_table({"low": m})
     row = text.splitlines()[-1]
     assert row == (
-        "| low | 0.097× | 4.10× [3.90–4.30] | 0.59× [0.55–0.60] | 0.43× [0.43–0.43] "
+        "| low | 0.097× | 4.100× [3.900–4.300] | 0.590× [0.550–0.600] | 0.430× [0.430–0.430] "
         "| +1.2 pts | 0.50×, 0.38× |"
     )
