@@ -107,19 +107,26 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Swallow the calibrator's prints and the pre-processing advice we decided against."""
+def dropping_logs(fragment: str) -> Iterator[None]:
+    """Hide root-logger records containing `fragment`: advice onnxruntime repeats on every
+    call that this project has weighed and decided against (each caller says which)."""
 
-    def drop_advice(record: logging.LogRecord) -> bool:
-        return "pre-process" not in record.getMessage()
+    def keep(record: logging.LogRecord) -> bool:
+        return fragment not in record.getMessage()
 
     root = logging.getLogger()
-    root.addFilter(drop_advice)
+    root.addFilter(keep)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        yield
     finally:
-        root.removeFilter(drop_advice)
+        root.removeFilter(keep)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow the calibrator's prints and the pre-processing advice we decided against."""
+    with dropping_logs("pre-process"), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def run_quantizer(

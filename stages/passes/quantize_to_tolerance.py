@@ -22,11 +22,8 @@ Notes:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -243,7 +240,8 @@ def _dynamic(
         nodes_to_quantize=only,
     )
     args = qd._ort_arguments(model, dyn)
-    with _no_qdq_warning():
+    # onnxruntime asks "already quantized?" of the QDQ model: mixing schemes is on purpose
+    with q.dropping_logs("already quantized"):
         out = q.run_quantizer(
             NAME,
             model,
@@ -258,21 +256,6 @@ def _dynamic(
     cause = f"dynamic_per_channel={options.dynamic_per_channel}, {options.dynamic_op_types}"
     first = np.asarray(context.calibration[0], np.float32)
     return q.check_and_finish(NAME, out, original, context, first, (cause, advice))
-
-
-@contextlib.contextmanager
-def _no_qdq_warning() -> Iterator[None]:
-    """onnxruntime warns "already quantized?" on the QDQ model; mixing schemes is on purpose."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "already quantized" not in record.getMessage()
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
 
 
 def _latency_ms(model: onnx.ModelProto, context: PassContext, x: np.ndarray) -> float:
