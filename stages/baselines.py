@@ -118,8 +118,7 @@ def build_baselines(
                 variants[name] = stock_scores(name, images, labels, ref_preds)
         result = {"images": len(items), "preprocess": reference.as_dict(), "variants": variants}
         modelio.write_json(tmp / ACCURACY_FILE, result)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        modelio.swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

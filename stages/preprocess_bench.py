@@ -12,18 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import modelio
 from .data import read_split
-from .decode import decode
-from .evaluate import score
-from .inference import Runtime, make_session
-from .preprocess import Preprocess, preprocess
+from .evaluate import predict, score
+from .inference import Runtime
+from .preprocess import Preprocess, preprocess_all
 
 
 def probe(spec: Preprocess, images: list[Path]) -> dict[str, float]:
@@ -40,20 +35,11 @@ def probe(spec: Preprocess, images: list[Path]) -> dict[str, float]:
 def measure(
     name: str, spec: Preprocess, images: list[Path], labels: list[str], model: Path
 ) -> dict[str, Any]:
-    ctc = modelio.spec(modelio.load(model))
-    sess = make_session(model.read_bytes(), Runtime(intra_op_threads=1))
-    inp = sess.get_inputs()[0].name
-    preds, model_ms = [], []
-    for path in images:
-        x = preprocess(path, spec)
-        t0 = time.perf_counter()
-        logits = sess.run(None, {inp: x})[0]
-        model_ms.append(time.perf_counter() - t0)
-        preds.append(decode(logits, ctc.charset, ctc.layout, ctc.blank).text)
+    preds, model_p50 = predict(model, preprocess_all(images, spec), Runtime(intra_op_threads=1))
     return {
         "name": name,
         "settings": spec.as_dict(),
-        "model_p50_ms": round(float(np.median(model_ms)) * 1e3, 3),
+        "model_p50_ms": model_p50,
         **probe(spec, images),
         **{k: v for k, v in score(preds, labels).items() if k != "by_length"},
     }
