@@ -55,10 +55,10 @@ def agreement(preds: list[str], reference: list[str]) -> float:
 
 def predict(model_path: Path, xs: list[np.ndarray], rt: Runtime) -> tuple[list[str], float]:
     """Predictions and the median model-only latency (ms) over the inputs."""
-    model_bytes = model_path.read_bytes()
-    ctc = modelio.spec(modelio.load(model_path))
-    sess = make_session(model_bytes, rt)
+    sess = make_session(model_path.read_bytes(), rt)
     name = sess.get_inputs()[0].name
+    meta = sess.get_modelmeta().custom_metadata_map
+    ctc = modelio.spec_from_metadata(meta, name, sess.get_outputs()[0].name)
     preds, times = [], []
     for x in xs:
         t0 = time.perf_counter()

@@ -125,12 +125,18 @@ def sha256(path: str | Path) -> str:
 def spec(model: onnx.ModelProto) -> CtcSpec:
     """Read the CTC contract written by `with_spec`."""
     meta = {p.key: p.value for p in model.metadata_props}
+    return spec_from_metadata(meta, model.graph.input[0].name, model.graph.output[0].name)
+
+
+def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str) -> CtcSpec:
+    """The same contract from a metadata map, e.g. an onnxruntime session's, so a caller that
+    already holds a session need not parse the model file a second time."""
     missing = [k for k in _KEYS if f"ocr.{k}" not in meta]
     if missing:
         raise ModelError(f"model has no ocr.* metadata ({', '.join(missing)}); run the model stage")
     return CtcSpec(
-        input_name=model.graph.input[0].name,
-        output_name=model.graph.output[0].name,
+        input_name=input_name,
+        output_name=output_name,
         charset=json.loads(meta["ocr.charset"]),
         layout=meta["ocr.layout"],
         blank=int(meta["ocr.blank"]),
