@@ -1,125 +1,137 @@
 """The baselines stage (shared by every class, runs once): what a user gets without this pipeline.
 
-- stock_beta:    `ddddocr.DdddOcr(beta=True, show_ad=False).classification(png_bytes)` (common.onnx)
-- stock_default: `ddddocr.DdddOcr(show_ad=False)` (common_old.onnx, already int8)
-- naive_int8:    onnxruntime `quantize_dynamic` with default arguments on the source model, fed by
-                 our preprocessing (the pipeline default = ddddocr's) and CTC decode
+- stock:         what users run today. ddddocr source: `DdddOcr(beta=True)` (common.onnx; plain
+                 `DdddOcr()` for ddddocr_model old). File source: the source model run with its
+                 own declared contract by plain onnxruntime.
+- stock_default: ddddocr source only: `DdddOcr()` (common_old.onnx, already int8).
+- naive_int8:    onnxruntime `quantize_dynamic` with default arguments on the source model (after
+                 lift_constants when its weights are Constant nodes), fed by the contract.
 
-Writes <out>/naive_int8.onnx and <out>/accuracy.json (accuracy, cer, by_length, agreement with
-the reference model's predictions, size_mb) for the bench and report stages.
+Writes <out>/naive_int8.onnx and <out>/accuracy.json (records.BaselinesRecord): accuracy, CER
+and agreement with the reference per evaluation set.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import tempfile
-from collections.abc import Sequence
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Literal
 
 import onnx
 
 from . import modelio
-from .data import read_split
-from .evaluate import agreement, evaluate_model, predict, score
-from .inference import Runtime
-from .preprocess import Preprocess, preprocess_all
+from .atomic import atomic_dir
+from .contract import Contract
+from .evaluate import EvalSets, eval_runtime, score_sets
+from .passes._ort_quant import dropping_logs
+from .progress import Progress
+from .records import BaselinesRecord, VariantEval, write_record
+from .runtime.session import Runtime
 
-Baseline = Literal["stock_beta", "stock_default", "naive_int8"]
-BASELINES: tuple[Baseline, ...] = ("stock_beta", "stock_default", "naive_int8")
-# stock variant -> (DdddOcr(beta=...), the model file it loads from the ddddocr package)
-STOCK: dict[str, tuple[bool, str]] = {
-    "stock_beta": (True, "common.onnx"),
-    "stock_default": (False, "common_old.onnx"),
-}
 NAIVE_FILE = "naive_int8.onnx"
 ACCURACY_FILE = "accuracy.json"
+# stock variant -> (DdddOcr(beta=...), the model file it loads from the ddddocr package)
+DDDDOCR: dict[str, tuple[bool, str]] = {
+    "beta": (True, "common.onnx"),
+    "old": (False, "common_old.onnx"),
+}
 
 
-def stock_model_file(name: str) -> Path:
-    """The onnx file inside the installed ddddocr package that a stock variant loads."""
-    return Path(str(resources.files("ddddocr") / STOCK[name][1]))
+def stock_kind(name: str, source: dict) -> str | None:
+    """The ddddocr model a stock baseline runs ("beta" | "old"), or None for the source model
+    run by onnxruntime (file sources)."""
+    if source.get("package") != "ddddocr":
+        return None
+    if name == "stock_default":
+        return "old"
+    return "beta" if source.get("file") == "common.onnx" else "old"
 
 
-def clear_output_shape(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with output 0's declared shape removed: ddddocr declares [1, seqlen] for a
-    [T, 1, C] tensor, and onnxruntime's shape inference inside quantize_dynamic rejects that."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.output[0].type.tensor_type.ClearField("shape")
-    return out
+def stock_label(source: dict) -> str:
+    if source.get("package") == "ddddocr":
+        beta = source.get("file") == "common.onnx"
+        call = "DdddOcr(beta=True)" if beta else "DdddOcr()"
+        return f"ddddocr {metadata.version('ddddocr')} {call} ({source.get('file')})"
+    return f"the source model ({Path(source.get('file', '?')).name}) fed by its declared contract"
+
+
+def stock_model_file(kind: str) -> Path:
+    return Path(str(resources.files("ddddocr") / DDDDOCR[kind][1]))
 
 
 def naive_int8(source: Path, dest: Path) -> None:
-    """`quantize_dynamic(source, dest)` with every argument left at its default."""
+    """`quantize_dynamic(source, dest)` with every argument left at its default (on lifted
+    weights: the quantizer cannot see Constant-node weights at all)."""
     from onnxruntime.quantization import quantize_dynamic
 
-    model = clear_output_shape(modelio.load(source))
+    model = modelio.load(source)
+    if modelio.constant_weights(model):
+        from .passes.lift_constants import LiftConstantsOptions, lift_constants
+        from .registry import PassContext
+
+        model = lift_constants(model, LiftConstantsOptions(), PassContext())
     ctc = modelio.spec(model)
+    model.graph.output[0].type.tensor_type.ClearField("shape")  # ddddocr declares [1, seqlen]
     with tempfile.TemporaryDirectory(prefix="naive-int8-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(fp32))
-        # the quantizer prints progress on stdout, which is the stage's own report channel
-        with contextlib.redirect_stdout(io.StringIO()):
+        # the quantizer prints progress on stdout (the stage's own report channel) and advice
+        # to pre-process on the log: defaults on purpose, so neither is shown
+        with contextlib.redirect_stdout(io.StringIO()), dropping_logs("pre-process"):
             quantize_dynamic(fp32, int8)
         quantized = modelio.load(int8)
     # keep the CTC contract even if a quantizer version drops metadata_props
-    modelio.save(modelio.with_spec(quantized, ctc.charset, ctc.layout, ctc.blank), dest)
+    spec = (ctc.charset, ctc.layout, ctc.blank, ctc.kind)
+    modelio.save(modelio.with_spec(quantized, *spec), dest)
 
 
-def stock_predictions(name: str, images: list[Path]) -> list[str]:
+def stock_predictions(kind: str, sets: EvalSets) -> dict[str, list[str]]:
     import ddddocr
 
-    ocr = ddddocr.DdddOcr(beta=STOCK[name][0], show_ad=False)
-    return [str(ocr.classification(p.read_bytes())) for p in images]
-
-
-def stock_scores(
-    name: str, images: list[Path], labels: list[str], ref_preds: list[str]
-) -> dict[str, Any]:
-    preds = stock_predictions(name, images)
-    return {
-        "size_mb": round(modelio.size_mb(stock_model_file(name)), 3),
-        **score(preds, labels),
-        "agreement": agreement(preds, ref_preds),
-    }
+    ocr = ddddocr.DdddOcr(beta=DDDDOCR[kind][0], show_ad=False)
+    bar = Progress(f"baselines: ddddocr {kind}", sum(sets.sizes.values()))
+    out = {}
+    for name, paths in sets.images.items():
+        out[name] = []
+        for p in paths:
+            out[name].append(str(ocr.classification(p.read_bytes())))
+            bar.step()
+    bar.close()
+    return out
 
 
 def build_baselines(
-    source: Path,
-    data: Path,
+    source_dir: Path,
+    origin: dict,
+    contract: Contract,
+    sets: EvalSets,
     out: Path,
-    reference: Preprocess,
-    runtime: Runtime,
-    include: Sequence[str] = BASELINES,
-) -> dict[str, Any]:
-    """Build naive_int8 and score the included baselines on the evaluation set; written
-    atomically into `out` (a temp folder renamed into place). Returns accuracy.json's data."""
-    unknown = sorted(set(include) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
-    items = read_split(data / "eval")
-    images, labels = [p for p, _ in items], [t for _, t in items]
-    xs = preprocess_all(images, reference)
-    ref_preds, _ = predict(source / "model.onnx", xs, runtime)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        variants: dict[str, Any] = {}
+    include: list[str],
+) -> BaselinesRecord:
+    """Build naive_int8 and score the included baselines on every evaluation set; written
+    atomically into `out`."""
+    rt = eval_runtime(Runtime())
+    model = source_dir / "model.onnx"
+    ref = sets.predict(model, contract.input, rt, "baselines: reference")
+    variants: dict[str, VariantEval] = {}
+    with atomic_dir(out) as tmp:
         for name in include:
             if name == "naive_int8":
-                naive_int8(source / "model.onnx", tmp / NAIVE_FILE)
-                variants[name], _ = evaluate_model(tmp / NAIVE_FILE, xs, labels, ref_preds, runtime)
-            else:
-                variants[name] = stock_scores(name, images, labels, ref_preds)
-        result = {"images": len(items), "preprocess": reference.as_dict(), "variants": variants}
-        modelio.write_json(tmp / ACCURACY_FILE, result)
-        modelio.swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return result
+                naive_int8(model, tmp / NAIVE_FILE)
+                path = tmp / NAIVE_FILE
+                preds = sets.predict(path, contract.input, rt, "baselines: naive_int8")
+            elif (kind := stock_kind(name, origin)) is not None:
+                path = stock_model_file(kind)
+                preds = stock_predictions(kind, sets)
+            else:  # a file source's stock is its model as declared: the reference itself
+                path, preds = model, ref
+            variants[name] = VariantEval(
+                file=path.name,
+                size_mb=round(modelio.size_mb(path), 3),
+                sets=score_sets(preds, sets.labels, ref, contract.scoring),
+            )
+        record = BaselinesRecord(stock=stock_label(origin), sets=sets.sizes, variants=variants)
+        write_record(tmp / ACCURACY_FILE, record)
+    return record

@@ -1,13 +1,21 @@
 """The build stage: apply a recipe's passes in order, checking each against its input.
 
 An exact pass whose outputs leave the recipe's tolerance fails the build (simplifiers have
-shipped output-changing bugs); a lossy pass has its divergence recorded instead.
+shipped output-changing bugs); a lossy pass has its divergence recorded instead. Outputs are
+compared on the classes both models share; for a probabilities output the input's kept
+columns are renormalized first, since a pruned Softmax renormalizes over the kept classes.
+
+build/<C>/model/           (the DVC output later stages depend on; byte-identical on rebuild)
+  stages/NN-<pass>.onnx    every pass's output
+  model.onnx, charset.json the final model
+  recipe.json              the resolved recipe (what evaluate, bundle and bench read)
+  build.json               records.BuildRecord: divergence and each pass's report
+build/<C>/timings.json     seconds per pass (nothing depends on it)
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -18,12 +26,21 @@ import numpy as np
 import onnx
 
 from . import modelio, registry
+from .atomic import atomic_dir, write_json
 from .errors import PassError
-from .inference import Runtime, make_session, run
-from .modelio import swap_into_place
 from .recipe import Equivalence, Recipe
+from .records import (
+    BUILD_FILE,
+    RECIPE_FILE,
+    BuildRecord,
+    RecordError,
+    StageRecord,
+    write_record,
+)
+from .runtime.session import quiet_cpu_session, run
 
 LIBRARIES = ("onnx", "onnxruntime", "onnxsim", "numpy")
+TIMINGS_FILE = "timings.json"
 
 
 @dataclass
@@ -32,6 +49,7 @@ class StageResult:
     name: str
     model: onnx.ModelProto = field(repr=False)
     seconds: float
+    exact: bool
     divergence: dict[str, float]
     report: dict[str, Any] = field(default_factory=dict)  # what the pass chose and why
 
@@ -40,19 +58,89 @@ class StageResult:
         return f"{self.index:02d}-{self.name}.onnx"
 
 
-def outputs(model: onnx.ModelProto, tensors: list[np.ndarray]) -> list[np.ndarray]:
-    sess = make_session(model.SerializeToString(), Runtime(intra_op_threads=2))
-    return [run(sess, x) for x in tensors]
+def outputs(
+    model: onnx.ModelProto, tensors: list[np.ndarray], who: str = "the source model"
+) -> list[np.ndarray]:
+    """The model's outputs on `tensors`; a model onnxruntime cannot load or run is a PassError
+    naming `who` produced it, never a raw traceback."""
+    try:
+        sess = quiet_cpu_session(model.SerializeToString(), threads=2)
+        return [run(sess, x) for x in tensors]
+    except Exception as e:  # onnxruntime raises its own exception types
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise PassError(
+            who,
+            f"onnxruntime cannot load or run its output on the calibration images "
+            f"({type(e).__name__}: {first})",
+        ) from e
 
 
-def divergence(
-    before: onnx.ModelProto, after: onnx.ModelProto, ref: list[np.ndarray], new: list[np.ndarray]
-) -> dict[str, float]:
-    """Max abs/rel logit change and argmax agreement on the classes both models share."""
-    cols = _shared_columns(before, after)
+def kept_columns(old: modelio.CtcSpec, new: modelio.CtcSpec) -> list[int] | None:
+    """For each class of `new`, its column in `old` (None when the charsets are equal): the
+    blank maps to the blank, every other entry to the next unused occurrence of its string,
+    so a dictionary that lists a character twice maps both copies."""
+    if old.charset == new.charset:
+        return None
+    free: dict[str, list[int]] = {}
+    for i, c in enumerate(old.charset):
+        if i != old.blank:
+            free.setdefault(c, []).append(i)
+    cols = []
+    for i, c in enumerate(new.charset):
+        if i == new.blank:
+            cols.append(old.blank)
+        elif free.get(c):
+            cols.append(free[c].pop(0))
+        else:
+            raise PassError("build", f"class {c!r} of the new model is not in its input's charset")
+    return cols
+
+
+def comparable(before: onnx.ModelProto, after: onnx.ModelProto, ref: list[np.ndarray]) -> list:
+    """`before`'s outputs restricted to the classes `after` kept (renormalized when they are
+    probabilities), so both models can be compared value for value."""
+    old, new = modelio.spec(before), modelio.spec(after)
+    cols = kept_columns(old, new)
+    if cols is None:
+        return ref
+    out = [r[..., cols] for r in ref]
+    if new.kind == "probabilities":
+        out = [r / r.sum(axis=-1, keepdims=True) for r in out]
+    elif ends_in(after, "LogSoftmax"):  # log-probabilities renormalize by a shift per row
+        out = [log_softmax(r) for r in out]
+    return out
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=-1, keepdims=True)
+    return x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def ends_in(model: onnx.ModelProto, op_type: str) -> bool:
+    """Whether the output is produced by `op_type`, looking through shape-only ops."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(model.graph.output[0].name)
+    while node is not None and node.op_type in ("Identity", "Reshape", "Transpose", "Squeeze"):
+        node = producers.get(node.input[0])
+    return node is not None and node.op_type == op_type
+
+
+def dropped_best(before: onnx.ModelProto, after: onnx.ModelProto, ref: list[np.ndarray]) -> float:
+    """Share of time steps whose best class in the input model is a class the new model no
+    longer has: agreement on the kept columns cannot show those."""
+    cols = kept_columns(modelio.spec(before), modelio.spec(after))
+    if cols is None:
+        return 0.0
+    kept = np.zeros(ref[0].shape[-1], bool)
+    kept[cols] = True
+    steps = [~kept[r.argmax(-1)] for r in ref]
+    return float(sum(int(s.sum()) for s in steps) / sum(s.size for s in steps))
+
+
+def divergence(ref: list[np.ndarray], new: list[np.ndarray]) -> dict[str, float]:
+    """Max abs/rel output change and argmax agreement (inputs already made comparable)."""
     abs_err, rel_err, agree, steps = 0.0, 0.0, 0, 0
     for a, b in zip(ref, new, strict=True):
-        a = a[..., cols]
         if a.shape != b.shape:
             raise PassError("build", f"output shape changed from {a.shape} to {b.shape}")
         diff = np.abs(a - b)
@@ -82,20 +170,21 @@ def run_passes(
     """Apply every pass; each result keeps its model, timing and divergence from its input."""
     probe = context.calibration[: recipe.equivalence.images]
     if not probe:
-        raise PassError("build", "no calibration images to check the passes with (data/calib)")
+        raise PassError("build", "no calibration images to check the passes with (data/*/calib)")
     results: list[StageResult] = []
-    current, current_out = model, outputs(model, probe)
+    current, current_out = model, outputs(model, probe, "build")
     for i, step in enumerate(recipe.passes, start=1):
         spec = registry.get(step.name)
+        print(f"build: pass {i}/{len(recipe.passes)} {step.name} ...", flush=True)
         t0 = time.perf_counter()
         new, report = pop_reports(spec.fn(current, step.options, context))
         seconds = time.perf_counter() - t0
-        new_out = outputs(new, probe)
-        div = divergence(current, new, current_out, new_out)
+        new_out = outputs(new, probe, step.name)
+        ref = comparable(current, new, current_out)
         if spec.exact:
-            cols = _shared_columns(current, new)
-            check_exact(step.name, [o[..., cols] for o in current_out], new_out, recipe.equivalence)
-        results.append(StageResult(i, step.name, new, seconds, div, report))
+            check_exact(step.name, ref, new_out, recipe.equivalence)
+        div = divergence(ref, new_out) | {"dropped_best": dropped_best(current, new, current_out)}
+        results.append(StageResult(i, step.name, new, seconds, spec.exact, div, report))
         current, current_out = new, new_out
     return results
 
@@ -114,48 +203,55 @@ def pop_reports(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
     return model, reports
 
 
-def _shared_columns(before: onnx.ModelProto, after: onnx.ModelProto) -> Any:
-    old_cs, new_cs = modelio.spec(before).charset, modelio.spec(after).charset
-    return slice(None) if old_cs == new_cs else [old_cs.index(c) for c in new_cs]
-
-
 def versions() -> dict[str, str]:
     return {lib: metadata.version(lib) for lib in LIBRARIES}
 
 
+def build_record(target: str, results: list[StageResult], folder: Path) -> BuildRecord:
+    return BuildRecord(
+        target=target,
+        stages=[
+            StageRecord(
+                index=r.index,
+                pass_name=r.name,
+                file=f"stages/{r.filename}",
+                size_mb=round(modelio.size_mb(folder / "stages" / r.filename), 3),
+                exact=r.exact,
+                **{k: round(v, 6) for k, v in r.divergence.items()},
+                report=r.report,
+            )
+            for r in results
+        ],
+    )
+
+
 def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: str) -> None:
-    """Write every stage model, the final model and the records into `out` atomically."""
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    """Every stage model, the final model and the records into `out` atomically; the pass
+    timings beside it, in `out`'s parent."""
+    with atomic_dir(out) as tmp:
         for r in results:
             modelio.save(r.model, tmp / "stages" / r.filename)
         final = results[-1].model
         modelio.save(final, tmp / "model.onnx")
-        modelio.write_json(tmp / "charset.json", modelio.spec(final).charset)
-        modelio.write_json(
-            tmp / "recipe.json",
+        write_json(tmp / "charset.json", modelio.spec(final).charset)
+        write_json(
+            tmp / RECIPE_FILE,
             {"target": target, "recipe": recipe.resolved(), "versions": versions()},
         )
-        modelio.write_json(
-            tmp / "build.json",
-            {
-                "target": target,
-                "stages": [
-                    {
-                        "index": r.index,
-                        "pass": r.name,
-                        "file": f"stages/{r.filename}",
-                        "size_mb": round(modelio.size_mb(tmp / "stages" / r.filename), 3),
-                        "seconds": round(r.seconds, 2),
-                        **{k: round(v, 6) for k, v in r.divergence.items()},
-                        **({"report": r.report} if r.report else {}),
-                    }
-                    for r in results
-                ],
-            },
-        )
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_record(tmp / BUILD_FILE, build_record(target, results, tmp))
+    write_json(
+        out.parent / TIMINGS_FILE,
+        {"target": target, "seconds": {r.filename: round(r.seconds, 2) for r in results}},
+    )
+
+
+def read_recipe(build_model_dir: Path) -> Recipe:
+    """The resolved recipe the build saved: downstream stages read this, never the YAML."""
+    from . import passes  # noqa: F401 - registers the passes the recipe names
+
+    path = Path(build_model_dir) / RECIPE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: missing; run the build stage first") from None
+    return Recipe.from_resolved(data["recipe"], str(path))

@@ -1,26 +1,29 @@
-"""The bundle stage: everything an app needs to recognize captchas, in one self-checking folder.
+"""The bundle stage: what an app ships, and what it may leave out, in one self-checking folder.
 
-build/<C>/bundle/
-  model.onnx                the build's final model
-  fallback.onnx             a float model with the same charset (see `choose_fallback`)
-  model.ort, fallback.ort   onnxruntime's mobile format (recipe bundle.ort_format)
-  required_operators.config the operators both .ort models use, for a minimal onnxruntime build
-  charset.json              class index -> string
-  manifest.json             input spec, preprocessing, session settings, CTC contract,
-                            confidence threshold, SHA-256 of every file, provenance, metrics
+bundles/<C>/
+  model.ort | model.onnx    the build's final model, in the recipe's `bundle.formats`  (ships)
+  charset.json              class index -> string                                      (ships)
+  manifest.json             input contract, preprocessing, session settings, CTC contract,
+                            confidence threshold, escalation, SHA-256 of every file,
+                            ships/optional sizes, provenance, accuracy per set        (ships)
+  fallback.ort | .onnx      the recipe's `bundle.fallback` model, loaded on first need (optional)
+  required_operators.config operators of the .ort models, for a minimal onnxruntime  (optional)
+  manifest.sig              Ed25519 signature, when signed (`python -m stages sign`)
 
 `stages.runtime.Recognizer` needs only this folder. The core functions are pure; `write_bundle`
-does the I/O and writes atomically (temp folder, self-check with the runtime, rename).
+does the I/O atomically (temp folder, self-check with the runtime, rename).
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import hashlib
-import io
 import json
-import logging
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -31,79 +34,66 @@ import numpy as np
 import onnx
 
 from . import modelio
+from .atomic import atomic_dir, write_bytes, write_json
+from .contract import Contract
 from .errors import ModelError, PipelineError
-from .preprocess import MIN_WIDTH, Preprocess
 from .recipe import Recipe
-from .runtime import FORMAT, FORMAT_VERSION, Recognizer
+from .records import BUILD_FILE, BuildRecord, EvalRecord, read_record
+from .runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE
+from .runtime.preprocess import MIN_WIDTH
+from .runtime.recognizer import Recognizer
+from .runtime.session import quiet_cpu_session
+from .source import batches, probe_inputs
 
-log = logging.getLogger(__name__)
-
-# ops only a quantizer emits; their presence means the model is not a float model
-QUANT_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "MatMulIntegerToFloat",
-        "QAttention",
-        "QGemm",
-    }
-)
-QUANT_PREFIXES = ("QLinear", "DynamicQuantize")
-# half-precision weights lose accuracy too; the fallback exists to be the most accurate model
-HALF_TYPES = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 ORT_CONFIG = "required_operators.config"
+ADDR_NO_RANDOMIZE = 0x0040000  # personality(2) flag: the .ort writer's map order follows addresses
 
 
 @dataclass(frozen=True)
 class FallbackChoice:
     model: onnx.ModelProto
-    origin: str  # where it came from, e.g. "stages/02-prune_charset.onnx" or "source"
+    origin: str  # where it came from, e.g. "stages/03-prune_charset.onnx", "source", "class:mid"
     is_float: bool
     derived: bool  # pruned here to the final charset; otherwise a byte copy of `origin`
-
-
-def is_float(model: onnx.ModelProto) -> bool:
-    """No quantization op and no half-precision initializer."""
-    ops = {n.op_type for n in model.graph.node}
-    if ops & QUANT_OPS or any(op.startswith(QUANT_PREFIXES) for op in ops):
-        return False
-    return not any(t.data_type in HALF_TYPES for t in model.graph.initializer)
+    path: Path | None  # the file a byte copy comes from
 
 
 def choose_fallback(
-    final: modelio.CtcSpec, candidates: Iterable[tuple[str, onnx.ModelProto]]
+    final: modelio.CtcSpec, candidates: Iterable[tuple[str, Path, onnx.ModelProto]]
 ) -> FallbackChoice:
-    """The model the runtime retries with when the primary is unsure or cannot load.
+    """`bundle.fallback: float`: the most accurate model to retry unsure images with.
 
     `candidates` come most-preferred first: the build's stage models from the latest to the
     earliest, then the source model. The rule:
       1. the first float candidate whose charset equals the final model's;
-      2. else (the charset was pruned after the last float stage, e.g. quantize then prune) the
-         first float candidate, pruned here with `prune_charset` to the final charset;
+      2. else (the charset was pruned after the last float stage) the first float candidate,
+         pruned here with `prune_charset` to the final charset;
       3. else (no float model at all: the source was already int8) the source, pruned if needed.
     The fallback must share the final charset because the bundle carries one charset.json and
-    the runtime compares both models' texts and confidences class for class. A float final
-    model is its own fallback (rule 1 picks its stage file): a second copy survives corruption
-    of model.onnx, and the runtime skips the pointless low-confidence rerun on identical bytes.
+    the runtime compares both models' confidences class for class.
     """
-    first_float: tuple[str, onnx.ModelProto] | None = None
-    last: tuple[str, onnx.ModelProto] | None = None
-    for origin, model in candidates:
-        floating = is_float(model)
+    first_float: tuple[str, Path, onnx.ModelProto] | None = None
+    last: tuple[str, Path, onnx.ModelProto] | None = None
+    for origin, path, model in candidates:
+        floating = modelio.is_float(model)
         if floating and modelio.spec(model).charset == final.charset:
-            return FallbackChoice(model, origin, True, False)
+            return FallbackChoice(model, origin, True, False, path)
         if floating and first_float is None:
-            first_float = (origin, model)
-        last = (origin, model)
+            first_float = (origin, path, model)
+        last = (origin, path, model)
     base = first_float or last
     if base is None:
         raise ModelError("no candidate model for the fallback (no stage models, no source)")
-    origin, model = base
+    return _matching(base, final, first_float is not None)
+
+
+def _matching(
+    base: tuple[str, Path, onnx.ModelProto], final: modelio.CtcSpec, is_float: bool
+) -> FallbackChoice:
+    origin, path, model = base
     if modelio.spec(model).charset == final.charset:
-        return FallbackChoice(model, origin, first_float is not None, False)
-    return FallbackChoice(prune_to(model, final, origin), origin, first_float is not None, True)
+        return FallbackChoice(model, origin, is_float, False, path)
+    return FallbackChoice(prune_to(model, final, origin), origin, is_float, True, None)
 
 
 def prune_to(model: onnx.ModelProto, final: modelio.CtcSpec, origin: str) -> onnx.ModelProto:
@@ -119,31 +109,83 @@ def prune_to(model: onnx.ModelProto, final: modelio.CtcSpec, origin: str) -> onn
     if modelio.spec(out).charset != final.charset:
         raise ModelError(
             f"fallback: pruning {origin} does not reproduce the final model's charset "
-            "(different class order or multi-character classes); add a float stage after "
-            "prune_charset in the recipe, e.g. put prune_charset before quantization"
+            "(different class order or multi-character classes); put prune_charset before "
+            "quantization in the recipe, or choose another bundle.fallback"
         )
     return out
 
 
-def input_spec(model: onnx.ModelProto, pre: Preprocess) -> dict[str, Any]:
-    """Name, [1, C, H, "width"] shape and dtype; fixed dims the model declares must agree."""
-    tensor = model.graph.input[0]
+def resolve_fallback(
+    choice: str, final: modelio.CtcSpec, build_dir: Path, builds_root: Path, source_dir: Path
+) -> FallbackChoice | None:
+    """The recipe's `bundle.fallback` as a model, or None for `none`."""
+    if choice == "none":
+        return None
+    if choice == "float":
+        return choose_fallback(final, stage_candidates(build_dir, source_dir))
+    kind, name = choice.split(":", 1)
+    if kind == "stage":
+        record = read_record(build_dir / BUILD_FILE, BuildRecord)
+        matches = [s for s in record.stages if name in (s.stem, s.pass_name)]
+        if not matches:
+            known = [s.stem for s in record.stages]
+            raise ModelError(f"bundle.fallback: no stage {name!r} in this build; stages: {known}")
+        path = build_dir / matches[-1].file
+        model = modelio.load(path)
+        return _matching((matches[-1].file, path, model), final, modelio.is_float(model))
+    path = builds_root / name / "model" / "model.onnx"
+    if not path.is_file():
+        raise ModelError(
+            f"bundle.fallback: class '{name}' has no built model at {path}; add it to "
+            "params.yaml targets (and build it first)"
+        )
+    model = modelio.load(path)
+    if modelio.spec(model).charset != final.charset:
+        raise ModelError(
+            f"bundle.fallback: class '{name}' outputs a different charset; both classes must "
+            "keep the same characters (params.yaml charset and their prune_charset options)"
+        )
+    return FallbackChoice(model, f"class:{name}", modelio.is_float(model), False, path)
+
+
+def stage_candidates(
+    build_dir: Path, source_dir: Path
+) -> Iterator[tuple[str, Path, onnx.ModelProto]]:
+    """Stage models latest first, then the source; loaded one at a time (each may be 50+ MB)."""
+    for path in sorted((build_dir / "stages").glob("[0-9][0-9]-*.onnx"), reverse=True):
+        yield f"stages/{path.name}", path, modelio.load(path)
+    yield "source", source_dir / "model.onnx", modelio.load(source_dir / "model.onnx")
+
+
+def input_spec(model: onnx.ModelProto, contract: Contract, recipe: Recipe) -> dict[str, Any]:
+    """Name, [N, C, H, "width"] shape and dtype; fixed dims the model declares must agree."""
+    pre = recipe.preprocess
+    tensor = modelio.input_value(model)
     ttype = tensor.type.tensor_type
     declared = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
-    expected = [1, pre.channels, pre.height, None]
+    expected = [None, pre.channels, pre.height, None]
     if len(declared) != 4 or any(
         d is not None and e is not None and d != e for d, e in zip(declared, expected, strict=True)
     ):
         raise ModelError(
             f"model input '{tensor.name}' is declared {declared} but the recipe's preprocessing "
-            f"feeds [1, {pre.channels}, {pre.height}, width]; fix preprocess.height/channels"
+            f"feeds [1, {pre.channels}, {pre.height}, width]; fix model.input.height/channels"
         )
+    batch = contract.batch and final_batches(model, pre)
     return {
         "name": tensor.name,
-        "shape": [1, pre.channels, pre.height, "width"],
+        "shape": ["batch" if batch else 1, pre.channels, pre.height, "width"],
         "dtype": onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name,
-        "min_width": MIN_WIDTH,
+        "min_width": pre.pad_to_width or MIN_WIDTH,
+        "batch": batch,
     }
+
+
+def final_batches(model: onnx.ModelProto, pre: Any) -> bool:
+    """The source batched; whether the final model still does, item for item (dynamic int8
+    computes one activation scale over the whole batch, so a batch changes each item)."""
+    session = quiet_cpu_session(model.SerializeToString())
+    return batches(session, probe_inputs(pre), modelio.spec(model).layout)
 
 
 def recipe_hash(resolved: dict[str, Any]) -> str:
@@ -152,21 +194,19 @@ def recipe_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def metrics_summary(evaluation: dict[str, Any], fallback: FallbackChoice) -> dict[str, Any]:
-    """The eval.json figures an app owner looks at; the fallback's when it is a stage's bytes."""
-    try:
-        variants = evaluation["variants"]
-        final, ref = variants["final"], variants["reference"]
-        out: dict[str, Any] = {
-            "images": evaluation["images"],
-            "final": {k: final[k] for k in ("accuracy", "cer", "size_mb", "model_p50_ms")},
-            "reference": {k: ref[k] for k in ("accuracy", "cer")},
-        }
-    except (KeyError, TypeError) as e:
-        raise PipelineError(f"eval.json: missing {e}; rerun the evaluate stage") from e
-    fb = variants.get(Path(fallback.origin).stem)
-    if fb is not None and fallback.origin.startswith("stages/") and not fallback.derived:
-        out["fallback"] = {k: fb[k] for k in ("accuracy", "cer")}
+def metrics_summary(evaluation: EvalRecord, fallback: FallbackChoice | None) -> dict[str, Any]:
+    """Per evaluation set: the final model's (and a stage fallback's) accuracy and CER, and
+    the reference's, as evaluate measured them."""
+    keys = ("accuracy", "cer")
+    v = evaluation.variants
+    out: dict[str, Any] = {
+        "sets": evaluation.sets,
+        "final": {s: {k: getattr(r, k) for k in keys} for s, r in v["final"].sets.items()},
+        "reference": {s: {k: getattr(r, k) for k in keys} for s, r in v["reference"].sets.items()},
+    }
+    stem = Path(fallback.origin).stem if fallback else ""
+    if fallback and fallback.origin.startswith("stages/") and not fallback.derived and stem in v:
+        out["fallback"] = {s: {k: getattr(r, k) for k in keys} for s, r in v[stem].sets.items()}
     return out
 
 
@@ -174,37 +214,52 @@ def manifest(
     *,
     target: str,
     final: onnx.ModelProto,
+    contract: Contract,
     recipe: Recipe,
-    fallback: FallbackChoice,
+    fallback: FallbackChoice | None,
     files: dict[str, dict[str, Any]],
     source: dict[str, Any],
     metrics: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The manifest.json document (see the module docstring for the folder it describes)."""
     ctc = modelio.spec(final)
-    ort_files = "model.ort" in files
+    formats = list(recipe.bundle.formats)
+    optional = [n for n in files if n.startswith("fallback.") or n == ORT_CONFIG]
+    ships = [n for n in files if n not in optional] + [MANIFEST]
+    models: dict[str, Any] = {
+        "primary": {"files": {f: f"model.{f}" for f in formats}, "optional": False}
+    }
+    if fallback is not None:
+        models["fallback"] = {
+            "files": {f: f"fallback.{f}" for f in formats},
+            "optional": True,
+            "origin": fallback.origin,
+            "float": fallback.is_float,
+            "pruned_here": fallback.derived,
+        }
+    esc = recipe.bundle.escalation
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "target": target,
-        "input": input_spec(final, recipe.preprocess),
-        "output": {"name": ctc.output_name, "classes": len(ctc.charset)},
-        "preprocess": recipe.preprocess.as_dict(),
-        "runtime": {**recipe.runtime.as_dict(), "providers": list(recipe.runtime.providers)},
-        "ctc": {"layout": ctc.layout, "blank": ctc.blank},
-        "confidence_threshold": recipe.bundle.confidence_threshold,
-        "charset": "charset.json",
-        "models": {
-            "primary": {"onnx": "model.onnx", "ort": "model.ort" if ort_files else None},
-            "fallback": {
-                "onnx": "fallback.onnx",
-                "ort": "fallback.ort" if ort_files else None,
-                "origin": fallback.origin,
-                "float": fallback.is_float,
-                "pruned_here": fallback.derived,
-            },
+        "formats": formats,
+        "input": input_spec(final, contract, recipe),
+        "output": {
+            "name": ctc.output_name,
+            "classes": len(ctc.charset),
+            "layout": ctc.layout,
+            "blank": ctc.blank,
+            "kind": ctc.kind,
         },
-        "ort_format": {"config": ORT_CONFIG, "optimization": "all"} if ort_files else None,
+        "preprocess": recipe.preprocess.as_dict(),
+        "runtime": recipe.runtime.as_dict(),
+        "scoring": contract.scoring.as_dict(),
+        "confidence_threshold": recipe.bundle.confidence_threshold,
+        "escalation": {"url": esc.url, "timeout_s": esc.timeout_s},
+        "charset": "charset.json",
+        "models": models,
+        "ships": sorted(ships),
+        "optional": sorted(optional),
         "files": files,
         "source": source,
         "recipe_sha256": recipe_hash(recipe.resolved()),
@@ -217,114 +272,160 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
     return {
         p.name: {"sha256": modelio.sha256(p), "bytes": p.stat().st_size}
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
     }
 
 
-def stage_candidates(build_dir: Path, source_dir: Path) -> Iterator[tuple[str, onnx.ModelProto]]:
-    """Stage models latest first, then the source; loaded one at a time (each may be 50+ MB)."""
-    for path in sorted((build_dir / "stages").glob("[0-9][0-9]-*.onnx"), reverse=True):
-        yield f"stages/{path.name}", modelio.load(path)
-    yield "source", modelio.load(source_dir / "model.onnx")
+def _no_aslr() -> None:
+    ctypes.CDLL(None).personality(ADDR_NO_RANDOMIZE)
 
 
-def convert_to_ort(folder: Path) -> None:
-    """model.ort, fallback.ort and required_operators.config next to the .onnx files.
+# The converter, run in a child. Its sessions run single-threaded (two threads allocating
+# concurrently would make the memory layout depend on timing), and it imports nothing from this
+# project: a module compiled on first import allocates differently from one loaded from .pyc.
+CONVERTER = """
+import contextlib, io, sys
+from pathlib import Path
+import onnxruntime as ort
+import onnxruntime.tools.convert_onnx_models_to_ort as converter
+original = converter._create_session_options
+def single_threaded(*args, **kwargs):
+    so = original(*args, **kwargs)
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so
+converter._create_session_options = single_threaded
+ort.set_default_logger_severity(3)
+with contextlib.redirect_stdout(io.StringIO()):
+    converter.convert_onnx_models_to_ort(
+        Path("."), output_dir=Path("."), optimization_styles=[converter.OptimizationStyle.Fixed]
+    )
+"""
+
+
+def convert_to_ort(folder: Path, names: list[str]) -> None:
+    """<name>.ort for each <name>.onnx, and required_operators.config, in `folder`.
 
     onnxruntime's converter applies the 'all' optimizations without the x86-only NCHWc layout,
-    so the .ort files run on ARM phones too; it prints progress, which goes to the debug log.
-    """
-    import onnxruntime as ort
-    from onnxruntime.tools.convert_onnx_models_to_ort import (
-        OptimizationStyle,
-        convert_onnx_models_to_ort,
-    )
-
-    ort.set_default_logger_severity(3)  # ddddocr's wrong declared output shape warns per model
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            convert_onnx_models_to_ort(
-                folder, output_dir=folder, optimization_styles=[OptimizationStyle.Fixed]
+    so the .ort files run on ARM phones too. Its writer orders some tables by memory address,
+    so the same model gives the same bytes only in the same memory layout: the converter runs
+    in an isolated child (-I -B: no environment, no bytecode written) without address
+    randomization, with a fixed environment, from inside a work folder whose path has the same
+    length wherever TMPDIR points. An unchanged rebuild then reruns nothing downstream."""
+    fixed = "/tmp" if Path("/tmp").is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="ort-convert-", dir=fixed) as tmp:
+        for name in names:
+            shutil.copyfile(folder / f"{name}.onnx", Path(tmp) / f"{name}.onnx")
+        proc = subprocess.run(
+            [sys.executable, "-I", "-B", "-c", CONVERTER],
+            cwd=tmp,
+            env=converter_env(),
+            capture_output=True,
+            text=True,
+            preexec_fn=_no_aslr,
+        )
+        if proc.returncode != 0:
+            raise ModelError(
+                f"converting to .ort failed; set bundle.formats: [onnx] to ship .onnx. "
+                f"Converter output:\n{(proc.stdout + proc.stderr)[-2000:]}"
             )
-    except Exception as e:  # the converter raises onnxruntime's own exception types
-        raise ModelError(
-            f"converting to .ort failed ({type(e).__name__}: {e}); set bundle.ort_format: false "
-            f"to ship only .onnx. Converter output:\n{printed.getvalue()[-2000:]}"
-        ) from e
-    log.debug("ort converter: %s", printed.getvalue())
-    config = folder / ORT_CONFIG
-    # the converter names the models by absolute path; keep the file the same on every machine
-    config.write_text(config.read_text().replace(f"{folder.resolve()}/", ""))
+        for name in names:
+            shutil.copyfile(Path(tmp) / f"{name}.ort", folder / f"{name}.ort")
+        config = (Path(tmp) / ORT_CONFIG).read_text()
+        # the converter names the models by absolute path; keep the file the same everywhere
+        write_bytes(folder / ORT_CONFIG, config.replace(f"{Path(tmp).resolve()}/", "").encode())
 
 
-def self_check(folder: Path, with_ort: bool, pre: Preprocess) -> None:
-    """Load the bundle exactly as an app would and run one blank image through both models."""
+def converter_env() -> dict[str, str]:
+    """Nothing that varies between shells: only what numpy's OpenBLAS may need on this CPU."""
+    keep = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LD_LIBRARY_PATH")
+    return {k: os.environ[k] for k in keep if k in os.environ} | {"LC_ALL": "C"}
+
+
+def self_check(folder: Path, formats: list[str], pre: Any, has_fallback: bool) -> None:
+    """Load the bundle exactly as an app would and run one blank image through its models."""
     blank = np.full((pre.height, pre.height * 4), 255, np.uint8)
-    for prefer_ort in (False, True) if with_ort else (False,):
-        rec = Recognizer.from_bundle(folder, prefer_ort=prefer_ort)
+    for fmt in formats:
+        rec = Recognizer.from_bundle(folder, model_format=fmt)
         rec.predict(blank)
-        if rec.model != "primary" or not rec.load_fallback():
-            raise ModelError(f"the written bundle does not load cleanly: {rec.events}")
+        if rec.model != "primary" or (has_fallback and not rec.load_fallback()):
+            raise ModelError(f"the written bundle does not load cleanly ({fmt}): {rec.events}")
 
 
 def write_bundle(
     target: str,
     build_dir: Path,
+    builds_root: Path,
     source_dir: Path,
+    contract: Contract,
     recipe: Recipe,
     eval_json: Path | None,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Write build/<C>/bundle atomically; returns the manifest."""
-    built = json.loads((build_dir / "recipe.json").read_text())["recipe"]
-    if recipe_hash(built) != recipe_hash(recipe.resolved()):
-        raise PipelineError(
-            f"{build_dir} was built from a different recipe than configs/{target}.yaml now "
-            f"gives; rebuild it first (dvc repro build@{target})"
-        )
+    """Write bundles/<C> atomically; returns the manifest."""
     final = modelio.load(build_dir / "model.onnx")
-    fallback = choose_fallback(modelio.spec(final), stage_candidates(build_dir, source_dir))
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _fill(tmp, build_dir, source_dir, final, fallback, recipe.bundle.ort_format)
-        evaluation = json.loads(eval_json.read_text()) if eval_json is not None else None
+    fallback = resolve_fallback(
+        recipe.bundle.fallback, modelio.spec(final), build_dir, builds_root, source_dir
+    )
+    evaluation = read_record(eval_json, EvalRecord) if eval_json is not None else None
+    with atomic_dir(out_dir) as tmp:
+        _fill(tmp, build_dir, final, fallback, recipe.bundle.formats)
         doc = manifest(
             target=target,
             final=final,
+            contract=contract,
             recipe=recipe,
             fallback=fallback,
             files=file_table(tmp),
             source=json.loads((source_dir / "source.json").read_text()),
             metrics=metrics_summary(evaluation, fallback) if evaluation else None,
         )
-        modelio.write_json(tmp / "manifest.json", doc)
-        for path in tmp.iterdir():
-            path.chmod(0o644)  # temp files are created 0600; an app may run as another user
-        self_check(tmp, recipe.bundle.ort_format, recipe.preprocess)
-        modelio.swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / MANIFEST, doc)
+        self_check(tmp, recipe.bundle.formats, recipe.preprocess, fallback is not None)
     return doc
 
 
 def _fill(
     tmp: Path,
     build_dir: Path,
-    source_dir: Path,
     final: onnx.ModelProto,
-    fallback: FallbackChoice,
-    ort_format: bool,
+    fallback: FallbackChoice | None,
+    formats: list[str],
 ) -> None:
-    tmp.mkdir(parents=True)
     shutil.copyfile(build_dir / "model.onnx", tmp / "model.onnx")
-    if fallback.derived:
-        modelio.save(fallback.model, tmp / "fallback.onnx")
-    else:  # a byte copy, so its hash matches the build's (or the source's) file
-        origin = source_dir / "model.onnx" if fallback.origin == "source" else None
-        shutil.copyfile(origin or build_dir / fallback.origin, tmp / "fallback.onnx")
-    if ort_format:
-        convert_to_ort(tmp)
-    modelio.write_json(tmp / "charset.json", modelio.spec(final).charset)
+    names = ["model"]
+    if fallback is not None:
+        names.append("fallback")
+        if fallback.derived or fallback.path is None:
+            modelio.save(fallback.model, tmp / "fallback.onnx")
+        else:  # a byte copy, so its hash matches the build's (or the source's) file
+            shutil.copyfile(fallback.path, tmp / "fallback.onnx")
+    if "ort" in formats:
+        convert_to_ort(tmp, names)
+    if "onnx" not in formats:
+        for name in names:
+            (tmp / f"{name}.onnx").unlink()
+    write_json(tmp / "charset.json", modelio.spec(final).charset)
+
+
+def sign_bundle(folder: Path, private_key_pem: bytes) -> None:
+    """Write manifest.sig: the Ed25519 signature of manifest.json's exact bytes, after checking
+    that every file the manifest lists is there with its hash (a tampered folder must never
+    get a valid signature)."""
+    from .runtime.manifest import parse_bundle, read_verified
+
+    spec = parse_bundle(folder)
+    for name in spec.manifest["files"]:
+        if (folder / name).exists() or name not in spec.manifest.get("optional", []):
+            read_verified(folder, spec.manifest, name)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"signing key: not an unencrypted PEM private key ({e})") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PipelineError(f"signing key is {type(key).__name__}, not Ed25519")
+    write_bytes(folder / SIGNATURE, key.sign((folder / MANIFEST).read_bytes()))

@@ -1,7 +1,9 @@
-"""`python -m stages <verb>`: one verb per DVC stage, plus `passes` and `recognize`.
+"""`python -m stages <verb>`: one verb per DVC stage, plus `passes`, `recognize`, `sign` and
+`serve`.
 
-Each verb reads its inputs, calls the pure functions of its module and writes atomically.
-Exit codes: 0 ok, 2 bad input (recipe, params, model or image; the message says which), 1 bug.
+Each verb reads its inputs (every path from its command line, as dvc.yaml states it), calls the
+pure functions of its module and writes atomically. Exit codes: 0 ok, 2 bad input (recipe,
+params, model, data or image; the message says which), 1 bug.
 """
 
 from __future__ import annotations
@@ -11,28 +13,69 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import modelio, registry
 from . import recipe as recipes
+from . import registry
 from .errors import PipelineError
-from .preprocess import ImageError
+
+if TYPE_CHECKING:
+    from .contract import Contract
 
 log = logging.getLogger("stages")
-VERBS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
+Verb = Callable[[argparse.Namespace], int]
+VERBS: dict[str, tuple[Verb, str, Callable[[argparse.ArgumentParser], None]]] = {}
 
 
-def verb(name: str, help_: str):
-    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        VERBS[name] = (fn, help_)
+def verb(name: str, help_: str, *args: Callable[[argparse.ArgumentParser], None]):
+    """Register `fn` as verb `name`; `args` add its options (see the helpers at the end)."""
+
+    def wrap(fn: Verb) -> Verb:
+        def add(p: argparse.ArgumentParser) -> None:
+            for a in args:
+                a(p)
+
+        VERBS[name] = (fn, help_, add)
         return fn
 
     return wrap
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", type=Path)
-    p.add_argument("--pipeline", default="pipeline.yaml", type=Path)
-    p.add_argument("--configs", default="configs", type=Path)
+def _params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default=Path("params.yaml"), type=Path)
+
+
+def _recipes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", default=Path("pipeline.yaml"), type=Path)
+    p.add_argument("--configs", default=Path("configs"), type=Path)
+
+
+def _target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="device class (configs/<target>.yaml)")
+
+
+def _model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="the model stage's folder")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="folder of data/<source> folders")
+
+
+def _build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--build", type=Path, required=True, help="a build's model folder")
+
+
+def _eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval", type=Path, required=True, help="the class's eval.json")
+
+
+def _out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="the data source's name in params.yaml")
 
 
 @verb("passes", "list every registered pass with its options and defaults")
@@ -48,67 +91,110 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
-@verb("model", "copy the source recognizer and its charset into the pipeline")
+@verb("model", "bring the source recognizer and its contract into the pipeline", _params, _out)
 def cmd_model(args: argparse.Namespace) -> int:
     from .source import load_source, write_source
 
-    params = recipes.load_params(args.params)
-    model, origin = load_source(params.model)
-    write_source(args.out, model, origin)
-    print(f"model: {origin.get('file')} -> {args.out} ({modelio.size_mb(model):.1f} MB)")
+    params = _load_params(args)
+    model, contract, charset, origin = load_source(params.model, str(args.params))
+    write_source(args.out, model, contract, charset, origin)
+    size = model.ByteSize() / 1e6
+    print(
+        f"model: {origin.get('file')} -> {args.out} ({size:.1f} MB, {contract.classes} classes, "
+        f"input {contract.input.channels}x{contract.input.height}, {contract.kind}, "
+        f"batch {'yes' if contract.batch else 'no'})"
+    )
     return 0
 
 
-@verb("data", "generate the seeded calibration, validation and evaluation captchas")
-def cmd_data(args: argparse.Namespace) -> int:
-    from .data import make_split, write_split
+@verb(
+    "synthetic",
+    "generate one synthetic data source's calib/val/eval splits",
+    _params,
+    _source,
+    _out,
+)
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from .data.sources import write_synthetic
 
-    params = recipes.load_params(args.params)
-    d = params.data
-    for offset, (split, n) in enumerate((("calib", d.calib), ("val", d.val), ("eval", d.eval))):
-        write_split(args.out / split, make_split(d.style, n, d.seed + offset))
-        print(f"data: {n} images -> {args.out / split}")
+    params = _load_params(args)
+    source = _named(params.data.synthetic, args.source, args.params, "data.synthetic")
+    summary = write_synthetic(
+        args.source, source, params.allowed_chars(), args.out, str(args.params)
+    )
+    print(f"synthetic@{args.source}: {summary['splits']} -> {args.out}")
     return 0
 
 
-@verb("preprocess", "measure every preprocessing candidate's cost and accuracy")
+@verb(
+    "folder", "check, split and copy one folder of your own labeled images", _params, _source, _out
+)
+def cmd_folder(args: argparse.Namespace) -> int:
+    from .data.sources import write_folder
+
+    params = _load_params(args)
+    source = _named(params.data.folders, args.source, args.params, "data.folders")
+    scoring = params.model.scoring
+    summary = write_folder(
+        args.source, source, params.allowed_chars(), scoring.normalize, args.out, str(args.params)
+    )
+    print(
+        f"folder@{args.source}: {summary['splits']} -> {args.out}; skipped "
+        f"{len(summary['skipped'])} unreadable, {len(summary['duplicates'])} duplicate, "
+        f"{len(summary['ignored'])} unlabeled/other files"
+    )
+    for item in summary["skipped"][:10]:
+        print(f"  skipped {item['name']}: {item['code']} {item['detail']}", file=sys.stderr)
+    return 0
+
+
+@verb("preprocess", "measure every preprocessing candidate on every evaluation set",
+      _params, _model, _data, _out)  # fmt: skip
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .atomic import write_json
+    from .contract import read_contract
     from .preprocess_bench import run
 
-    params = recipes.load_params(args.params)
-    pp = params.preprocess
-    result = run(pp.candidates, args.data, args.model / "model.onnx", pp.images)
-    modelio.write_json(args.out, result)
+    params = _load_params(args)
+    contract = read_contract(args.model)
+    candidates = {n: params.preprocess_for(c) for n, c in params.preprocess.candidates.items()}
+    candidates = {"contract": contract.input, **candidates}
+    result = run(
+        candidates, args.data, params.data.sources(), args.model, params.preprocess.images,
+        contract.scoring,
+    )  # fmt: skip
+    write_json(args.out, result)
     for name, row in result["candidates"].items():
-        print(
-            f"preprocess: {name}: {row['preprocess_ms']} ms/image, +{row['import_rss_mb']} MB "
-            f"imports, accuracy {row['accuracy']:.4f}"
-        )
+        acc = ", ".join(f"{s} {v['accuracy']:.4f}" for s, v in row["sets"].items())
+        print(f"preprocess: {name}: {row['preprocess_ms']} ms/image, accuracy {acc}")
     return 0
 
 
-@verb("build", "apply a device class's passes to the source model")
+@verb("build", "apply a device class's passes to the source model",
+      _params, _recipes, _target, _model, _data, _out)  # fmt: skip
 def cmd_build(args: argparse.Namespace) -> int:
+    from . import modelio
     from .build import run_passes, write_build
-    from .data import read_split
-    from .preprocess import preprocess_all
+    from .data.dataset import interleave, read_sets
+    from .runtime.preprocess import preprocess_all
 
-    params, recipe = _load_class(args)
+    params, contract, recipe = _load_class(args)
+
     model = modelio.load(args.model / "model.onnx")
-    calib = [p for p, _ in read_split(args.data / "calib")]
-    val = read_split(args.data / "val")
+    sources = params.data.sources()
+    calib = read_sets(args.data, sources, "calib")
+    val = read_sets(args.data, sources, "val")
+    pre = recipe.preprocess
     context = registry.PassContext(
-        calibration=preprocess_all(calib, recipe.preprocess),
-        validation=list(
-            zip(
-                preprocess_all([p for p, _ in val], recipe.preprocess),
-                [t for _, t in val],
-                strict=True,
-            )
-        ),
+        calibration=interleave([preprocess_all([p for p, _ in v], pre) for v in calib.values()]),
+        validation={
+            s: list(zip(preprocess_all([p for p, _ in v], pre), [t for _, t in v], strict=True))
+            for s, v in val.items()
+        },
         allowed_chars=params.allowed_chars(),
         runtime=recipe.runtime,
-        seed=params.data.seed,
+        input=pre,
+        scoring=contract.scoring,
     )
     results = run_passes(model, recipe, context)
     write_build(args.out, recipe, results, args.target)
@@ -120,105 +206,236 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-@verb("evaluate", "score the reference and every built model on the evaluation set")
+@verb("evaluate", "score the reference and every built model on every evaluation set",
+      _params, _target, _model, _data, _build, _out)  # fmt: skip
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_build
+    from .build import read_recipe
+    from .contract import read_contract
+    from .data.dataset import read_sets
+    from .evaluate import EvalSets, evaluate_build
+    from .records import write_record
 
-    _, recipe = _load_class(args)
-    pipeline = recipes.load_pipeline(args.pipeline)
+    params = _load_params(args)
+    contract = read_contract(args.model)
+    recipe = read_recipe(args.build)
+    sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
     result = evaluate_build(
-        args.target, args.model, args.build, args.data, recipe, reference_preprocess(pipeline)
-    )
-    modelio.write_json(args.out, result)
-    ref, fin = result["variants"]["reference"], result["variants"]["final"]
-    print(
-        f"evaluate@{args.target}: reference {ref['accuracy']:.4f}, final {fin['accuracy']:.4f}"
-        f" (agreement {fin['agreement']:.4f})"
-    )
+        args.target, args.model, args.build, sets, recipe.preprocess, contract.input,
+        contract.scoring, recipe.runtime,
+    )  # fmt: skip
+    write_record(args.out, result)
+    for s in result.sets:
+        ref, fin = result.variants["reference"].sets[s], result.variants["final"].sets[s]
+        print(
+            f"evaluate@{args.target} {s}: reference {ref.accuracy:.4f}, final {fin.accuracy:.4f}"
+            f" (agreement {fin.agreement:.4f})"
+        )
     return 0
 
 
-@verb("bundle", "package a class's final model, float fallback, charset and manifest for apps")
+def _builds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--builds", type=Path, required=True, help="folder of every class's build")
+
+
+@verb("bundle", "package a class's final model (and optional fallback) for apps",
+      _target, _model, _build, _builds, _eval, _out)  # fmt: skip
 def cmd_bundle(args: argparse.Namespace) -> int:
+    from .build import read_recipe
     from .bundle import write_bundle
+    from .contract import read_contract
+    from .runtime.manifest import sizes_mb
 
-    _, recipe = _load_class(args)
-    doc = write_bundle(args.target, args.build, args.model, recipe, args.eval, args.out)
-    fallback = doc["models"]["fallback"]["origin"]
-    print(f"bundle@{args.target}: {len(doc['files'])} files -> {args.out} (fallback: {fallback})")
+    recipe = read_recipe(args.build)
+    doc = write_bundle(
+        args.target, args.build, args.builds, args.model, read_contract(args.model), recipe,
+        args.eval, args.out,
+    )  # fmt: skip
+    sizes = sizes_mb(args.out, doc)
+    fallback = doc["models"].get("fallback", {}).get("origin", "none")
+    print(
+        f"bundle@{args.target}: ships {sizes['ships_mb']} MB ({', '.join(doc['ships'])}), "
+        f"optional {sizes['optional_mb']} MB (fallback: {fallback}) -> {args.out}"
+    )
     return 0
 
 
-@verb("recognize", "recognize images with a bundle: exit 0 ok, 3 bad image, 4 bad bundle, 1 bug")
+def _recognize_args(p: argparse.ArgumentParser) -> None:
+    from .runtime.cli import add_recognize_args
+
+    add_recognize_args(p)
+
+
+@verb("recognize", "recognize images with a bundle: exit 0 ok, 3 bad image, 4 bad bundle, 1 bug",
+      _recognize_args)  # fmt: skip
 def cmd_recognize(args: argparse.Namespace) -> int:
-    from .recognize import cmd_recognize as recognize
+    from .runtime.cli import cmd_recognize as recognize
 
     return recognize(args)
 
 
-@verb("baselines", "build naive_int8 and score stock ddddocr on the evaluation set")
+def _sign_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle folder to sign")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key, PEM")
+
+
+@verb("sign", "sign a bundle's manifest with an Ed25519 private key (writes manifest.sig)",
+      _sign_args)  # fmt: skip
+def cmd_sign(args: argparse.Namespace) -> int:
+    from .bundle import sign_bundle
+    from .runtime.manifest import find_bundle
+
+    folder = find_bundle(args.bundle)
+    try:
+        key = args.key.read_bytes()
+    except OSError as e:
+        raise PipelineError(f"{args.key}: cannot read the signing key ({e.strerror})") from e
+    sign_bundle(folder, key)
+    print(f"sign: {folder / 'manifest.sig'}")
+    return 0
+
+
+@verb("baselines", "build naive_int8 and score the stock baselines on every evaluation set",
+      _params, _model, _data, _out)  # fmt: skip
 def cmd_baselines(args: argparse.Namespace) -> int:
+    import json
+
     from .baselines import build_baselines
+    from .contract import read_contract
+    from .data.dataset import read_sets
+    from .evaluate import EvalSets
 
-    params = recipes.load_params(args.params)
-    pipeline = recipes.load_pipeline(args.pipeline)
-    result = build_baselines(
-        args.model,
-        args.data,
-        args.out,
-        reference_preprocess(pipeline),
-        recipes.Runtime(),
-        params.bench.baselines,
+    params = _load_params(args)
+    sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
+    origin = json.loads((args.model / "source.json").read_text())
+    record = build_baselines(
+        args.model, origin, read_contract(args.model), sets, args.out, params.bench.baselines
     )
-    for name, row in result["variants"].items():
-        print(f"baselines: {name} accuracy {row['accuracy']:.4f}")
+    for name, row in record.variants.items():
+        acc = ", ".join(f"{s} {r.accuracy:.4f}" for s, r in row.sets.items())
+        print(f"baselines: {name}: {acc}")
     return 0
 
 
-@verb("bench", "measure every variant of a class in fresh pinned processes, interleaved")
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="the class's bundle folder")
+    p.add_argument("--baselines", type=Path, required=True, help="the baselines stage's folder")
+
+
+@verb("bench", "measure every variant of a class in fresh pinned processes, interleaved",
+      _params, _target, _model, _data, _build, _eval, _bench_args, _out)  # fmt: skip
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, run_bench
+    from .build import read_recipe
+    from .contract import read_contract
+    from .measure.bench import BenchInputs, run_bench
+    from .records import write_record
 
-    params, recipe = _load_class(args)
-    pipeline = recipes.load_pipeline(args.pipeline)
-    result = run_bench(
-        args.target,
-        args.build,
-        args.model,
-        args.baselines,
-        args.data,
-        recipe,
-        reference_preprocess(pipeline),
-        BenchConfig.from_params(params.bench),
+    params = _load_params(args)
+    inputs = BenchInputs(
+        target=args.target,
+        source=args.model,
+        build=args.build,
+        eval_json=args.eval,
+        bundle=args.bundle,
+        baselines=args.baselines,
+        data=args.data,
+        sets=params.data.sources(),
     )
-    modelio.write_json(args.out, result)
-    print(f"bench@{args.target}: ratios vs stock_beta {result.get('ratios')}")
+    result = run_bench(inputs, read_recipe(args.build), read_contract(args.model), params.bench)
+    write_record(args.out, result)
+    print(f"bench@{args.target}: vs stock {result.ratios.model_dump() if result.ratios else None}")
     return 0
 
 
-@verb("report", "write reports/<class>.md, reports/summary.md and plot data; embed in README")
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", type=Path, required=True, help="folder of metrics/<class>.json")
+    p.add_argument("--builds", type=Path, required=True, help="folder of every class's build")
+    p.add_argument("--plots", type=Path, required=True, help="where the pictures go")
+    p.add_argument("--readme", type=Path, help="README whose summary markers get the table")
+
+
+@verb("report", "write reports/*.md, the pictures and an offline HTML page; embed in README",
+      _params, _report_args, _out)  # fmt: skip
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import embed_file, write_reports
 
-    params = recipes.load_params(args.params)
-    text = write_reports(params.targets, args.metrics, Path("build"), args.out, args.plots)
+    params = _load_params(args)
+    text = write_reports(params.targets, args.metrics, args.builds, args.out, args.plots)
     if args.readme:
         embed_file(args.readme, text)
-    print(f"report: {len(params.targets)} classes -> {args.out}")
+    print(f"report: {len(params.targets)} classes -> {args.out}, pictures -> {args.plots}")
     return 0
 
 
-def reference_preprocess(pipeline: recipes.Pipeline):
-    """The source model is judged as its own package feeds it: the pipeline's defaults."""
-    from .preprocess import Preprocess
-
-    return Preprocess(**pipeline.defaults.get("preprocess", {}))
+def _served_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="the served class's bundle")
 
 
-def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, recipes.Recipe]:
-    _load_passes()
+@verb("serve-bench", "measure the escalation server against stock ddddocr served the same way",
+      _params, _data, _served_bundle, _out)  # fmt: skip
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    from .atomic import write_json
+    from .data.dataset import interleave, read_sets
+    from .measure.serve_bench import serve_bench, serve_table
+
+    params = _load_params(args)
+    s = params.serve
+    if s.target not in params.targets:
+        raise recipes.RecipeError(
+            str(args.params),
+            "serve.target",
+            f"'{s.target}' is not in targets {params.targets}; the server runs a built class's "
+            "bundle",
+        )
+    sets = read_sets(args.data, params.data.sources(), "eval")
+    images = interleave([[p for p, _ in items] for items in sets.values()])
+    result = serve_bench(args.bundle, images, s.clients, s.requests, s.batching)
+    write_json(args.out, result)
+    print(serve_table(result))
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=2, help="threads running the model")
+    p.add_argument("--batch", type=int, default=8, help="largest batch (batching models only)")
+    p.add_argument("--batch-wait-ms", type=float, default=3.0, help="collect a batch this long")
+    p.add_argument("--max-body-kb", type=int, default=2048, help="largest request body")
+    p.add_argument("--max-concurrency", type=int, default=64, help="requests in flight, max")
+    p.add_argument(
+        "--no-batching", action="store_true", help="never batch, even when the model can"
+    )
+
+
+@verb("serve", "serve a bundle over HTTP for the runtime's escalations", _serve_args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import cmd_serve as serve
+
+    return serve(args)
+
+
+def _named(table: dict, name: str, params_file: Path, field: str):
+    if name not in table:
+        raise recipes.RecipeError(
+            str(params_file), field, f"has no source '{name}'; it has {sorted(table)}"
+        )
+    return table[name]
+
+
+def _load_params(args: argparse.Namespace) -> recipes.Params:
     params = recipes.load_params(args.params)
     params.check_versions(str(args.params))
+    return params
+
+
+def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, Contract, recipes.Recipe]:
+    """Params, the model's contract and the class's recipe, checked in that order: the cheap
+    checks of what the user typed come before anything read from earlier stages."""
+    from .contract import read_contract
+
+    _load_passes()
+    params = _load_params(args)
     pipeline = recipes.load_pipeline(args.pipeline)
     if args.target not in params.targets:
         raise recipes.RecipeError(
@@ -226,7 +443,11 @@ def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, recipes.Recip
             "targets",
             f"'{args.target}' is not a target; targets: {params.targets}",
         )
-    return params, recipes.load_class(args.target, params, pipeline, args.configs, args.params)
+    contract = read_contract(args.model)
+    recipe = recipes.load_class(
+        args.target, params, pipeline, args.configs, args.params, contract.input
+    )
+    return params, contract, recipe
 
 
 def _load_passes() -> None:
@@ -236,73 +457,16 @@ def _load_passes() -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stages", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="verb", required=True)
-    for name, (_, help_) in VERBS.items():
-        p = sub.add_parser(name, help=help_)
-        _common(p)
-        ARGS.get(name, lambda _p: None)(p)
+    for name, (_, help_, add) in VERBS.items():
+        add(sub.add_parser(name, help=help_))
     return ap
 
 
-def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True)
-    p.add_argument("--model", type=Path, default=Path("models/source"))
-    p.add_argument("--data", type=Path, default=Path("data"))
-    p.add_argument("--build", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-
-
-def _preprocess_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=Path("models/source"))
-    p.add_argument("--data", type=Path, default=Path("data"))
-    p.add_argument("--out", type=Path, required=True)
-
-
-def _bundle_args(p: argparse.ArgumentParser) -> None:
-    _target_args(p)
-    p.add_argument("--eval", type=Path, help="eval.json whose figures the manifest summarizes")
-
-
-def _recognize_args(p: argparse.ArgumentParser) -> None:
-    from .recognize import add_recognize_args
-
-    add_recognize_args(p)
-
-
-def _baselines_args(p: argparse.ArgumentParser) -> None:
-    _preprocess_args(p)
-
-
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    _target_args(p)
-    p.add_argument("--baselines", type=Path, default=Path("build/baselines"))
-
-
-def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics", type=Path, default=Path("metrics"))
-    p.add_argument("--plots", type=Path, default=Path("plots"))
-    p.add_argument("--readme", type=Path, help="README whose summary markers get the table")
-    p.add_argument("--out", type=Path, required=True)
-
-
-ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "model": lambda p: p.add_argument("--out", type=Path, required=True),
-    "data": lambda p: p.add_argument("--out", type=Path, required=True),
-    "preprocess": _preprocess_args,
-    "build": _target_args,
-    "evaluate": _target_args,
-    "bundle": _bundle_args,
-    "baselines": _baselines_args,
-    "bench": _bench_args,
-    "report": _report_args,
-    "recognize": _recognize_args,
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
         return VERBS[args.verb][0](args)
-    except (PipelineError, ImageError) as e:
+    except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,19 +1,24 @@
-"""One exception family; every message says what was wrong, what was given and what is allowed."""
+"""One exception family; every message says what was wrong, what was given and what is allowed.
+
+The root, PipelineError, lives in the standalone runtime (stages.runtime.errors) together with
+ImageError and BundleError; the build side adds its subclasses here.
+"""
 
 from __future__ import annotations
 
+from .runtime.errors import BundleError, FieldValueError, ImageError, PipelineError
 
-class PipelineError(Exception):
-    """Base of every error this project raises on purpose (exit code 2 in the CLI)."""
-
-
-class FieldValueError(ValueError):
-    """A settings object refused one field's value; `field` lets the recipe loader report the
-    full path (runtime.intra_op_threads), not only the section."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field} {message}")
+__all__ = [
+    "BundleError",
+    "DataError",
+    "FieldValueError",
+    "ImageError",
+    "ModelError",
+    "PassError",
+    "PipelineError",
+    "RecipeError",
+    "UnknownNameError",
+]
 
 
 class RecipeError(PipelineError):
@@ -29,8 +34,8 @@ class ModelError(PipelineError):
     """A model file is unreadable or is not a CTC recognizer this pipeline can handle."""
 
 
-class DataError(PipelineError, ValueError):
-    """A dataset split on disk is missing or malformed; the message names the file."""
+class DataError(PipelineError):
+    """A dataset is missing or malformed; the message names the file and what to do."""
 
 
 class PassError(PipelineError):

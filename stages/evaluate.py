@@ -1,115 +1,120 @@
-"""The evaluation stage: every model of a build on the evaluation set, one shared
-preprocessing and one CTC decode, scored against labels and against the reference."""
+"""The evaluation stage: every model of a build on every evaluation set (one per data source),
+one shared preprocessing and one CTC decode, scored against labels and against the reference.
+
+Deterministic: no timings here (the bench measures speed), so an unchanged rebuild writes the
+same eval.json and nothing downstream reruns.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from collections import defaultdict
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import modelio
-from .data import read_split
-from .decode import decode
-from .inference import Runtime, make_session
-from .preprocess import Preprocess, preprocess_all
-from .recipe import Recipe
+from .progress import Progress
+from .records import BUILD_FILE, BuildRecord, EvalRecord, SetScore, VariantEval, read_record
+from .runtime.decode import decode
+from .runtime.preprocess import Preprocess, preprocess_all
+from .runtime.session import Runtime, make_session
+from .scoring import Scoring, agreement, score
+
+EVAL_THREADS = 2  # accuracy does not depend on threads; evaluation throughput does
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance, one row at a time."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+def eval_runtime(runtime: Runtime) -> Runtime:
+    """The class's session settings with evaluation's thread count (texts do not depend on it)."""
+    return dataclasses.replace(runtime, intra_op_threads=EVAL_THREADS, allow_spinning=False)
 
 
-def score(preds: list[str], labels: list[str]) -> dict[str, Any]:
-    """Exact-match accuracy, character error rate and accuracy per label length."""
-    if len(preds) != len(labels) or not labels:
-        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
-    exact = [p == t for p, t in zip(preds, labels, strict=True)]
-    errors = sum(edit_distance(p, t) for p, t in zip(preds, labels, strict=True))
-    by_len: dict[int, list[bool]] = defaultdict(list)
-    for ok, t in zip(exact, labels, strict=True):
-        by_len[len(t)].append(ok)
-    return {
-        "accuracy": round(float(np.mean(exact)), 5),
-        "cer": round(errors / max(1, sum(len(t) for t in labels)), 5),
-        "by_length": {
-            str(k): {"n": len(v), "accuracy": round(float(np.mean(v)), 5)}
-            for k, v in sorted(by_len.items())
-        },
-    }
-
-
-def agreement(preds: list[str], reference: list[str]) -> float:
-    return round(float(np.mean([p == r for p, r in zip(preds, reference, strict=True)])), 5)
-
-
-def predict(model_path: Path, xs: list[np.ndarray], rt: Runtime) -> tuple[list[str], float]:
-    """Predictions and the median model-only latency (ms) over the inputs."""
+def predict(
+    model_path: Path, xs: list[np.ndarray], rt: Runtime, bar: Progress | None = None
+) -> list[str]:
+    """The model's text for each input tensor, decoded with the model's own CTC contract."""
     sess = make_session(model_path.read_bytes(), rt)
     name = sess.get_inputs()[0].name
     meta = sess.get_modelmeta().custom_metadata_map
     ctc = modelio.spec_from_metadata(meta, name, sess.get_outputs()[0].name)
-    preds, times = [], []
+    preds = []
     for x in xs:
-        t0 = time.perf_counter()
-        logits = sess.run(None, {name: x})[0]
-        times.append(time.perf_counter() - t0)
-        preds.append(decode(logits, ctc.charset, ctc.layout, ctc.blank).text)
-    return preds, round(float(np.median(times)) * 1e3, 3)
+        out = sess.run(None, {name: x})[0]
+        preds.append(decode(out, ctc.charset, ctc.layout, ctc.blank).text)
+        if bar is not None:
+            bar.step()
+    return preds
 
 
-def evaluate_model(
-    model_path: Path,
-    xs: list[np.ndarray],
-    labels: list[str],
-    ref: list[str] | None,
-    rt: Runtime,
-) -> tuple[dict[str, Any], list[str]]:
-    preds, p50 = predict(model_path, xs, rt)
-    out = {
-        "size_mb": round(modelio.size_mb(model_path), 3),
-        **score(preds, labels),
-        "agreement": agreement(preds, ref) if ref is not None else 1.0,
-        "model_p50_ms": p50,
+def score_sets(
+    preds: dict[str, list[str]],
+    labels: dict[str, list[str]],
+    ref: dict[str, list[str]] | None,
+    scoring: Scoring,
+) -> dict[str, SetScore]:
+    return {
+        s: SetScore(
+            **score(preds[s], labels[s], scoring),
+            agreement=agreement(preds[s], ref[s], scoring) if ref is not None else None,
+        )
+        for s in preds
     }
-    return out, preds
+
+
+class EvalSets:
+    """Every evaluation set's images and labels, and their tensors per preprocessing."""
+
+    def __init__(self, sets: dict[str, list[tuple[Path, str]]]) -> None:
+        self.images = {s: [p for p, _ in items] for s, items in sets.items()}
+        self.labels = {s: [t for _, t in items] for s, items in sets.items()}
+        self._tensors: dict[Preprocess, dict[str, list[np.ndarray]]] = {}
+
+    def tensors(self, spec: Preprocess) -> dict[str, list[np.ndarray]]:
+        if spec not in self._tensors:
+            self._tensors[spec] = {s: preprocess_all(p, spec) for s, p in self.images.items()}
+        return self._tensors[spec]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {s: len(v) for s, v in self.labels.items()}
+
+    def predict(self, model: Path, spec: Preprocess, rt: Runtime, label: str) -> dict:
+        bar = Progress(label, sum(self.sizes.values()))
+        preds = {s: predict(model, xs, rt, bar) for s, xs in self.tensors(spec).items()}
+        bar.close()
+        return preds
 
 
 def evaluate_build(
-    target: str, source: Path, build: Path, data: Path, recipe: Recipe, reference: Preprocess
-) -> dict[str, Any]:
-    """Reference (source model, reference preprocessing), every stage model and the final one
-    (recipe preprocessing), all on the same evaluation images."""
-    items = read_split(data / "eval")
-    images, labels = [p for p, _ in items], [t for _, t in items]
-    rt = recipe.runtime
-    ref, ref_preds = evaluate_model(
-        source / "model.onnx", preprocess_all(images, reference), labels, None, rt
-    )
-    xs = preprocess_all(images, recipe.preprocess)
-    variants: dict[str, Any] = {"reference": ref}
-    stages = json.loads((build / "build.json").read_text())["stages"]
-    for st in stages:
-        variants[Path(st["file"]).stem], _ = evaluate_model(
-            build / st["file"], xs, labels, ref_preds, rt
+    target: str,
+    source: Path,
+    build: Path,
+    sets: EvalSets,
+    preprocess: Preprocess,
+    reference: Preprocess,
+    scoring: Scoring,
+    runtime: Runtime,
+) -> EvalRecord:
+    """Reference (source model, the contract's preprocessing), every stage model and the final
+    one (the recipe's preprocessing and session settings), all on the same evaluation images."""
+    rt = eval_runtime(runtime)
+    ref_preds = sets.predict(source / "model.onnx", reference, rt, f"evaluate@{target} reference")
+    variants = {
+        "reference": VariantEval(
+            file=None,
+            size_mb=round(modelio.size_mb(source / "model.onnx"), 3),
+            sets=score_sets(ref_preds, sets.labels, None, scoring),
         )
-    variants["final"] = {
-        **variants[Path(stages[-1]["file"]).stem],
-        "size_mb": round(modelio.size_mb(build / "model.onnx"), 3),
     }
-    return {
-        "target": target,
-        "images": len(items),
-        "threads": rt.intra_op_threads,
-        "variants": variants,
-    }
+    record = read_record(build / BUILD_FILE, BuildRecord)
+    for st in record.stages:
+        preds = sets.predict(build / st.file, preprocess, rt, f"evaluate@{target} {st.stem}")
+        variants[st.stem] = VariantEval(
+            file=st.file,
+            size_mb=st.size_mb,
+            sets=score_sets(preds, sets.labels, ref_preds, scoring),
+        )
+    last = variants[record.stages[-1].stem]
+    variants["final"] = last.model_copy(
+        update={"file": "model.onnx", "size_mb": round(modelio.size_mb(build / "model.onnx"), 3)}
+    )
+    return EvalRecord(target=target, sets=sets.sizes, variants=variants)

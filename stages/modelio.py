@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +15,10 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from .atomic import write_bytes
 from .errors import ModelError
 
-_KEYS = ("charset", "layout", "blank")
+_KEYS = ("charset", "layout", "blank")  # ocr.kind is optional: models written before it are logits
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,7 @@ class CtcSpec:
     charset: list[str]  # index = class; charset[blank] is ""
     layout: str = "TBC"  # output axes: time, batch, classes (or BTC)
     blank: int = 0
+    kind: str = "logits"  # or "probabilities": the graph ends in a Softmax
 
 
 def load(path: str | Path) -> onnx.ModelProto:
@@ -80,40 +79,6 @@ def save(model: onnx.ModelProto, path: str | Path) -> None:
     write_bytes(Path(path), model.SerializeToString())
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace folder `out_dir` by `tmp`; the old one is moved aside first, so a failed rename
-    loses nothing."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    had_old = out_dir.exists()
-    if had_old:
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if had_old:
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    write_bytes(Path(path), text.encode())
-
-
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -125,7 +90,7 @@ def sha256(path: str | Path) -> str:
 def spec(model: onnx.ModelProto) -> CtcSpec:
     """Read the CTC contract written by `with_spec`."""
     meta = {p.key: p.value for p in model.metadata_props}
-    return spec_from_metadata(meta, model.graph.input[0].name, model.graph.output[0].name)
+    return spec_from_metadata(meta, input_value(model).name, model.graph.output[0].name)
 
 
 def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str) -> CtcSpec:
@@ -140,11 +105,12 @@ def spec_from_metadata(meta: dict[str, str], input_name: str, output_name: str) 
         charset=json.loads(meta["ocr.charset"]),
         layout=meta["ocr.layout"],
         blank=int(meta["ocr.blank"]),
+        kind=meta.get("ocr.kind", "logits"),
     )
 
 
 def with_spec(
-    model: onnx.ModelProto, charset: list[str], layout: str, blank: int
+    model: onnx.ModelProto, charset: list[str], layout: str, blank: int, kind: str = "logits"
 ) -> onnx.ModelProto:
     """A copy of `model` carrying the CTC contract as metadata."""
     out = onnx.ModelProto()
@@ -153,12 +119,22 @@ def with_spec(
         "charset": json.dumps(charset, ensure_ascii=False),
         "layout": layout,
         "blank": str(blank),
+        "kind": kind,
     }
-    kept = [p for p in out.metadata_props if not p.key.startswith("ocr.")]
+    replaced = {f"ocr.{k}" for k in values}
+    kept = [p for p in out.metadata_props if p.key not in replaced]
     del out.metadata_props[:]
     out.metadata_props.extend(kept)
     for key, value in values.items():
         out.metadata_props.add(key=f"ocr.{key}", value=value)
+    return out
+
+
+def copy_metadata(out: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
+    """Give `out` exactly `source`'s metadata_props (the CTC contract travels; tools' own
+    bookkeeping, e.g. onnxsim's or onnxruntime's, does not). Returns `out`."""
+    del out.metadata_props[:]
+    out.metadata_props.extend(source.metadata_props)
     return out
 
 
@@ -168,21 +144,102 @@ def size_mb(model_or_path: onnx.ModelProto | str | Path) -> float:
     return Path(model_or_path).stat().st_size / 1e6
 
 
-def check_ctc_output(logits: np.ndarray, spec_: CtcSpec, where: str) -> None:
-    """The output must be [T, 1, C] (TBC) or [1, T, C] (BTC) with C == len(charset)."""
-    if logits.ndim != 3:
+def check_ctc_output(output: np.ndarray, spec_: CtcSpec, where: str) -> None:
+    """The output must be [T, 1, C] (TBC) or [1, T, C] (BTC) with C == len(charset), and
+    rows summing to 1 exactly when the contract says probabilities."""
+    if output.ndim != 3:
         raise ModelError(
-            f"{where}: output '{spec_.output_name}' has shape {list(logits.shape)}; "
-            "a CTC recognizer must output 3-D logits [T,1,C] or [1,T,C]"
+            f"{where}: output '{spec_.output_name}' has shape {list(output.shape)}; "
+            "a CTC recognizer must output 3-D scores [T,1,C] or [1,T,C]"
         )
     batch_axis = 1 if spec_.layout == "TBC" else 0
-    if logits.shape[batch_axis] != 1:
+    if output.shape[batch_axis] != 1:
+        other = "BTC" if spec_.layout == "TBC" else "TBC"
         raise ModelError(
-            f"{where}: output shape {list(logits.shape)} has no batch axis of size 1 "
-            f"at position {batch_axis} for layout {spec_.layout}; set model.layout in params.yaml"
+            f"{where}: output shape {list(output.shape)} has no batch axis of size 1 at "
+            f"position {batch_axis} for layout {spec_.layout}; set model.output.layout: {other} "
+            "in params.yaml"
         )
-    if logits.shape[2] != len(spec_.charset):
+    if output.shape[2] != len(spec_.charset):
         raise ModelError(
-            f"{where}: the model outputs {logits.shape[2]} classes but the charset has "
-            f"{len(spec_.charset)} entries; use the charset file that matches this model"
+            f"{where}: the model outputs {output.shape[2]} classes but the charset has "
+            f"{len(spec_.charset)} entries; use the charset file that matches this model, or "
+            "model.charset.prepend/append for a blank or space class the file leaves out"
         )
+    sums = output.sum(axis=-1)
+    is_prob = bool(np.all(output >= 0) and np.allclose(sums, 1.0, atol=1e-3))
+    if spec_.kind == "logits" and is_prob:
+        raise ModelError(
+            f"{where}: every output row is non-negative and sums to 1: the model outputs "
+            "probabilities (a final Softmax); set model.output.kind: probabilities"
+        )
+    if spec_.kind == "probabilities" and not is_prob:
+        raise ModelError(
+            f"{where}: model.output.kind is probabilities but the output rows do not sum to 1 "
+            f"(first row sums to {float(sums.flat[0]):.3g}); set model.output.kind: logits"
+        )
+
+
+# ops only a quantizer (or a QAT export) emits: the one list every stage uses
+QUANT_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulIntegerToFloat",
+        "QAttention",
+        "QGemm",
+    }
+)
+QUANT_PREFIXES = ("QLinear", "DynamicQuantize")
+HALF_TYPES = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+def is_quant_op(op_type: str) -> bool:
+    return op_type in QUANT_OPS or op_type.startswith(QUANT_PREFIXES)
+
+
+def quantized_ops(model: onnx.ModelProto) -> list[str]:
+    """Op types in `model` that show it has been quantized already."""
+    return sorted({n.op_type for n in model.graph.node if is_quant_op(n.op_type)})
+
+
+def is_float(model: onnx.ModelProto) -> bool:
+    """No quantization op and no half-precision initializer: the most accurate kind of model."""
+    if quantized_ops(model):
+        return False
+    return not any(t.data_type in HALF_TYPES for t in model.graph.initializer)
+
+
+def constant_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of Constant nodes holding float tensors of more than one element: weights that
+    tools expecting initializers (onnxruntime's quantizers) cannot see."""
+    floats = (onnx.TensorProto.FLOAT, *HALF_TYPES)
+    return [
+        node.output[0]
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "value" and attr.t.data_type in floats and int(np.prod(attr.t.dims)) > 1
+    ]
+
+
+def input_value(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The data input: old-IR models also list their initializers as graph inputs."""
+    inits = {t.name for t in model.graph.initializer}
+    return next(v for v in model.graph.input if v.name not in inits)
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose shapeless outputs declare an empty shape, for onnx.checker only.
+
+    onnx 1.23's checker rejects a graph output without a shape field, yet "no shape" is how
+    fix_output_shape (rank 0) and the quantizers' working copies say "unknown" on purpose."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.output:
+        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
+            value.type.tensor_type.shape.SetInParent()
+    return out

@@ -1,10 +1,12 @@
-"""The preprocess stage: what each preprocessing candidate costs and what it does to accuracy.
+"""The preprocess stage: what each preprocessing candidate costs and what it does to accuracy on
+every evaluation set.
 
-For every candidate in params.yaml (`preprocess.candidates`): median time per image (decode +
-convert + resize + normalize, one pinned core), the resident memory its backend's imports add
-(a fresh interpreter, so nothing else is loaded), and the reference model's exact-match
-accuracy and model time on the first `preprocess.images` evaluation images. Recipes name their
-choice; the report shows it next to the others.
+For the model's own contract ("contract") and every candidate in params.yaml
+(`preprocess.candidates`, changes to the contract): median time per image (decode + convert +
+resize + normalize, one pinned core), the resident memory its backend's imports add (a fresh
+interpreter, so nothing else is loaded), and the reference model's exact-match accuracy on the
+first `preprocess.images` images of each set. Recipes name their choice; the report shows it
+next to the others, set by set, so a choice made on clean images is seen on the hard ones too.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .data import read_split
-from .evaluate import predict, score
-from .inference import Runtime
-from .preprocess import Preprocess, preprocess_all
+from .data.dataset import read_sets
+from .errors import PipelineError
+from .evaluate import EvalSets, eval_runtime, score_sets
+from .runtime.preprocess import Preprocess
+from .runtime.session import Runtime
+from .scoring import Scoring
 
 
 def probe(spec: Preprocess, images: list[Path]) -> dict[str, float]:
@@ -28,25 +32,35 @@ def probe(spec: Preprocess, images: list[Path]) -> dict[str, float]:
         [sys.executable, "-m", "stages.preprocess_probe", job], capture_output=True, text=True
     )
     if out.returncode != 0:
-        raise RuntimeError(f"preprocess probe failed for {spec}: {out.stderr[-2000:]}")
+        raise PipelineError(f"preprocess probe failed for {spec}: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
 
 
 def measure(
-    name: str, spec: Preprocess, images: list[Path], labels: list[str], model: Path
+    name: str, spec: Preprocess, sets: EvalSets, model: Path, scoring: Scoring
 ) -> dict[str, Any]:
-    preds, model_p50 = predict(model, preprocess_all(images, spec), Runtime(intra_op_threads=1))
+    preds = sets.predict(model, spec, eval_runtime(Runtime()), f"preprocess: {name}")
+    scores = score_sets(preds, sets.labels, None, scoring)
+    timing_images = next(iter(sets.images.values()))
     return {
         "name": name,
         "settings": spec.as_dict(),
-        "model_p50_ms": model_p50,
-        **probe(spec, images),
-        **{k: v for k, v in score(preds, labels).items() if k != "by_length"},
+        **probe(spec, timing_images),
+        "sets": {
+            s: {"images": r.images, "accuracy": r.accuracy, "cer": r.cer} for s, r in scores.items()
+        },
     }
 
 
-def run(candidates: dict[str, Preprocess], data: Path, model: Path, images: int) -> dict[str, Any]:
-    items = read_split(data / "eval")[:images]
-    paths, labels = [p for p, _ in items], [t for _, t in items]
-    rows = [measure(n, s, paths, labels, model) for n, s in candidates.items()]
-    return {"images": len(items), "model": str(model), "candidates": {r["name"]: r for r in rows}}
+def run(
+    candidates: dict[str, Preprocess],
+    data: Path,
+    sources: list[str],
+    model_dir: Path,
+    images: int,
+    scoring: Scoring,
+) -> dict[str, Any]:
+    sets = EvalSets({s: items[:images] for s, items in read_sets(data, sources, "eval").items()})
+    model = model_dir / "model.onnx"
+    rows = [measure(n, s, sets, model, scoring) for n, s in candidates.items()]
+    return {"images": sets.sizes, "candidates": {r["name"]: r for r in rows}}

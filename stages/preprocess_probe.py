@@ -12,17 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from .measure.worker import status_kb
+
 BACKEND_IMPORTS = {"pillow": "PIL.Image", "opencv": "cv2", "numpy": "PIL.Image"}
-
-
-def peak_rss_kb() -> int:
-    """This process's own peak RSS. ru_maxrss would do, but Linux carries it over from the
-    parent across exec, so a child of a big parent reports the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main(job: dict) -> dict:
@@ -30,13 +22,13 @@ def main(job: dict) -> dict:
     import numpy as np
     import onnxruntime  # noqa: F401 - part of every deployment's baseline
 
-    from .preprocess import Preprocess, preprocess
+    from .runtime.preprocess import Preprocess, preprocess
 
-    base = peak_rss_kb()
+    base = status_kb("VmHWM")
     t0 = time.perf_counter()
     __import__(BACKEND_IMPORTS[job["spec"]["backend"]])
     import_ms = (time.perf_counter() - t0) * 1e3
-    import_kb = peak_rss_kb() - base
+    import_kb = status_kb("VmHWM") - base
     spec = Preprocess(**job["spec"])
     blobs = [Path(p).read_bytes() for p in job["images"]]
     for b in blobs[:5]:  # lazy imports and caches

@@ -1,13 +1,20 @@
 """Typed models of configs/<class>.yaml, pipeline.yaml and params.yaml, loaded with errors that
-name the file and the field. Everything is validated before any model is loaded."""
+name the file and the field. Everything is validated before any model is loaded.
+
+A class's recipe is merged from: the model's input contract (preprocessing) < pipeline.yaml
+`defaults` < configs/<class>.yaml < params.yaml `overrides.<class>`; an override of a pass's
+options patches only the fields it names, and `overrides.<class>.passes.<name>: null` drops
+the pass.
+"""
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Self
 
 import yaml
 from pydantic import (
@@ -16,15 +23,20 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from . import charset as charsets
 from . import registry
-from .data import CaptchaStyle
+from .contract import ModelParams
+from .data.folder import FolderSource
+from .data.sources import SyntheticSource
 from .errors import FieldValueError, RecipeError, UnknownNameError
-from .inference import Runtime
-from .preprocess import Preprocess
+from .runtime.preprocess import Preprocess
+from .runtime.session import Runtime
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # source and class names: folder- and DVC-safe
 
 
 class Strict(BaseModel):
@@ -34,29 +46,79 @@ class Strict(BaseModel):
 class Equivalence(Strict):
     """How closely an exact pass must reproduce its input model's outputs."""
 
-    rtol: float = Field(1e-3, ge=0, description="relative tolerance on the logits")
-    atol: float = Field(1e-3, ge=0, description="absolute tolerance on the logits")
+    rtol: float = Field(1e-3, ge=0, description="relative tolerance on the outputs")
+    atol: float = Field(1e-3, ge=0, description="absolute tolerance on the outputs")
     images: int = Field(8, ge=1, le=256, description="calibration images compared per pass")
 
 
 class Budgets(Strict):
-    """Limits the report checks the final model against (null = not budgeted)."""
+    """Limits the report checks the final model against (null = not budgeted). The accuracy
+    budget applies to every evaluation set, not to their average."""
 
-    max_size_mb: float | None = Field(None, gt=0, description="final model file size")
-    max_warm_p50_ms: float | None = Field(None, gt=0, description="end-to-end median latency")
-    max_peak_rss_mb: float | None = Field(None, gt=0, description="peak resident memory")
-    max_accuracy_drop_pts: float | None = Field(
-        None, ge=0, description="exact-match drop against the reference model, in points"
+    max_size_mb: float | None = Field(None, gt=0, description="what the app ships, in MB")
+    max_warm_p50_ms: float | None = Field(
+        None, gt=0, description="the bundle's end-to-end median latency"
     )
+    max_peak_rss_mb: float | None = Field(
+        None, gt=0, description="the bundle's peak resident memory (fallback not loaded)"
+    )
+    max_accuracy_drop_pts: float | None = Field(
+        None, ge=0, description="exact-match drop against the reference model on each set, points"
+    )
+    max_attributable_rss_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="peak RSS above the runtime floor, as a share of stock's (same run)",
+    )
+    max_cpu_ratio: float | None = Field(
+        None, gt=0, description="CPU seconds per 1000 recognitions, as a share of stock's"
+    )
+
+
+FALLBACK = re.compile(r"^(none|float|stage:[A-Za-z0-9_.-]+|class:[a-z0-9][a-z0-9_-]*)$")
+
+
+class Escalation(Strict):
+    url: str | None = Field(
+        None, description="server for images still unsure after the fallback (null: none)"
+    )
+    timeout_s: float = Field(2.0, gt=0, le=60, description="wait at most this long for it")
 
 
 class BundleOptions(Strict):
-    """What the deployable bundle carries and when its runtime escalates."""
+    """What the deployable bundle ships, what is optional, and when its runtime escalates."""
 
     confidence_threshold: float = Field(
-        0.5, ge=0, le=1, description="below it, retry with the float fallback model"
+        0.5, ge=0, le=1, description="below it, retry with the fallback model (then the server)"
     )
-    ort_format: bool = Field(True, description="also write the model in onnxruntime's .ort format")
+    formats: list[Literal["ort", "onnx"]] = Field(
+        default_factory=lambda: ["ort"],
+        min_length=1,
+        description="model formats shipped; the first is what the runtime loads by default",
+    )
+    fallback: str = Field(
+        "none",
+        description="the optional retry model: none; float (the latest float stage, pruned to "
+        "the final charset if needed); stage:<stage or pass name>; class:<another class>",
+    )
+    escalation: Escalation = Field(default_factory=Escalation)
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a format twice: {value}")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: str) -> str:
+        if not FALLBACK.match(value):
+            raise ValueError(
+                f"{value!r} is not none, float, stage:<name> or class:<name> (e.g. stage:"
+                "prune_charset, class:mid)"
+            )
+        return value
 
 
 @dataclass(frozen=True)
@@ -68,7 +130,7 @@ class PassStep:
 
 
 class Recipe(Strict):
-    """A device class: ordered passes plus how the result is fed, run and judged."""
+    """A device class: ordered passes plus how the result is fed, run, shipped and judged."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -81,68 +143,104 @@ class Recipe(Strict):
     bundle: BundleOptions = Field(default_factory=BundleOptions)
 
     def resolved(self) -> dict[str, Any]:
-        """Plain data of the whole recipe, options included (written next to each model)."""
+        """Plain data of the whole recipe, options included (written next to each model);
+        `from_resolved` reads it back into an equal Recipe."""
         out = self.model_dump(mode="json", exclude={"passes"})
         out["passes"] = [{s.name: s.options.model_dump(mode="json")} for s in self.passes]
         return out
 
-
-class ModelSource(Strict):
-    """Which recognizer to optimize."""
-
-    source: Literal["ddddocr", "file"] = Field("ddddocr", description="installed ddddocr or a file")
-    ddddocr_model: Literal["beta", "old"] = Field(
-        "beta", description="beta = common.onnx (fp32), old = common_old.onnx (already int8)"
-    )
-    path: str | None = Field(None, description="ONNX file when source is 'file'")
-    charset_file: str | None = Field(
-        None, description="JSON list of class strings (index = class) when source is 'file'"
-    )
-    layout: Literal["TBC", "BTC"] = Field("TBC", description="output axes order")
-    blank: int = Field(0, ge=0, description="index of the CTC blank class")
-    height: int = Field(64, ge=8, description="input height the model was trained for")
-    channels: Literal[1, 3] = Field(1, description="input channels")
-
-    @model_validator(mode="after")
-    def _file_needs_paths(self) -> ModelSource:
-        if self.source == "file" and not (self.path and self.charset_file):
-            raise ValueError("source 'file' needs both 'path' and 'charset_file'")
-        return self
+    @classmethod
+    def from_resolved(cls, data: dict[str, Any], source: str = "recipe.json") -> Recipe:
+        data = dict(data)
+        steps = [_parse_step(source, i, item) for i, item in enumerate(data.pop("passes"))]
+        return _validate(source, data, steps)
 
 
 class DataParams(Strict):
-    seed: int = Field(20261125, description="seed of every generated image")
-    calib: int = Field(64, ge=1, description="calibration images (quantization, equivalence)")
-    val: int = Field(300, ge=1, description="validation images (accuracy-aware search)")
-    eval: int = Field(2000, ge=1, description="evaluation images (all reported accuracy)")
-    style: CaptchaStyle = Field(default_factory=CaptchaStyle)
+    """params.yaml `data:` every named source, split into calib / val / eval."""
+
+    synthetic: dict[str, SyntheticSource] = Field(
+        default_factory=dict, description="generated styles, by source name"
+    )
+    folders: dict[str, FolderSource] = Field(
+        default_factory=dict, description="folders of your own labeled images, by source name"
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        both = sorted(set(self.synthetic) & set(self.folders))
+        if both:
+            raise ValueError(f"source names {both} are used twice; give each source its own name")
+        bad = [n for n in self.sources() if not NAME.match(n)]
+        if bad:
+            raise ValueError(f"source names {bad} must be lowercase letters, digits, '_' or '-'")
+        if not self.sources():
+            raise ValueError("no data source: add one under synthetic or folders")
+        return self
+
+    def sources(self) -> list[str]:
+        """Every source (and so evaluation set) name, synthetic first, in params order."""
+        return [*self.synthetic, *self.folders]
+
+
+Baseline = Literal["stock", "stock_default", "naive_int8"]
 
 
 class BenchParams(Strict):
     repeats: int = Field(5, ge=1, description="interleaved rounds; figures are medians")
     warm_images: int = Field(100, ge=1, description="images timed per round after warm-up")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
-    baselines: list[Literal["stock_beta", "stock_default", "naive_int8"]] = Field(
-        default_factory=lambda: ["stock_beta", "stock_default", "naive_int8"],
-        description="what each class is measured against in the same run",
+    long_session: int = Field(
+        5000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
+    )
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: ["stock", "stock_default", "naive_int8"],
+        description="measured beside every class in the same run: stock (what users run "
+        "today), stock_default (ddddocr's int8 model; ddddocr source only), naive_int8",
     )
 
 
+class ServeParams(Strict):
+    """The escalation server's bench (serve_bench stage): one class's bundle behind HTTP, with
+    stock ddddocr served the same way in the same run."""
+
+    target: str = Field("high", description="the class whose bundle the server runs")
+    clients: list[int] = Field(
+        default_factory=lambda: [1, 4], min_length=1, description="concurrent clients per run"
+    )
+    requests: int = Field(300, ge=1, description="requests per run")
+    batching: list[bool] = Field(
+        default_factory=lambda: [True, False],
+        min_length=1,
+        description="batching on and/or off (only where the bundle's model batches)",
+    )
+
+    @field_validator("clients")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if min(value) < 1:
+            raise ValueError(f"client counts must be >= 1, got {value}")
+        return value
+
+
 class PreprocessBench(Strict):
-    images: int = Field(500, ge=1, description="evaluation images each candidate is scored on")
-    candidates: dict[str, Preprocess] = Field(
-        default_factory=lambda: {"ddddocr": Preprocess()},
-        description="named preprocessing settings to measure",
+    images: int = Field(
+        600, ge=1, description="evaluation images per set each candidate is scored on"
+    )
+    candidates: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named preprocessing changes to the model's input contract",
     )
 
 
 class Params(Strict):
     targets: list[str] = Field(min_length=1, description="device classes to build")
-    model: ModelSource = Field(default_factory=ModelSource)
+    model: ModelParams = Field(default_factory=ModelParams)
     charset: str = Field("lower_digits", description="allowed characters: preset or 'chars:...'")
-    data: DataParams = Field(default_factory=DataParams)
+    data: DataParams = Field(description="data sources")
     bench: BenchParams = Field(default_factory=BenchParams)
     preprocess: PreprocessBench = Field(default_factory=PreprocessBench)
+    serve: ServeParams = Field(default_factory=ServeParams)
     versions: dict[str, str] = Field(description="pinned library versions the builds depend on")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-class patches of recipe fields"
@@ -168,13 +266,31 @@ class Params(Strict):
                 f"classes {unknown} are not in targets "
                 f"{self.targets}; add them to targets or remove their overrides",
             )
-        outside = sorted(set(self.data.style.alphabet) - set(self.allowed_chars()))
-        if outside:
+        if "stock_default" in self.bench.baselines and self.model.source != "ddddocr":
             raise RecipeError(
                 file,
-                "data.style.alphabet",
-                f"uses {outside}, which charset '{self.charset}' excludes",
+                "bench.baselines",
+                "stock_default is ddddocr's own int8 model and only applies to model.source "
+                "ddddocr; remove it",
             )
+        for name, src in self.data.synthetic.items():
+            outside = sorted(set(src.style.alphabet or "") - set(self.allowed_chars()))
+            if outside:
+                raise RecipeError(
+                    file,
+                    f"data.synthetic.{name}.style.alphabet",
+                    f"uses {outside}, which charset '{self.charset}' excludes; remove the "
+                    "alphabet to follow the charset, or widen the charset",
+                )
+        for name, cand in self.preprocess.candidates.items():
+            try:
+                self.preprocess_for(cand)
+            except (TypeError, ValueError) as e:
+                raise RecipeError(file, f"preprocess.candidates.{name}", str(e)) from None
+
+    def preprocess_for(self, changes: dict[str, Any]) -> Preprocess:
+        """The model's input contract with `changes` applied."""
+        return Preprocess(**merge(self.model.input.as_dict(), changes))
 
     def check_versions(self, file: str) -> None:
         """The installed libraries must be the ones params.yaml pins (DVC keys on these)."""
@@ -212,7 +328,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+STYLE_TAGS = ("clean", "hard")  # pydantic adds the chosen generator to a style error's location
+
+
 def field_path(loc: tuple[Any, ...]) -> str:
+    """`data.synthetic.a.style.width` from pydantic's location, as the user wrote the field."""
+    loc = tuple(
+        part
+        for i, part in enumerate(loc)
+        if not (i and loc[i - 1] == "style" and part in STYLE_TAGS)
+    )
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
@@ -267,16 +392,20 @@ def load_recipe(
     defaults: dict[str, Any] | None = None,
     override: dict[str, Any] | None = None,
     override_source: str = "params.yaml: overrides",
+    contract_input: Preprocess | None = None,
 ) -> Recipe:
-    """Parse a class recipe (pipeline defaults < recipe file < params override) and validate
-    every pass's options before anything heavy runs."""
+    """Parse a class recipe (contract input < pipeline defaults < recipe file < params
+    override) and validate every pass's options before anything heavy runs."""
     file = str(path)
-    raw = merge(defaults or {}, read_yaml(path))
+    base = {"preprocess": (contract_input or Preprocess()).as_dict()}
+    raw = merge(merge(base, defaults or {}), read_yaml(path))
     passes = raw.pop("passes", None)
     if not isinstance(passes, list) or not passes:
         raise RecipeError(file, "passes", "must be a non-empty list of {pass_name: {options}}")
     patch = dict(override or {})
     pass_patch = patch.pop("passes", {}) or {}
+    if not isinstance(pass_patch, dict):
+        raise RecipeError(override_source, "passes", "must map pass names to option patches")
     steps = [_parse_step(file, i, item) for i, item in enumerate(passes)]
     _validate(file, raw, steps)  # the recipe file's own errors name the recipe file
     steps = _patch_steps(steps, pass_patch, override_source)
@@ -308,6 +437,8 @@ def _parse_step(file: str, i: int, item: Any) -> PassStep:
 
 
 def _patch_steps(steps: list[PassStep], patch: dict[str, Any], source: str) -> list[PassStep]:
+    """Patch the named passes' options (only the fields given), or drop a pass patched with
+    null; a name the recipe does not have is an error listing the ones it has."""
     names = [s.name for s in steps]
     for name in patch:
         if name not in names:
@@ -320,14 +451,26 @@ def _patch_steps(steps: list[PassStep], patch: dict[str, Any], source: str) -> l
     for step in steps:
         if step.name not in patch:
             out.append(step)
-            continue
-        merged = merge(step.options.model_dump(), patch[step.name] or {})
-        try:
-            out.append(PassStep(step.name, type(step.options).model_validate(merged)))
-        except ValidationError as e:
-            fields = list(type(step.options).model_fields)
-            raise_validation(source, f"passes.{step.name}", e, fields)
+        elif patch[step.name] is not None:
+            out.append(_patched(step, patch[step.name], source))
+    if not out:
+        raise RecipeError(source, "passes", "dropping these passes leaves the recipe empty")
     return out
+
+
+def _patched(step: PassStep, patch: Any, source: str) -> PassStep:
+    if not isinstance(patch, dict):
+        raise RecipeError(
+            source, f"passes.{step.name}", f"must be a mapping of options or null, got {patch!r}"
+        )
+    # exclude_unset: options the recipe left at their defaults stay unset, so validators that
+    # look at model_fields_set (e.g. quantize_static's percentile) see what the user wrote
+    merged = merge(step.options.model_dump(exclude_unset=True), patch)
+    options_type = type(step.options)
+    try:
+        return PassStep(step.name, options_type.model_validate(merged))
+    except ValidationError as e:
+        raise_validation(source, f"passes.{step.name}", e, list(options_type.model_fields))
 
 
 def load_class(
@@ -336,6 +479,7 @@ def load_class(
     pipeline: Pipeline,
     configs: str | Path,
     params_file: str | Path = "params.yaml",
+    contract_input: Preprocess | None = None,
 ) -> Recipe:
     """The recipe of one device class as the build sees it."""
     path = Path(configs) / f"{target}.yaml"
@@ -347,5 +491,9 @@ def load_class(
             f"no recipe for device class '{target}'; known classes: {', '.join(known)}",
         )
     return load_recipe(
-        path, pipeline.defaults, params.overrides.get(target), f"{params_file}: overrides.{target}"
+        path,
+        pipeline.defaults,
+        params.overrides.get(target),
+        f"{params_file}: overrides.{target}",
+        contract_input or params.model.input,
     )

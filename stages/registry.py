@@ -11,7 +11,9 @@ import onnx
 from pydantic import BaseModel
 
 from .errors import UnknownNameError
-from .inference import Runtime
+from .runtime.preprocess import Preprocess
+from .runtime.session import Runtime
+from .scoring import Scoring
 
 Kind = Literal["cleanup", "prune", "fuse", "quantize", "convert"]
 PassFn = Callable[..., onnx.ModelProto]
@@ -25,8 +27,8 @@ class PassSpec:
     fn: PassFn
     options: type[BaseModel]
     kind: Kind
-    # exact passes must keep outputs within the recipe's equivalence tolerance;
-    # lossy ones (quantization, pruning) report their divergence instead.
+    # exact passes must keep outputs within the recipe's equivalence tolerance (on the classes
+    # both models share); lossy ones (quantization, fp16) report their divergence instead.
     exact: bool
 
     @property
@@ -36,15 +38,18 @@ class PassSpec:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What a pass may read besides its model and options; passes never touch files."""
+    """What a pass may read besides its model and options; passes never touch files, and decide
+    from these and their options only (never from timings), so a build is reproducible."""
 
-    # preprocessed [1, C, H, W] float32 tensors (widths vary) from data/calib
+    # preprocessed [1, C, H, W] float32 tensors (widths vary), every source's calib split
+    # interleaved, so any prefix draws from every source
     calibration: list[np.ndarray] = field(default_factory=list)
-    # (tensor, label) pairs from data/val, never the evaluation set
-    validation: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    # per source: (tensor, label) pairs of its val split, never an evaluation image
+    validation: dict[str, list[tuple[np.ndarray, str]]] = field(default_factory=dict)
     allowed_chars: str = ""  # the site's characters (params.yaml: charset)
-    runtime: Runtime = field(default_factory=Runtime)  # the class's threads, for timing decisions
-    seed: int = 0
+    runtime: Runtime = field(default_factory=Runtime)  # the class's session settings
+    input: Preprocess = field(default_factory=Preprocess)  # the class's input (height, channels)
+    scoring: Scoring = field(default_factory=Scoring)  # how texts are compared with labels
 
 
 _PASSES: dict[str, PassSpec] = {}

@@ -1,8 +1,10 @@
-"""The report stage: metrics/<C>.json (+ build records) -> reports/<C>.md, reports/summary.md and
-the CSVs behind `dvc plots` (plots/pareto.csv, plots/sizes.csv).
+"""The report stage: metrics/<C>.json and the build records -> reports/<C>.md,
+reports/summary.md, reports/index.html (one self-contained page that opens offline), the
+pictures plots/pareto.png and plots/sizes.png, and the CSVs behind `dvc plots`.
 
 The summary has no top-level heading so it can sit inside README between the markers
-`<!-- summary:start -->` and `<!-- summary:end -->` (see `embed`).
+`<!-- summary:start -->` and `<!-- summary:end -->` (see `embed`). Reads records through their
+typed models; loads no model.
 """
 
 from __future__ import annotations
@@ -14,12 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import modelio
-from .bench import ratios
+from . import plots
+from .atomic import write_text
 from .errors import PipelineError
+from .measure.serve_bench import serve_table
+from .records import (
+    BUILD_FILE,
+    RECIPE_FILE,
+    BenchRecord,
+    BuildRecord,
+    EvalRecord,
+    Ratios,
+    VariantMetrics,
+    read_record,
+)
 
 START, END = "<!-- summary:start -->", "<!-- summary:end -->"
 DASH = "–"
+BASELINES = ("stock", "stock_default", "naive_int8")
 
 
 class ReportError(PipelineError):
@@ -54,121 +68,148 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def generic_table(data: Any) -> str:
-    """Any JSON-ish record set as a table: a list of dicts, a dict of dicts or of scalars."""
-    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
-        cols = list(dict.fromkeys(k for r in data for k in r))
-        return table(cols, [[_cell(r.get(c)) for c in cols] for r in data])
-    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        cols = list(dict.fromkeys(k for v in data.values() for k in v))
-        return table(["", *cols], [[k, *(_cell(v.get(c)) for c in cols)] for k, v in data.items()])
-    if isinstance(data, dict):
-        return table(["key", "value"], [[k, _cell(v)] for k, v in data.items()])
-    return "```json\n" + json.dumps(data, indent=1) + "\n```"
+def times(value: float | None, spread: list[float] | None = None) -> str:
+    """A ratio with three decimals: the inputs are rounded medians, so two would make a median
+    ratio look outside its own per-round spread."""
+    if value is None:
+        return DASH
+    return f"{value:.3f}× [{spread[0]:.3f}–{spread[1]:.3f}]" if spread else f"{value:.3f}×"
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return DASH if v is None else json.dumps(v) if isinstance(v, dict | list) else str(v)
+def set_names(m: BenchRecord) -> list[str]:
+    return list(m.dataset.get("eval_images", {}))
+
+
+def acc_cells(v: VariantMetrics, sets: list[str], ref: VariantMetrics | None = None) -> list[str]:
+    """Accuracy % per set, with the change against `ref` in points when given."""
+    out = []
+    for s in sets:
+        r = v.sets.get(s)
+        if r is None:
+            out.append(DASH)
+            continue
+        base = ref.sets.get(s) if ref is not None else None
+        delta = f" ({signed((r.accuracy - base.accuracy) * 100)})" if base else ""
+        out.append(f"{pct(r.accuracy)}{delta}")
+    return out
 
 
 # ---------------------------------------------------------------------------- per class
 
 
-def timed_figures(v: dict[str, Any]) -> list[str]:
-    p95 = f" ({fmt(v.get('warm_p95_ms'), 2)})" if v.get("warm_p95_ms") is not None else ""
-    return [
-        fmt(v.get("cold_start_ms"), 0),
-        f"{fmt(v.get('warm_p50_ms'), 2)}{p95}",
-        fmt(v.get("model_p50_ms"), 2),
-        fmt(v.get("peak_rss_mb"), 0),
-    ]
-
-
-def vs_cell(v: dict[str, Any], stock: dict[str, Any] | None) -> str:
-    """size x, speed x, accuracy pts (signed: + means better than stock_beta)."""
-    if stock is None or stock.get("skipped") or v.get("skipped"):
-        return DASH
-    r = ratios(v, stock)
-    drop = r["accuracy_drop_pts"]
-    acc = signed(-drop) if drop is not None else DASH
-    return f"{fmt(r['size'], 2)}×, {fmt(r['warm_speedup'], 2)}×, {acc} pts"
-
-
-def variants_table(m: dict[str, Any]) -> str:
-    stock = m["variants"].get("stock_beta")
+def variants_table(m: BenchRecord) -> str:
+    sets = set_names(m)
     header = [
         "variant",
         "size MB",
-        "cold start ms",
+        "cold start ms (import / session / first)",
         "warm p50 ms (p95)",
         "model ms",
         "peak RSS MB",
-        "accuracy %",
-        "vs stock_beta (size, speed, accuracy)",
+        "above floor: cold ms, RSS MB",
+        "CPU s / 1000",
+        "RSS growth MB",
+        *[f"{s} %" for s in sets],
     ]
     rows = []
-    for name, v in m["variants"].items():
-        if v.get("skipped"):
-            rows.append([f"{name} (skipped)", fmt(v.get("size_mb"), 2), *[DASH] * 6])
+    for name, v in m.variants.items():
+        if v.skipped:
+            rows.append([f"{name} (skipped: {v.skipped})", fmt(v.size_mb, 2), *[DASH] * 7])
             continue
+        parts = f"({fmt(v.import_ms, 0)} / {fmt(v.session_ms, 0)} / {fmt(v.first_ms, 0)})"
         rows.append(
             [
-                f"**{name}**" if name == "final" else name,
-                fmt(v.get("size_mb"), 2),
-                *timed_figures(v),
-                pct(v.get("accuracy")),
-                vs_cell(v, stock),
+                f"**{name}**" if name in ("final", "bundle") else name,
+                fmt(v.ships_mb if v.ships_mb is not None else v.size_mb, 2),
+                f"{fmt(v.cold_start_ms, 0)} {parts}",
+                f"{fmt(v.warm_p50_ms, 2)} ({fmt(v.warm_p95_ms, 2)})",
+                fmt(v.model_p50_ms, 2),
+                fmt(v.peak_rss_mb, 0),
+                f"{fmt(v.attributable_cold_start_ms, 0)}, {fmt(v.attributable_peak_rss_mb, 1)}",
+                fmt(v.cpu_s_per_1000, 2),
+                fmt(v.rss_growth_mb, 1),
+                *acc_cells(v, sets),
             ]
         )
     return table(header, rows)
 
 
-def facts(m: dict[str, Any]) -> str:
-    mach, ds = m["machine"], m["dataset"]
-    w, h = ds["image_size_median"]
-    lo, hi = ds["label_length"]
+def facts(m: BenchRecord) -> str:
+    mach, ds = m.machine, m.dataset
+    isa = ", ".join(mach.get("isa", [])) or "none of the int8 extensions"
+    sizes = ", ".join(f"{s} {n}" for s, n in ds["eval_images"].items())
     return "\n".join(
         [
-            f"- Machine: {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable), "
-            f"onnxruntime {mach['onnxruntime']}, Python {mach['python']}, "
-            f"ddddocr {mach['ddddocr']}.",
-            f"- Threads: {m['threads']} intra-op; every worker pinned to CPU(s) "
-            f"{m['affinity']} before importing onnxruntime (reported: {m['worker_affinity']}).",
-            f"- Dataset: {ds['eval_images']} evaluation images (median {w}×{h} px, labels "
-            f"{lo}–{hi} chars). Timings: {ds['timed_images']} images after {ds['warmup']} "
-            f"warm-up calls, median of {ds['repeats']} interleaved rounds, each a fresh process.",
-            "- Cold start: spawn to first recognized text (imports, load, first image), "
-            "page cache warm. Warm: image bytes to text. Model: session.run only.",
-            "- Stock ddddocr passes no session options; its onnxruntime pool gets the class's "
-            "core count (what onnxruntime picks on such a device) instead of one thread per "
-            "machine core pinned outside the affinity. Bundle size counts every file in the "
-            "bundle folder (model, .ort copy, fallback model).",
-            "- reference is the source model fed as ddddocr feeds it (pipeline.yaml defaults); "
-            "every stage model is fed with this class's preprocessing, so a class that changes "
-            "preprocessing differs from reference already at its first, exact stage.",
-            "- runtime_floor: the final variant's process (Python, numpy, onnxruntime, the "
-            "preprocessing backend, the session options) around a do-nothing model: the cold "
-            "start and memory no model optimization can remove.",
+            f"- Machine: {mach['cpu']} ({isa}), {mach['cores']} cores ({mach['usable_cores']} "
+            f"usable), onnxruntime {mach['onnxruntime']}, Python {mach['python']}, ddddocr "
+            f"{mach['ddddocr']}.",
+            f"- Threads: {m.threads} intra-op; every worker pinned to CPU(s) {m.affinity} "
+            f"before importing onnxruntime (reported: {m.worker_affinity}).",
+            f"- Evaluation images: {sizes}. Timings: {ds['timed_images']} images from "
+            f"{ds['timed_from']}, after {ds['warmup']} warm-up calls, median of {ds['repeats']} "
+            f"interleaved rounds, each a fresh process; memory growth over "
+            f"{ds['long_session']} calls in one process (deployable variants only).",
+            f"- stock is {m.stock}.",
+            "- Cold start: spawn to first recognized text (interpreter, imports, session, first "
+            "image; page cache warm). Warm: image bytes to text. Model: session.run only. CPU: "
+            "user + sys seconds of the whole process per 1000 recognitions (no energy counters "
+            "here: CPU time is the energy proxy).",
+            "- Above floor: cold start and peak RSS minus the runtime_floor of the same process "
+            "kind (our runner, ddddocr, the bundle runtime) around a do-nothing model: what the "
+            "model adds on top of Python + the runtime.",
+            "- bundle: the shipped files through stages.runtime, the fallback loaded only when "
+            "an image needs it; bundle+fallback: loaded up front. Their accuracy is measured "
+            "through the runtime's fallback chain on every evaluation image.",
         ]
     )
 
 
-def budgets_section(m: dict[str, Any]) -> str:
+def budgets_section(m: BenchRecord) -> str:
     rows = [
-        [name, fmt(b["limit"], 2), fmt(b["value"], 2), DASH if b["ok"] is None else _ok(b["ok"])]
-        for name, b in m["budgets"].items()
+        [
+            name + (f" ({b.set})" if b.set else ""),
+            fmt(b.limit, 2),
+            fmt(b.value, 2),
+            DASH if b.ok is None else ("✅" if b.ok else "❌ over"),
+        ]
+        for name, b in m.budgets.items()
     ]
-    return table(["budget (final)", "limit", "value", "ok"], rows)
+    return table(["budget (the bundle)", "limit", "value", "ok"], rows)
 
 
-def _ok(ok: bool) -> str:
-    return "✅" if ok else "❌ over"
+def memory_section(m: BenchRecord) -> str:
+    if not m.memory_settings:
+        return "No memory-setting variants were measured."
+    rows = [
+        [
+            r["setting"],
+            fmt(r["cold_start_ms"], 0),
+            fmt(r["peak_rss_mb"], 1),
+            fmt(r["rss_growth_mb"], 1),
+            fmt(r["warm_p50_ms"], 2),
+            signed(r["peak_rss_delta_mb"]),
+            signed(r["cold_start_delta_ms"], 0),
+            signed(r["warm_p50_delta_ms"], 2),
+        ]
+        for r in m.memory_settings
+    ]
+    header = [
+        "session setting (shipped file)",
+        "cold start ms",
+        "peak RSS MB",
+        "RSS growth MB",
+        "warm p50 ms",
+        "Δ peak RSS MB",
+        "Δ cold ms",
+        "Δ warm ms",
+    ]
+    return table(header, rows)
 
 
-def floor_section(m: dict[str, Any]) -> str:
-    f = m["compute_floor"]
+def floor_section(m: BenchRecord) -> str:
+    f = m.compute_floor
+    if not f:
+        return "Not measured."
     threads = f.get("threads", 1)
     lines = []
     for name in ("reference", "final"):
@@ -195,192 +236,266 @@ def floor_section(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def stages_section(m: dict[str, Any], build: dict[str, Any]) -> str:
+def stages_section(build: BuildRecord, evaluation: EvalRecord) -> str:
+    sets = list(evaluation.sets)
     rows = []
-    for st in build.get("stages", []):
-        name = Path(st["file"]).stem
-        v = m["variants"].get(name, {})
+    for st in build.stages:
+        v = evaluation.variants.get(st.stem)
         rows.append(
             [
-                name,
-                st.get("pass", DASH),
-                fmt(st.get("size_mb"), 2),
-                fmt(st.get("seconds"), 1),
-                _cell(st.get("max_abs_diff")),
-                fmt(st.get("argmax_agreement"), 4),
-                pct(v.get("accuracy")),
-                pct(v.get("agreement")),
+                st.stem,
+                "exact" if st.exact else "lossy",
+                fmt(st.size_mb, 2),
+                f"{st.max_abs_diff:.3g}",
+                fmt(st.argmax_agreement, 4),
+                *[
+                    f"{pct(v.sets[s].accuracy)} ({pct(v.sets[s].agreement)})" if v else DASH
+                    for s in sets
+                ],
             ]
         )
     header = [
         "stage",
-        "pass",
+        "checked",
         "size MB",
-        "build s",
         "max abs diff",
         "argmax agreement",
-        "accuracy %",
-        "agrees with reference %",
+        *[f"{s}: accuracy % (agrees with reference %)" for s in sets],
     ]
     return table(header, rows)
 
 
-def by_length_section(evaluation: dict[str, Any]) -> str:
-    ref = evaluation["variants"]["reference"]["by_length"]
-    fin = evaluation["variants"]["final"]["by_length"]
-    keys = sorted(set(ref) | set(fin), key=int)
-    rows = [
-        [
-            k,
-            str(ref.get(k, fin.get(k, {})).get("n", DASH)),
-            pct(ref.get(k, {}).get("accuracy")),
-            pct(fin.get(k, {}).get("accuracy")),
-        ]
-        for k in keys
-    ]
-    return table(["label length", "images", "reference %", "final %"], rows)
-
-
-def sensitivity_sections(build: dict[str, Any]) -> list[str]:
+def sensitivity_sections(build: BuildRecord) -> list[str]:
     out = []
-    for st in build.get("stages", []):
-        if "sensitivity" in st:
-            out.append(f"### {Path(st['file']).stem}\n\n{generic_table(st['sensitivity'])}")
+    for st in build.stages:
+        rep = st.tolerance()
+        if rep is None:
+            continue
+        rows = [
+            [s.node, s.op_type, s.group, f"{s.rel_mse:.3g}", fmt(s.quantized)]
+            for s in rep.sensitivity
+        ]
+        sens = table(["node", "op", "group", "rel. MSE", "quantized"], rows)
+        sets = list(rep.reference)
+        tried = [
+            [
+                str(t.k),
+                fmt(t.dynamic),
+                *[
+                    f"{fmt(t.sets[s]['accuracy'], 2)} ({fmt(t.sets[s]['agreement'], 3)})"
+                    for s in sets
+                ],
+                "✅" if t.accepted else "❌",
+            ]
+            for t in rep.steps
+        ]
+        header = ["float static nodes", "dynamic int8", *[f"{s} acc % (agreement)" for s in sets]]
+        steps = table([*header, "accepted"], tried)
+        ref = ", ".join(f"{s} {fmt(a, 2)} %" for s, a in rep.reference.items())
+        why = "\n".join(f"- `{n}`: {w}" for n, w in rep.why.items()) or "- none: every node int8"
+        out.append(
+            f"### {st.stem}\n\nValidation accuracy of the input model: {ref}. A variant is "
+            f"accepted only when every set is within tolerance.\n\n{steps}\n\nKept float:\n\n"
+            f"{why}\n\nSensitivity (output error when only this node is quantized, on "
+            f"calibration images of every source):\n\n{sens}"
+        )
     return out
 
 
-def class_report(m: dict[str, Any], build: dict[str, Any], evaluation: dict[str, Any]) -> str:
-    skipped = [f"- {n}: {v['skipped']}" for n, v in m["variants"].items() if v.get("skipped")]
+def by_length_section(evaluation: EvalRecord) -> str:
+    ref, fin = evaluation.variants["reference"], evaluation.variants["final"]
+    rows = []
+    for s in evaluation.sets:
+        r, f = ref.sets[s].by_length, fin.sets[s].by_length
+        for k in sorted(set(r) | set(f), key=int):
+            n = (r.get(k) or f.get(k)).n
+            ra, fa = r.get(k), f.get(k)
+            rows.append(
+                [s, k, str(n), pct(ra.accuracy if ra else None), pct(fa.accuracy if fa else None)]
+            )
+    return table(["set", "label length", "images", "reference %", "final %"], rows)
+
+
+def class_report(m: BenchRecord, build: BuildRecord, evaluation: EvalRecord) -> str:
     parts = [
-        f"# Device class `{m['target']}`",
-        m.get("description", ""),
+        f"# Device class `{m.target}`",
+        m.description,
         facts(m),
         "## Variants",
         variants_table(m),
-        "\n".join(["Skipped:", *skipped]) if skipped else "",
         "## Budgets",
         budgets_section(m),
+        "## Session memory settings",
+        memory_section(m),
         "## Compute floor",
         floor_section(m),
-        "## Stages (divergence from build.json)",
-        stages_section(m, build),
-        "## Accuracy by label length",
-        by_length_section(evaluation),
+        "## Stages (divergence from build.json, accuracy from eval.json)",
+        stages_section(build, evaluation),
     ]
     sens = sensitivity_sections(build)
     if sens:
-        parts += ["## Sensitivity", *sens]
+        parts += ["## Quantization decision", *sens]
+    parts += ["## Accuracy by label length", by_length_section(evaluation)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
 # ---------------------------------------------------------------------------- summary
 
 
-def summary(metrics: dict[str, dict[str, Any]]) -> str:
-    """Across classes: the final model of each, against stock ddddocr measured the same way."""
+def summary(
+    metrics: dict[str, BenchRecord],
+    preprocess: dict[str, Any] | None,
+    choices: dict[str, dict[str, Any]],
+    pictures: dict[str, str],
+    serve: dict[str, Any] | None = None,
+) -> str:
+    """Across classes: the bundle of each against stock measured the same way."""
+    first = next(iter(metrics.values()))
+    parts = [
+        "### Results per device class (the bundle an app ships)",
+        results_table(metrics),
+        "### Against stock, same run (median ratio, [min–max] over interleaved rounds)",
+        ratios_table(metrics),
+        "### Accuracy per evaluation set",
+        accuracy_table(metrics),
+        "### Baselines",
+        baselines_table(metrics),
+    ]
+    if preprocess:
+        parts += ["### Preprocessing candidates (reference model, per set)"]
+        parts += [preprocess_table(preprocess, choices)]
+    if serve:
+        target = serve["bundle"]["target"]
+        parts += [
+            f"### Recognition server ({target} bundle) against stock ddddocr served the same way",
+            serve_table(serve).strip(),
+        ]
+    parts += [f"![{name}]({path})" for name, path in pictures.items()]
+    parts.append(_machine_line(first))
+    return "\n\n".join(parts) + "\n"
+
+
+def results_table(metrics: dict[str, BenchRecord]) -> str:
     header = [
         "class",
         "threads",
-        "size MB",
+        "ships MB (optional)",
         "cold start ms",
         "warm p50 ms (p95)",
-        "model ms",
-        "peak RSS MB",
-        "accuracy %",
-        "vs stock_beta (size, speed, accuracy)",
+        "CPU s / 1000",
+        "peak RSS MB (+fallback)",
+        "RSS growth MB",
+        "accuracy % per set (vs reference)",
         "budgets",
     ]
     rows = []
     for target, m in metrics.items():
-        fin = m["variants"]["final"]
+        b, ref = m.variants["bundle"], m.variants["reference"]
+        fb = m.variants.get("bundle+fallback")
+        sets = set_names(m)
         rows.append(
             [
                 f"[{target}](reports/{target}.md)",
-                str(m["threads"]),
-                fmt(fin.get("size_mb"), 2),
-                *timed_figures(fin),
-                pct(fin.get("accuracy")),
-                vs_cell(fin, m["variants"].get("stock_beta")),
-                _budget_cell(m["budgets"]),
+                str(m.threads),
+                f"{fmt(b.ships_mb, 2)} ({fmt(b.optional_mb, 1)})",
+                fmt(b.cold_start_ms, 0),
+                f"{fmt(b.warm_p50_ms, 2)} ({fmt(b.warm_p95_ms, 2)})",
+                fmt(b.cpu_s_per_1000, 2),
+                f"{fmt(b.peak_rss_mb, 0)} ({fmt(fb.peak_rss_mb if fb else None, 0)})",
+                fmt(b.rss_growth_mb, 1),
+                "; ".join(f"{s} {c}" for s, c in zip(sets, acc_cells(b, sets, ref), strict=True)),
+                _budget_cell(m),
             ]
         )
-    first = next(iter(metrics.values()))
-    parts = [
-        "### Results per device class (final model)",
-        table(header, rows),
-        "### Against stock_beta, same run (median ratio, [min–max] over interleaved rounds)",
-        ratios_table(metrics),
-        "### Baselines",
-        baselines_table(metrics),
-        _machine_line(first),
-    ]
-    return "\n\n".join(parts) + "\n"
+    return table(header, rows)
 
 
-def ratios_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """Ratios of final to stock_beta with their per-round spread, beside what the runtime
-    alone (runtime_floor: the same process around a do-nothing model) already costs."""
+def ratios_table(metrics: dict[str, BenchRecord]) -> str:
     rows = []
     for target, m in metrics.items():
-        r, spread = m.get("ratios"), m.get("ratios_spread") or {}
-        if not r:
+        r, spread = m.bundle_ratios, m.bundle_ratios_spread
+        if r is None:
             continue
-        stock = m["variants"].get("stock_beta", {})
-        floor = m["variants"].get("runtime_floor", {})
         rows.append(
             [
                 target,
-                f"{fmt(r['size'], 3)}×",
-                _with_spread(r["warm_speedup"], spread.get("warm_speedup")),
-                _with_spread(r["cold_start"], spread.get("cold_start")),
-                _with_spread(r["peak_rss"], spread.get("peak_rss")),
-                _gain_pts(r["accuracy_drop_pts"]),
-                _floor_cell(floor, stock),
+                times(r.size),
+                times(r.warm_speedup, spread.get("warm_speedup")),
+                times(r.cold_start, spread.get("cold_start")),
+                times(r.peak_rss, spread.get("peak_rss")),
+                times(r.cpu, spread.get("cpu")),
+                f"{times(r.attributable_cold_start)}, {times(r.attributable_peak_rss)}",
+                _floor_cell(m),
+                _drops(r),
             ]
         )
     header = [
         "class",
-        "size",
+        "size (ships)",
         "warm speedup",
         "cold start",
         "peak RSS",
-        "accuracy",
-        "runtime floor (cold start, RSS)",
+        "CPU / 1000",
+        "above floor: cold start, RSS",
+        "runtime floor vs stock (cold, RSS)",
+        "accuracy vs stock",
     ]
     return table(header, rows)
 
 
-def _gain_pts(drop: float | None) -> str:
-    return DASH if drop is None else f"{signed(-drop)} pts"
+def _drops(r: Ratios) -> str:
+    return ", ".join(
+        f"{s} {DASH if d is None else signed(-d)} pts" for s, d in r.accuracy_drop_pts.items()
+    )
 
 
-def _with_spread(value: float | None, spread: list[float] | None) -> str:
-    if value is None:
+def _floor_cell(m: BenchRecord) -> str:
+    floor, stock = m.variants.get("runtime_floor_bundle"), m.variants.get("stock")
+    if floor is None or stock is None or floor.cold_start_ms is None or not stock.cold_start_ms:
         return DASH
-    # three decimals: the inputs are rounded medians, so two would make a median ratio look
-    # outside its own per-round spread
-    return f"{value:.3f}× [{spread[0]:.3f}–{spread[1]:.3f}]" if spread else f"{value:.3f}×"
+    return (
+        f"{floor.cold_start_ms / stock.cold_start_ms:.2f}×, "
+        f"{floor.peak_rss_mb / stock.peak_rss_mb:.2f}×"
+    )
 
 
-def _floor_cell(floor: dict[str, Any], stock: dict[str, Any]) -> str:
-    try:
-        cold = floor["cold_start_ms"] / stock["cold_start_ms"]
-        rss = floor["peak_rss_mb"] / stock["peak_rss_mb"]
-    except (KeyError, TypeError):
-        return DASH  # not measured in this run (skipped floor or stock)
-    return f"{cold:.2f}×, {rss:.2f}×"
+def accuracy_table(metrics: dict[str, BenchRecord]) -> str:
+    first = next(iter(metrics.values()))
+    sets = set_names(first)
+    rows = []
+    for name in (*BASELINES, "reference"):
+        v = first.variants.get(name)
+        if v is not None and not v.skipped:
+            rows.append([name, fmt(v.size_mb, 2), *acc_cells(v, sets)])
+    for target, m in metrics.items():
+        ref = m.variants["reference"]
+        for name in ("final", "bundle", "bundle+fallback"):
+            v = m.variants.get(name)
+            if v is not None and not v.skipped:
+                size = v.ships_mb if v.ships_mb is not None else v.size_mb
+                rows.append([f"{target} {name}", fmt(size, 2), *acc_cells(v, sets, ref)])
+    return table(["model", "size MB", *[f"{s} % (vs reference)" for s in sets]], rows)
 
 
-def baselines_table(metrics: dict[str, dict[str, Any]]) -> str:
+def baselines_table(metrics: dict[str, BenchRecord]) -> str:
     """Stock and naive variants, one row per class they were timed in (pinning differs)."""
     rows = []
     for target, m in metrics.items():
-        for name in ("stock_beta", "stock_default", "naive_int8", "reference"):
-            v = m["variants"].get(name)
-            if v is None or v.get("skipped"):
+        for name in (*BASELINES, "reference"):
+            v = m.variants.get(name)
+            if v is None or v.skipped:
                 continue
             rows.append(
-                [name, target, fmt(v["size_mb"], 2), *timed_figures(v), pct(v.get("accuracy"))]
+                [
+                    name,
+                    target,
+                    fmt(v.size_mb, 2),
+                    fmt(v.cold_start_ms, 0),
+                    f"{fmt(v.warm_p50_ms, 2)} ({fmt(v.warm_p95_ms, 2)})",
+                    fmt(v.peak_rss_mb, 0),
+                    fmt(v.cpu_s_per_1000, 2),
+                    fmt(v.rss_growth_mb, 1),
+                ]
             )
     header = [
         "variant",
@@ -388,27 +503,58 @@ def baselines_table(metrics: dict[str, dict[str, Any]]) -> str:
         "size MB",
         "cold start ms",
         "warm p50 ms (p95)",
-        "model ms",
         "peak RSS MB",
-        "accuracy %",
+        "CPU s / 1000",
+        "RSS growth MB",
     ]
     return table(header, rows)
 
 
-def _budget_cell(budgets: dict[str, Any]) -> str:
-    judged = [b["ok"] for b in budgets.values() if b["ok"] is not None]
+def preprocess_table(result: dict[str, Any], choices: dict[str, dict[str, Any]]) -> str:
+    """Every candidate's cost and accuracy on every set, and which class chose it."""
+    cands = result["candidates"]
+    sets = list(result["images"])
+    rows = []
+    for name, row in cands.items():
+        chosen = [c for c, settings in choices.items() if settings == row["settings"]]
+        rows.append(
+            [
+                name,
+                ", ".join(chosen) or DASH,
+                fmt(row["preprocess_ms"], 3),
+                fmt(row["import_rss_mb"], 1),
+                *[pct(row["sets"][s]["accuracy"]) for s in sets],
+            ]
+        )
+    unmatched = [c for c, s in choices.items() if all(s != r["settings"] for r in cands.values())]
+    note = (
+        f"\n\nNot among the candidates: {', '.join(unmatched)} (add their settings to "
+        "params.yaml preprocess.candidates to measure them)."
+        if unmatched
+        else ""
+    )
+    header = ["candidate", "used by", "ms / image", "imports MB", *[f"{s} %" for s in sets]]
+    images = ", ".join(f"{s} {n}" for s, n in result["images"].items())
+    return table(header, rows) + f"\n\nImages per set: {images}." + note
+
+
+def _budget_cell(m: BenchRecord) -> str:
+    judged = [b.ok for b in m.budgets.values() if b.ok is not None]
     if not judged:
         return "none set"
-    return f"{sum(judged)}/{len(judged)} ok"
+    failed = [n for n, b in m.budgets.items() if b.ok is False]
+    return f"{sum(judged)}/{len(judged)} ok" + (f" ({', '.join(failed)} over)" if failed else "")
 
 
-def _machine_line(m: dict[str, Any]) -> str:
-    mach, ds = m["machine"], m["dataset"]
+def _machine_line(m: BenchRecord) -> str:
+    mach, ds = m.machine, m.dataset
     return (
-        f"Measured on {mach['cpu']} ({mach['cores']} cores), onnxruntime {mach['onnxruntime']}; "
-        f"each class's workers pinned to as many cores as its intra-op threads; medians of "
-        f"{ds['repeats']} interleaved rounds of fresh processes, {ds['timed_images']} of "
-        f"{ds['eval_images']} evaluation images timed. Speed = stock warm p50 / variant warm p50."
+        f"Measured on {mach['cpu']} ({', '.join(mach.get('isa', []))}; {mach['cores']} cores), "
+        f"onnxruntime {mach['onnxruntime']}; each class's workers pinned to as many cores as its "
+        f"intra-op threads; medians of {ds['repeats']} interleaved rounds of fresh processes, "
+        f"{ds['timed_images']} images timed. Speed = stock warm p50 / bundle warm p50. Ratios "
+        "differ between machines (int8 gains follow the CPU's VNNI support): rebuild to "
+        "measure yours."
     )
 
 
@@ -423,29 +569,36 @@ def embed(readme_text: str, summary_md: str) -> str:
 # ---------------------------------------------------------------------------- plots
 
 
-def pareto_rows(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto_rows(metrics: dict[str, BenchRecord]) -> list[dict[str, Any]]:
     return [
         {
             "target": t,
             "variant": name,
-            "warm_p50_ms": v["warm_p50_ms"],
-            "accuracy": v["accuracy"],
+            "set": s,
+            "warm_p50_ms": v.warm_p50_ms,
+            "accuracy": r.accuracy,
         }
         for t, m in metrics.items()
-        for name, v in m["variants"].items()
-        if v.get("warm_p50_ms") is not None and v.get("accuracy") is not None
+        for name, v in m.variants.items()
+        if v.warm_p50_ms is not None and not name.startswith(("mem:", "runtime_floor"))
+        for s, r in v.sets.items()
     ]
 
 
-def size_rows(metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def size_rows(metrics: dict[str, BenchRecord]) -> list[dict[str, Any]]:
     """Model size after each step: reference (source), every stage, final, bundle."""
     rows = []
     for t, m in metrics.items():
-        for name, v in m["variants"].items():
-            skip = v.get("kind") == "stock" or name in ("naive_int8", "runtime_floor")
-            if skip or v.get("size_mb") is None:
+        for name, v in m.variants.items():
+            skip = name in BASELINES or name.startswith(("mem:", "runtime_floor", "bundle"))
+            if skip or v.size_mb is None:
                 continue
-            rows.append({"target": t, "step": f"{t}/{name}", "size_mb": v["size_mb"]})
+            rows.append({"target": t, "step": name, "size_mb": v.size_mb})
+        b = m.variants.get("bundle")
+        if b is not None and b.ships_mb is not None:
+            rows.append({"target": t, "step": "bundle ships", "size_mb": b.ships_mb})
+            if b.optional_mb:
+                rows.append({"target": t, "step": "bundle optional", "size_mb": b.optional_mb})
     return rows
 
 
@@ -460,39 +613,53 @@ def to_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------- the stage
 
 
+def load_class(metrics_dir: Path, builds: Path, target: str) -> tuple:
+    m = read_record(metrics_dir / f"{target}.json", BenchRecord)
+    b = read_record(builds / target / "model" / BUILD_FILE, BuildRecord)
+    e = read_record(builds / target / "eval.json", EvalRecord)
+    return m, b, e
+
+
 def write_reports(
-    targets: Sequence[str],
-    metrics_dir: Path,
-    build_dir: Path,
-    reports_dir: Path,
-    plots_dir: Path,
+    targets: Sequence[str], metrics_dir: Path, builds: Path, reports_dir: Path, plots_dir: Path
 ) -> str:
-    """Write every report and plot file; returns the summary markdown."""
-    metrics = {t: _load(metrics_dir / f"{t}.json") for t in targets}
-    for t, m in metrics.items():
-        build = _load(build_dir / t / "model" / "build.json")
-        evaluation = _load(build_dir / t / "eval.json")
-        _write_text(reports_dir / f"{t}.md", class_report(m, build, evaluation))
-    text = summary(metrics)
-    _write_text(reports_dir / "summary.md", text)
-    _write_text(
+    """Write every report, picture and plot file; returns the summary markdown."""
+    loaded = {t: load_class(metrics_dir, builds, t) for t in targets}
+    metrics = {t: m for t, (m, _, _) in loaded.items()}
+    for t, (m, b, e) in loaded.items():
+        write_text(reports_dir / f"{t}.md", class_report(m, b, e))
+    pre_path = metrics_dir / "preprocess.json"
+    preprocess = json.loads(pre_path.read_text()) if pre_path.is_file() else None
+    choices = {
+        t: json.loads((builds / t / "model" / RECIPE_FILE).read_text())["recipe"]["preprocess"]
+        for t in targets
+    }
+    pictures = plots.write_pictures(pareto_rows(metrics), size_rows(metrics), plots_dir)
+    rel = {n: f"{plots_dir.name}/{p.name}" for n, p in pictures.items()}
+    serve_path = metrics_dir / "serve.json"
+    serve = json.loads(serve_path.read_text()) if serve_path.is_file() else None
+    text = summary(metrics, preprocess, choices, rel, serve)
+    inside = text.replace("](plots/", "](../plots/").replace("](reports/", "](")
+    write_text(reports_dir / "summary.md", inside)
+    sections = [("Summary", _html_ready(text))]
+    sections += [(f"Class {t}", (reports_dir / f"{t}.md").read_text()) for t in targets]
+    html = plots.page("ocr-bundles: measured results", sections, pictures)
+    refs = plots.external_references(html)
+    if refs:
+        raise ReportError(f"the HTML page would fetch {refs}; it must stand alone")
+    plots.write_page(reports_dir / "index.html", html)
+    write_text(
         plots_dir / "pareto.csv",
-        to_csv(pareto_rows(metrics), ("target", "variant", "warm_p50_ms", "accuracy")),
+        to_csv(pareto_rows(metrics), ("target", "variant", "set", "warm_p50_ms", "accuracy")),
     )
-    _write_text(plots_dir / "sizes.csv", to_csv(size_rows(metrics), ("target", "step", "size_mb")))
+    write_text(plots_dir / "sizes.csv", to_csv(size_rows(metrics), ("target", "step", "size_mb")))
     return text
 
 
+def _html_ready(markdown: str) -> str:
+    """The summary without its image links: the page shows the pictures inline already."""
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith("!["))
+
+
 def embed_file(readme: Path, summary_md: str) -> None:
-    _write_text(readme, embed(readme.read_text(encoding="utf-8"), summary_md))
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: missing; run the stage that writes it first") from None
-
-
-def _write_text(path: Path, text: str) -> None:
-    modelio.write_bytes(path, text.encode("utf-8"))
+    write_text(readme, embed(readme.read_text(encoding="utf-8"), summary_md))

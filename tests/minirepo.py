@@ -1,8 +1,9 @@
 """A throwaway git + DVC copy of this pipeline, fed the tiny CTC model from `tests/tiny.py`.
 
-`make_repo(dest)` copies the pipeline code and dvc.yaml, writes tiny-friendly recipes, params and
-pipeline defaults (height 8, a few dozen images, no stock baselines) and commits it all, so that a
-full `dvc repro` takes seconds instead of the real build's minutes. `dvc(...)` runs the venv's DVC
+`make_repo(dest)` copies the pipeline code and dvc.yaml, writes tiny-friendly recipes and params (a
+`file` source under models/input with an 8-pixel-high contract, two small synthetic sources, a
+folder source, tiny bench settings) and commits it all, so that a full `dvc repro` takes well under
+a minute instead of the real build's. `dvc(...)` runs the venv's DVC
 with the venv first in PATH (the stage commands call `python`).
 """
 
@@ -17,11 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import onnx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: python, dvc
-COPIED = ("stages", "dvc.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+COPIED = ("stages", "dvc.yaml", "pipeline.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
 TARGETS = ("high", "mid", "low")
 README = "# tiny\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
 
@@ -35,7 +37,12 @@ CLASS_PASSES: dict[str, list[dict[str, Any]]] = {
         {"quantize_dynamic": {"op_types": ["LSTM", "Gemm", "MatMul"]}},
     ],
 }
-PREPROCESS = {"height": 8, "backend": "pillow", "interpolation": "bilinear"}
+BUNDLES: dict[str, dict[str, Any]] = {
+    "high": {"formats": ["onnx"]},
+    "mid": {"formats": ["onnx"], "fallback": "float"},
+    "low": {"formats": ["ort"], "fallback": "float"},
+}
+STYLE = {"width": 48, "height": 16, "font_size": [12, 14], "min_length": 2, "max_length": 3}
 
 
 def env() -> dict[str, str]:
@@ -107,30 +114,32 @@ def commit_all(repo: Path, message: str) -> None:
 
 def params() -> dict[str, Any]:
     real = yaml.safe_load((ROOT / "params.yaml").read_text())
+    synthetic = {"calib": 6, "val": 6, "eval": 10}
     return {
         "targets": list(TARGETS),
         "model": {
             "source": "file",
-            "path": "tiny/model.onnx",
-            "charset_file": "tiny/charset.json",
-            "layout": "TBC",
-            "blank": 0,
-            "height": 8,
-            "channels": 1,
+            "path": "models/input/tiny.onnx",
+            "charset": {"source": "file", "path": "models/input/charset.json"},
+            "input": {"height": 8, "interpolation": "bilinear"},
         },
         "charset": "chars:abcdef",
         "data": {
-            "seed": 1,
-            "calib": 8,
-            "val": 8,
-            "eval": 12,
-            "style": {"alphabet": "abcdef", "min_length": 2, "max_length": 3},
+            "synthetic": {
+                "clean": {"seed": 1, **synthetic, "style": {"generator": "clean", **STYLE}},
+                "hard": {"seed": 2, **synthetic, "style": {"generator": "hard", **STYLE}},
+            },
+            "folders": {"mine": {"path": "captchas/mine", "calib": 0.2, "val": 0.3}},
         },
-        "preprocess": {
-            "images": 6,
-            "candidates": {"a": {"backend": "pillow", "interpolation": "bilinear", "height": 8}},
+        "preprocess": {"images": 6, "candidates": {"area": {"interpolation": "area"}}},
+        "bench": {
+            "repeats": 1,
+            "warm_images": 3,
+            "warmup": 1,
+            "long_session": 6,
+            "baselines": ["stock"],
         },
-        "bench": {"repeats": 1, "warm_images": 3, "warmup": 1, "baselines": []},
+        "serve": {"target": "high", "clients": [1], "requests": 8, "batching": [False]},
         "versions": real["versions"],
         # per_channel exists in the baseline so `dvc exp run -S` can set it without new keys
         "overrides": {
@@ -145,10 +154,21 @@ def recipe(target: str) -> dict[str, Any]:
     return {
         "description": f"tiny {target}",
         "passes": CLASS_PASSES[target],
-        "preprocess": dict(PREPROCESS),
         "runtime": {"intra_op_threads": 1},
-        "bundle": {"ort_format": False},
+        "bundle": BUNDLES[target],
     }
+
+
+def write_folder(root: Path, n: int = 24) -> None:
+    """captchas/mine: labeled images named '<label>_<i>.png' (the folder source)."""
+    from stages.data import clean
+
+    style = clean.CaptchaStyle(alphabet="abcdef", **{**STYLE, "font_size": (12, 14)})
+    folder = root / "captchas" / "mine"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label, data = clean.sample(style, 99, i)
+        (folder / f"{label}_{i:03d}.png").write_bytes(data)
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> None:
@@ -170,17 +190,16 @@ def make_repo(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     (dest / "README.md").write_text(README)
-
-    pipeline = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
-    pipeline["defaults"]["preprocess"]["height"] = 8
-    write_yaml(dest / "pipeline.yaml", pipeline)
     for target in TARGETS:
         write_yaml(dest / "configs" / f"{target}.yaml", recipe(target))
     write_yaml(dest / "params.yaml", params())
+    write_folder(dest)
 
     model = tiny.tiny_ctc(classes=7, wrong_output_shape=False)
-    modelio.save(model, dest / "tiny" / "model.onnx")
-    (dest / "tiny" / "charset.json").write_text(json.dumps(modelio.spec(model).charset))
+    inputs = dest / "models" / "input"
+    inputs.mkdir(parents=True)
+    onnx.save(model, str(inputs / "tiny.onnx"))
+    (inputs / "charset.json").write_text(json.dumps(modelio.spec(model).charset))
 
     git(dest, "init", "-q", "-b", "main")
     git(dest, "config", "user.name", "dvc tests")

@@ -1,5 +1,5 @@
-"""The baselines and bench stages on tiny models: pure helpers with hand numbers, then one real
-bench of a tiny build (fresh pinned workers) whose metrics every other test here reads."""
+"""The bench: metrics arithmetic, compute and runtime floors, worker processes, and a whole
+tiny project measured by the real stage (the `measured` fixture, tests/measured.py)."""
 
 from __future__ import annotations
 
@@ -13,150 +13,151 @@ import onnx
 import pytest
 import tiny
 from onnx import helper, numpy_helper
-from PIL import Image
 
-from stages import bench, modelio, report
-from stages.baselines import build_baselines, clear_output_shape
-from stages.build import StageResult, write_build
-from stages.data import png_bytes, write_split
-from stages.decode import decode
-from stages.evaluate import evaluate_build
-from stages.inference import Runtime
-from stages.preprocess import Preprocess
-from stages.recipe import Budgets, Recipe
+from stages import modelio
+from stages.measure import bench, floor, metrics
+from stages.recipe import BenchParams, Budgets
+from stages.records import BenchRecord, SetAccuracy, VariantMetrics, read_record
+from stages.runtime.decode import decode
+from stages.runtime.preprocess import Preprocess
 
-PRE = Preprocess(height=tiny.HEIGHT, interpolation="bilinear")
-DIV = {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "argmax_agreement": 1.0}
-# 20x the tiny model's width: ~15 M MACs per image against ~20 k, so it must time slower
-WIDE = {"features": 160, "hidden": 120}
-CFG = bench.BenchConfig(repeats=2, warm_images=6, warmup=1, baselines=("naive_int8",))
-METRIC_KEYS = {
-    "target",
-    "description",
-    "threads",
-    "affinity",
-    "worker_affinity",
-    "machine",
-    "dataset",
-    "variants",
-    "ratios_spread",
-    "ratios",
-    "vs_stock_default",
-    "budgets",
-    "compute_floor",
-}
-VARIANT_KEYS = {
-    "kind",
-    "size_mb",
-    "cold_start_ms",
-    "warm_p50_ms",
-    "warm_p95_ms",
-    "model_p50_ms",
-    "peak_rss_mb",
-    "accuracy",
-    "cer",
-    "agreement",
-    "timed_accuracy",
-    "os_threads",
-    "ort_threads",
-    "escaped_threads",
-    "imported",
-    "spread",
-}
+# ---------------------------------------------------------------------------- metrics
 
 
-# ---------------------------------------------------------------------------- pure helpers
+def run(cold: float, warm: list[float], rss: float, cpu: float = 0.0) -> dict[str, Any]:
+    return {
+        "cold_start_ms": cold,
+        "total_ms": warm,
+        "model_ms": None,
+        "peak_rss_mb": rss,
+        "cpu_s": cpu,
+    }
 
 
-def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
-    assert bench.interleave(["a", "b", "c"], 2) == [
-        (0, "a"),
-        (0, "b"),
-        (0, "c"),
-        (1, "a"),
-        (1, "b"),
-        (1, "c"),
-    ]
+def test_percentile_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 100):
+        xs = rng.random(n).tolist()
+        for q in (0, 5, 50, 95, 100):
+            assert metrics.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+
+
+def test_round_stats_of_one_worker_run() -> None:
+    stats = metrics.round_stats(run(120.0, [1.0, 2.0, 3.0, 4.0], 50.0, cpu=0.02))
+    assert stats["warm_p50_ms"] == 2.5
+    assert stats["warm_p95_ms"] == pytest.approx(3.85)
+    assert stats["cpu_s_per_1000"] == pytest.approx(5.0)  # 0.02 s over 4 calls
+    assert stats["model_p50_ms"] is None
 
 
 def test_summarize_takes_the_median_over_rounds_and_keeps_the_spread() -> None:
-    rounds = [
-        {"cold_start_ms": c, "warm_p50_ms": w, "warm_p95_ms": w * 2, "model_p50_ms": None}
-        | {"peak_rss_mb": 100.0}
-        for c, w in ((300.0, 5.0), (100.0, 9.0), (200.0, 7.0))
-    ]
-    out = bench.summarize(rounds)
-    assert out["cold_start_ms"] == 200.0 and out["warm_p50_ms"] == 7.0
-    assert out["warm_p95_ms"] == 14.0 and out["model_p50_ms"] is None
-    assert out["spread"]["cold_start_ms"] == [100.0, 300.0]
-    assert out["spread"]["warm_p50_ms"] == [5.0, 9.0]
-    assert "model_p50_ms" not in out["spread"]
+    rounds = [metrics.round_stats(run(c, [w], 50.0)) for c, w in ((100, 2), (130, 3), (110, 9))]
+    out = metrics.summarize(rounds)
+    assert out["cold_start_ms"] == 110.0 and out["warm_p50_ms"] == 3.0
+    assert out["spread"]["cold_start_ms"] == [100.0, 130.0]
+    assert out["spread"]["warm_p50_ms"] == [2.0, 9.0]
 
 
-def test_round_stats_percentiles_of_one_worker_run() -> None:
-    run = {
-        "cold_start_ms": 250.0,
-        "total_ms": [float(i) for i in range(1, 101)],
-        "model_ms": [1.0, 2.0, 3.0],
-        "peak_rss_mb": 80.0,
-    }
-    stats = bench.round_stats(run)
-    assert stats["warm_p50_ms"] == pytest.approx(50.5)
-    assert stats["warm_p95_ms"] == pytest.approx(95.05)
-    assert stats["model_p50_ms"] == 2.0
+def variant(**fields: Any) -> VariantMetrics:
+    sets = fields.pop("sets", {})
+    return VariantMetrics(
+        kind="onnx", sets={s: SetAccuracy(accuracy=a, cer=0.1) for s, a in sets.items()}, **fields
+    )
 
 
 def test_ratios_with_hand_numbers() -> None:
-    final = {
-        "size_mb": 10.0,
-        "warm_p50_ms": 5.0,
-        "cold_start_ms": 100.0,
-        "peak_rss_mb": 50.0,
-        "accuracy": 0.90,
-    }
-    stock = {
-        "size_mb": 50.0,
-        "warm_p50_ms": 20.0,
-        "cold_start_ms": 400.0,
-        "peak_rss_mb": 200.0,
-        "accuracy": 0.92,
-    }
-    assert bench.ratios(final, stock) == {
-        "size": 0.2,
-        "warm_speedup": 4.0,
-        "cold_start": 0.25,
-        "peak_rss": 0.25,
-        "accuracy_drop_pts": 2.0,
-    }
+    v = variant(
+        size_mb=5.0,
+        ships_mb=5.5,
+        warm_p50_ms=2.0,
+        cold_start_ms=100.0,
+        peak_rss_mb=80.0,
+        cpu_s_per_1000=3.0,
+        attributable_cold_start_ms=10.0,
+        attributable_peak_rss_mb=15.0,
+        sets={"clean": 0.9, "hard": 0.5},
+    )
+    stock = variant(
+        size_mb=55.0,
+        warm_p50_ms=10.0,
+        cold_start_ms=200.0,
+        peak_rss_mb=160.0,
+        cpu_s_per_1000=12.0,
+        attributable_cold_start_ms=100.0,
+        attributable_peak_rss_mb=75.0,
+        sets={"clean": 0.88, "hard": 0.55},
+    )
+    r = metrics.ratios(v, stock)
+    assert r.size == 0.1  # what the app ships, not the model file
+    assert (r.warm_speedup, r.cold_start, r.peak_rss, r.cpu) == (5.0, 0.5, 0.5, 0.25)
+    assert (r.attributable_cold_start, r.attributable_peak_rss) == (0.1, 0.2)
+    assert r.accuracy_drop_pts == {"clean": -2.0, "hard": 5.0}
 
 
 def test_ratios_are_none_where_a_figure_is_missing() -> None:
-    r = bench.ratios({"size_mb": 1.0}, {"size_mb": 4.0, "warm_p50_ms": 3.0})
-    assert r["size"] == 0.25
-    assert r["warm_speedup"] is None and r["accuracy_drop_pts"] is None
+    r = metrics.ratios(variant(size_mb=1.0), variant(size_mb=2.0, warm_p50_ms=1.0))
+    assert r.size == 0.5 and r.warm_speedup is None and r.cpu is None
 
 
-def test_budgets_judge_the_final_model_and_leave_unset_ones_open() -> None:
-    budgets = Budgets(max_size_mb=20, max_warm_p50_ms=4, max_accuracy_drop_pts=1.0)
-    final = {"size_mb": 13.6, "warm_p50_ms": 5.0, "peak_rss_mb": 90.0, "accuracy": 0.885}
-    out = bench.check_budgets(budgets, final, {"accuracy": 0.89})
-    assert out["max_size_mb"] == {"limit": 20, "value": 13.6, "ok": True}
-    assert out["max_warm_p50_ms"]["ok"] is False
-    assert out["max_peak_rss_mb"] == {"limit": None, "value": 90.0, "ok": None}
-    assert out["max_accuracy_drop_pts"] == {"limit": 1.0, "value": 0.5, "ok": True}
+def test_ratio_spread_takes_each_round_pair() -> None:
+    final = [run(100, [2.0], 50, 0.002), run(110, [2.5], 50, 0.002)]
+    stock = [run(200, [8.0], 100, 0.008), run(200, [12.5], 100, 0.010)]
+    assert metrics.ratio_spread(final, stock) == {
+        "warm_speedup": [4.0, 5.0],
+        "cold_start": [0.5, 0.55],
+        "peak_rss": [0.5, 0.5],
+        "cpu": [0.2, 0.25],
+    }
+    assert metrics.ratio_spread(final, []) == {}
 
 
-def test_pinned_cores_takes_the_first_n_usable_cpus() -> None:
-    assert bench.pinned_cores(1, [3, 1, 2]) == [1]
+def test_attributable_subtracts_the_floor_of_the_same_kind() -> None:
+    v = variant(cold_start_ms=150.0, peak_rss_mb=80.0)
+    floor_v = variant(cold_start_ms=110.0, peak_rss_mb=66.0)
+    assert metrics.attributable(v, floor_v) == {
+        "attributable_cold_start_ms": 40.0,
+        "attributable_peak_rss_mb": 14.0,
+    }
+    assert metrics.attributable(v, None)["attributable_peak_rss_mb"] is None
+
+
+def test_accuracy_budget_is_judged_on_the_worst_set() -> None:
+    shipped = variant(
+        ships_mb=5.0, warm_p50_ms=3.0, peak_rss_mb=70.0, sets={"clean": 0.9, "hard": 0.5}
+    )
+    ref = variant(sets={"clean": 0.9, "hard": 0.51})
+    budgets = Budgets(max_size_mb=6, max_accuracy_drop_pts=0.5, max_warm_p50_ms=2.0)
+    out = metrics.check_budgets(budgets, shipped, ref, None)
+    assert out["max_accuracy_drop_pts"].model_dump() == {
+        "limit": 0.5,
+        "value": 1.0,
+        "ok": False,
+        "set": "hard",
+    }
+    assert out["max_size_mb"].ok is True and out["max_warm_p50_ms"].ok is False
+    assert out["max_peak_rss_mb"].ok is None  # no limit set
+    assert out["max_cpu_ratio"].ok is None  # no stock to compare with
+
+
+def test_core_slots_are_disjoint_and_cover_the_threads() -> None:
+    assert bench.core_slots(1, [0, 1]) == [[0], [1]]
+    assert bench.core_slots(2, [0, 1]) == [[0, 1]]
+    assert bench.core_slots(4, [0, 1]) == [[0, 1]]
     assert bench.pinned_cores(2, [3, 1, 2]) == [1, 2]
-    assert bench.pinned_cores(8, [0, 1]) == [0, 1]
+
+
+def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
+    assert bench.interleave(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+
+
+# ---------------------------------------------------------------------------- floors
 
 
 def test_count_macs_matches_the_tiny_models_hand_count() -> None:
     classes, features, hidden, width = 7, 8, 6, 40
     model = tiny.tiny_ctc(classes, features, hidden)
     steps = width // 2  # Conv kernel 8x2, stride (8, 2)
-    macs = bench.count_macs(model, tiny.inputs(1, widths=(width,))[0])
+    macs = floor.count_macs(model, tiny.inputs(1, widths=(width,))[0])
     assert macs["Conv"] == features * steps * 1 * tiny.HEIGHT * 2
     assert macs["LSTM"] == steps * 2 * 4 * hidden * (features + hidden)
     assert macs["Gemm"] == steps * 2 * hidden * classes
@@ -170,11 +171,10 @@ def test_count_macs_reads_quantized_ops_too(tmp_path: Path) -> None:
     modelio.save(model, tmp_path / "f.onnx")
     quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx")
     x = tiny.inputs(1, widths=(40,))[0]
-    fp32 = bench.count_macs(model, x)
-    int8 = bench.count_macs(onnx.load(str(tmp_path / "q.onnx")), x)
+    fp32 = floor.count_macs(model, x)
+    int8 = floor.count_macs(onnx.load(str(tmp_path / "q.onnx")), x)
     assert fp32["int8"] == 0 and fp32["fp32"] == fp32["total"]
     assert int8["total"] == fp32["total"]
-    # default dynamic quantization turns every Conv, MatMul and LSTM into an integer op
     assert {"ConvInteger", "DynamicQuantizeLSTM", "MatMulInteger"} <= set(int8)
     assert int8["int8"] == int8["total"] and int8["fp32"] == 0
 
@@ -190,263 +190,158 @@ def test_a_conv_fed_by_dequantize_linear_counts_as_int8() -> None:
             numpy_helper.from_array(np.array(0.01, np.float32), "conv_w_s"),
         ]
     )
-    dq = helper.make_node("DequantizeLinear", ["conv_w_q", "conv_w_s"], ["conv_w"])
-    model.graph.node.insert(0, dq)
-    macs = bench.count_macs(model, tiny.inputs(1, widths=(40,))[0])
+    model.graph.node.insert(
+        0, helper.make_node("DequantizeLinear", ["conv_w_q", "conv_w_s"], ["conv_w"])
+    )
+    macs = floor.count_macs(model, tiny.inputs(1, widths=(40,))[0])
     assert macs["int8"] == macs["Conv"] and macs["fp32"] == macs["LSTM"] + macs["Gemm"]
 
 
 def test_matmul_rates_are_plausible() -> None:
-    rates = bench.matmul_rates((32, 64), tries=2)
+    rates = floor.matmul_rates((32, 64), tries=2)
     assert set(rates) == {"fp32", "int8"}
     for rate, n in rates.values():
         assert n in (32, 64) and 1e7 < rate < 1e13
 
 
-def test_bundle_variant_is_skipped_with_a_reason_when_missing(tmp_path: Path) -> None:
-    v = bench.bundle_variant(tmp_path / "bundle")
-    assert v.skipped and "no bundle" in v.skipped and v.size_mb is None
+def test_runtime_floor_model_keeps_the_contract_and_decodes_to_nothing() -> None:
+    spec = modelio.spec(tiny.tiny_ctc(wrong_output_shape=False))
+    model = floor.floor_model(spec, Preprocess(height=tiny.HEIGHT))
+    onnx.checker.check_model(model, full_check=True)
+    assert tiny.op_counts(model) == {"AveragePool": 1, "Squeeze": 1, "Transpose": 1, "MatMul": 1}
+    assert modelio.spec(model).charset == spec.charset
+    out = tiny.run(model, tiny.inputs(1, widths=(32,))[0])
+    assert out.shape == (4, 1, 7)  # ddddocr's stride of 8 columns per step
+    assert decode(out, spec.charset).text == ""
 
 
-def test_clear_output_shape_drops_only_output_zeros_shape() -> None:
-    model = tiny.tiny_ctc(wrong_output_shape=True)
-    out = clear_output_shape(model)
-    assert not out.graph.output[0].type.tensor_type.HasField("shape")
-    assert model.graph.output[0].type.tensor_type.HasField("shape")  # input untouched
-    assert out.graph.node == model.graph.node
+# ---------------------------------------------------------------------------- workers
 
 
-# ---------------------------------------------------------------------------- a tiny project
-
-
-def noise_png(rng: np.random.Generator) -> bytes:
-    """A 240x16 image: 120 input columns at height 8, so 60 CTC steps."""
-    return png_bytes(Image.fromarray(rng.integers(0, 256, (16, 240, 3), dtype=np.uint8)))
-
-
-def make_project(root: Path) -> dict[str, Any]:
-    """data/eval, models/source, build/tiny/{model,eval.json}, build/baselines like the stages
-    write them; the final model is the 20x wider one."""
-    rng = np.random.default_rng(3)
-    labels = ["ab", "cdef", "fa", "bbc", "ed", "a", "cc", "def"]
-    write_split(root / "data" / "eval", [(t, noise_png(rng)) for t in labels])
-    source = root / "models" / "source"
-    modelio.save(tiny.tiny_ctc(wrong_output_shape=True), source / "model.onnx")
-    recipe = Recipe(
-        description="tiny test class",
-        passes=[],
-        preprocess=PRE,
-        budgets=Budgets(max_size_mb=5.0, max_warm_p50_ms=0.001, max_accuracy_drop_pts=100),
-    )
-    narrow = tiny.tiny_ctc(wrong_output_shape=False)
-    wide = tiny.tiny_ctc(wrong_output_shape=False, **WIDE)
-    build = root / "build" / "tiny"
-    results = [StageResult(1, "narrow", narrow, 0.1, DIV), StageResult(2, "widen", wide, 0.2, DIV)]
-    write_build(build / "model", recipe, results, "tiny")
-    records = json.loads((build / "model" / "build.json").read_text())
-    records["stages"][1]["sensitivity"] = [{"node": "lstm", "drop_pts": 1.5}]
-    modelio.write_json(build / "model" / "build.json", records)
-    evaluation = evaluate_build("tiny", source, build / "model", root / "data", recipe, PRE)
-    modelio.write_json(build / "eval.json", evaluation)
-    build_baselines(
-        source, root / "data", root / "build" / "baselines", PRE, Runtime(), ["naive_int8"]
-    )
-    return {"root": root, "build": build, "source": source, "recipe": recipe}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return make_project(tmp_path_factory.mktemp("bench"))
-
-
-@pytest.fixture(scope="module")
-def metrics(project: dict[str, Any]) -> dict[str, Any]:
-    root = project["root"]
-    return bench.run_bench(
-        "tiny",
-        project["build"],
-        project["source"],
-        root / "build" / "baselines",
-        root / "data",
-        project["recipe"],
-        PRE,
-        CFG,
-        floor_sizes=(64,),
-    )
-
-
-def test_baselines_writes_naive_int8_and_its_scores(project: dict[str, Any]) -> None:
-    out = project["root"] / "build" / "baselines"
-    acc = json.loads((out / "accuracy.json").read_text())
-    naive = acc["variants"]["naive_int8"]
-    assert {"accuracy", "cer", "by_length", "agreement", "size_mb"} <= set(naive)
-    assert acc["images"] == 8 and "stock_beta" not in acc["variants"]
-    model = modelio.load(out / "naive_int8.onnx")
-    assert "DynamicQuantizeLSTM" in tiny.op_counts(model)
-    assert modelio.spec(model).charset == modelio.spec(tiny.tiny_ctc()).charset
-
-
-def test_baselines_refuse_unknown_names(project: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown baselines"):
-        root = project["root"]
-        build_baselines(project["source"], root / "data", tmp_path / "b", PRE, Runtime(), ["x"])
-
-
-def test_every_metrics_key_is_present(metrics: dict[str, Any]) -> None:
-    assert set(metrics) == METRIC_KEYS
-    assert list(metrics["variants"]) == [
-        "naive_int8",
-        "reference",
-        "01-narrow",
-        "02-widen",
+def onnx_spec(measured: dict, cores: list[int], **extra: Any) -> dict[str, Any]:
+    build = measured["builds"] / "low" / "model"
+    recipe = json.loads((build / "recipe.json").read_text())["recipe"]
+    v = bench.Variant(
         "final",
-        "bundle",
-        "runtime_floor",
-    ]
-    for name, v in metrics["variants"].items():
-        if name != "bundle":
-            assert set(v) >= VARIANT_KEYS, name
-            assert set(v["spread"]) == set(bench.TIMED), name
-    assert {"cpu", "cores", "onnxruntime"} <= set(metrics["machine"])
-    assert metrics["dataset"]["eval_images"] == 8 and metrics["dataset"]["repeats"] == 2
-    assert metrics["ratios"] is None and metrics["vs_stock_default"] is None  # stock excluded
-    assert set(metrics["budgets"]) == set(Budgets.model_fields)
-    json.dumps(metrics)  # a DVC metrics file: plain JSON
-
-
-def test_missing_bundle_is_recorded_not_fatal(metrics: dict[str, Any]) -> None:
-    assert metrics["variants"]["bundle"]["skipped"].startswith("no bundle at")
-
-
-def test_wider_model_is_measured_slower(metrics: dict[str, Any]) -> None:
-    v = metrics["variants"]
-    assert v["02-widen"]["model_p50_ms"] > v["01-narrow"]["model_p50_ms"]
-    assert v["final"]["warm_p50_ms"] > v["01-narrow"]["warm_p50_ms"]
-    assert v["final"]["size_mb"] > 10 * v["01-narrow"]["size_mb"]
-
-
-def test_workers_honor_the_pinning_and_stay_lean(metrics: dict[str, Any]) -> None:
-    first_core = sorted(os.sched_getaffinity(0))[:1]
-    assert metrics["threads"] == 1 and metrics["affinity"] == first_core
-    assert metrics["worker_affinity"] == [first_core]  # every thread of every worker
-    for name in ("reference", "final", "naive_int8"):
-        assert metrics["variants"][name]["ort_threads"] == 1
-        assert metrics["variants"][name]["escaped_threads"] == 0
-        imported = metrics["variants"][name]["imported"]
-        assert "onnxruntime" in imported
-        assert not {"pydantic", "onnx", "cv2", "ddddocr"} & set(imported), name
-
-
-def test_accuracy_comes_from_evaluate_and_baselines(
-    metrics: dict[str, Any], project: dict[str, Any]
-) -> None:
-    evaluation = json.loads((project["build"] / "eval.json").read_text())
-    base = json.loads((project["root"] / "build/baselines/accuracy.json").read_text())
-    v = metrics["variants"]
-    assert v["final"]["accuracy"] == evaluation["variants"]["final"]["accuracy"]
-    assert v["02-widen"]["agreement"] == evaluation["variants"]["02-widen"]["agreement"]
-    assert v["naive_int8"]["accuracy"] == base["variants"]["naive_int8"]["accuracy"]
-
-
-def test_budgets_and_floor_in_metrics(metrics: dict[str, Any]) -> None:
-    assert metrics["budgets"]["max_size_mb"]["ok"] is True
-    assert metrics["budgets"]["max_warm_p50_ms"]["ok"] is False
-    floor = metrics["compute_floor"]
-    assert floor["rate_gmacs"]["fp32"] > 0 and floor["threads"] == 1
-    assert floor["final"]["input_width"] == 120
-    assert floor["final"]["mmacs"]["total"] > 100 * floor["reference"]["mmacs"]["total"]
-    assert floor["final"]["floor_ms"] > 0
-
-
-def test_report_renders_the_measured_metrics(
-    metrics: dict[str, Any], project: dict[str, Any], tmp_path: Path
-) -> None:
-    modelio.write_json(tmp_path / "metrics" / "tiny.json", metrics)
-    text = report.write_reports(
-        ["tiny"], tmp_path / "metrics", project["root"] / "build", tmp_path / "r", tmp_path / "p"
+        "onnx",
+        1.0,
+        {
+            "model": str(build / "model.onnx"),
+            "preprocess": recipe["preprocess"],
+            "runtime": recipe["runtime"],
+        },
     )
-    page = (tmp_path / "r" / "tiny.md").read_text()
-    assert "| **final** |" in page and "bundle (skipped)" in page
-    assert "## Sensitivity" in page and "| lstm | 1.5 |" in page
-    assert "[tiny](reports/tiny.md)" in text
-    assert (tmp_path / "p" / "pareto.csv").read_text().startswith("target,variant,")
-
-
-# ---------------------------------------------------------------------------- single workers
-
-
-def onnx_spec(project: dict[str, Any], cores: list[int], **extra: Any) -> dict[str, Any]:
-    variant = bench._onnx("final", project["build"] / "model" / "model.onnx", PRE.as_dict(), {})
-    images = sorted((project["root"] / "data" / "eval").glob("*.png"))
-    cfg = bench.BenchConfig(repeats=1, warm_images=2, warmup=0)
-    return {**bench.worker_spec(variant, images, cfg, cores), **extra}
+    images = sorted((measured["root"] / "data" / "clean" / "eval").glob("*.png"))
+    spec = bench.worker_spec(v, images, BenchParams(repeats=1, warm_images=2, warmup=0), cores, 0)
+    return spec | extra
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
-def test_worker_pins_itself_to_the_cores_it_is_given(project: dict[str, Any]) -> None:
+def test_worker_pins_itself_to_the_cores_it_is_given(measured: dict) -> None:
     last = sorted(os.sched_getaffinity(0))[-1]
-    run = bench.spawn(onnx_spec(project, [last]), timeout_s=120)
-    assert run["affinity"] == [last]
-    assert run["cold_start_ms"] > 0 and len(run["total_ms"]) == 2
+    out = bench.spawn(onnx_spec(measured, [last]), timeout_s=120)
+    assert out["affinity"] == [last] and out["thread_affinity"] == [last]
+    assert out["cold_start_ms"] > 0 and len(out["total_ms"]) == 2
+    assert out["import_ms"] > 0 and out["session_ms"] > 0 and out["first_ms"] > 0
+    assert out["cpu_s"] > 0
 
 
-def test_failed_worker_names_the_variant_and_quotes_stderr(project: dict[str, Any]) -> None:
-    spec = onnx_spec(project, [0], model="/no/such/model.onnx")
+def test_failed_worker_names_the_variant_and_quotes_stderr(measured: dict) -> None:
+    spec = onnx_spec(measured, [0], model="/no/such/model.onnx")
     with pytest.raises(bench.BenchError, match=r"variant 'final' failed \(exit code 1\)") as e:
         bench.spawn(spec, timeout_s=120)
     assert "no/such/model.onnx" in str(e.value)
 
 
-def test_bundle_variant_measures_the_deployable_recognizer(project: dict[str, Any]) -> None:
-    from stages.bundle import write_bundle
-
-    build = project["build"]
-    source_json = {"file": "model.onnx", "sha256": modelio.sha256(project["source"] / "model.onnx")}
-    modelio.write_json(project["source"] / "source.json", source_json)
-    out = project["root"] / "bundle-test"
-    write_bundle("tiny", build / "model", project["source"], project["recipe"], None, out)
-    variant = bench.bundle_variant(out)
-    assert variant.skipped is None and variant.size_mb
-    images = sorted((project["root"] / "data" / "eval").glob("*.png"))
-    cfg = bench.BenchConfig(repeats=1, warm_images=3, warmup=1)
-    run = bench.spawn(bench.worker_spec(variant, images, cfg, [0]), timeout_s=120)
-    assert len(run["texts"]) == 3 and run["model_ms"] and run["model_timing"] is None
+def test_long_session_run_reports_resident_memory_growth(measured: dict) -> None:
+    out = bench.spawn(onnx_spec(measured, [0], long_session=25), timeout_s=120)
+    assert len(out["total_ms"]) == 25 and len(out["texts"]) == 2
+    assert out["rss_end_mb"] > 0 and out["rss_warm_mb"] > 0
 
 
 @pytest.mark.integration
-def test_stock_ddddocr_worker_times_its_session(project: dict[str, Any]) -> None:
-    variant = bench.Variant("stock_default", "stock", 13.6, {"stock": "default"})
-    images = sorted((project["root"] / "data" / "eval").glob("*.png"))
-    cfg = bench.BenchConfig(repeats=1, warm_images=2, warmup=0)
-    run = bench.spawn(bench.worker_spec(variant, images, cfg, [0]), timeout_s=300)
-    assert run["affinity"] == [0] and "ddddocr" in run["imported"]
+def test_stock_ddddocr_worker_times_its_session(measured: dict) -> None:
+    v = bench.Variant("stock_default", "stock", 13.6, {"stock": "old"})
+    images = sorted((measured["root"] / "data" / "clean" / "eval").glob("*.png"))
+    params = BenchParams(repeats=1, warm_images=2, warmup=0)
+    out = bench.spawn(bench.worker_spec(v, images, params, [0], 0), timeout_s=300)
+    assert out["affinity"] == [0] and "ddddocr" in out["imported"]
     # onnxruntime's default pool would pin a thread per machine core; sized to the 1 core here
-    assert run["thread_affinity"] == [0] and run["ort_threads"] == 1
-    assert run["escaped_threads"] == 0
-    assert len(run["model_ms"]) == 2 and all(t > 0 for t in run["model_ms"])
+    assert out["thread_affinity"] == [0] and out["ort_threads"] == 1
+    assert out["escaped_threads"] == 0
+    assert len(out["model_ms"]) == 2 and all(t > 0 for t in out["model_ms"])
 
 
-def test_runtime_floor_model_keeps_the_contract_and_decodes_to_nothing():
-    final = tiny.tiny_ctc(wrong_output_shape=False)
-    floor = bench.runtime_floor_model(final, tiny.HEIGHT, 1)
-    onnx.checker.check_model(floor, full_check=True)
-    assert tiny.op_counts(floor) == {"AveragePool": 1, "Squeeze": 1, "Transpose": 1, "MatMul": 1}
-    assert modelio.spec(floor).charset == modelio.spec(final).charset
-    x = tiny.inputs(1, widths=(32,))[0]
-    logits = tiny.run(floor, x)
-    assert logits.shape == (32 // 8, 1, 7)  # ddddocr's stride of 8 columns per step
-    assert decode(logits, modelio.spec(floor).charset).text == ""
+# ---------------------------------------------------------------------------- the stage
 
 
-def test_ratio_spread_takes_each_round_pair():
-    def run(cold: float, warm: float, rss: float) -> dict[str, Any]:
-        return {"cold_start_ms": cold, "total_ms": [warm] * 3, "model_ms": None, "peak_rss_mb": rss}
+@pytest.fixture(scope="module")
+def low(measured: dict) -> BenchRecord:
+    return read_record(measured["metrics"] / "low.json", BenchRecord)
 
-    final = [run(100, 2.0, 50), run(110, 2.5, 50)]
-    stock = [run(200, 8.0, 100), run(200, 12.5, 100)]
-    assert bench.ratio_spread(final, stock) == {
-        "warm_speedup": [4.0, 5.0],
-        "cold_start": [0.5, 0.55],
-        "peak_rss": [0.5, 0.5],
-    }
-    assert bench.ratio_spread(final, []) == {}
+
+def test_every_variant_is_measured(low: BenchRecord) -> None:
+    names = list(low.variants)
+    assert names[:3] == ["stock", "naive_int8", "reference"]
+    assert {"01-fix_output_shape", "02-prune_charset", "03-quantize_to_tolerance"} <= set(names)
+    assert {"final", "bundle", "bundle+fallback", "mem:recipe"} <= set(names)
+    assert {"mem:enable_cpu_mem_arena=off", "mem:enable_mem_pattern=off"} <= set(names)
+    assert "mem:ort_bytes_for_initializers=on" in names  # the bundle ships .ort
+    assert {"runtime_floor", "runtime_floor_bundle"} <= set(names)
+    assert "runtime_floor_stock" not in names  # a file source's stock runs in our own runner
+    for name, v in low.variants.items():
+        assert v.skipped is None, name
+        assert v.cold_start_ms and v.warm_p50_ms and v.peak_rss_mb and v.cpu_s_per_1000, name
+        assert v.import_ms and v.session_ms is not None and v.first_ms, name
+        assert len(v.spread["warm_p50_ms"]) == 2, name
+
+
+def test_attributable_figures_use_the_floor_of_the_same_kind(low: BenchRecord) -> None:
+    v, floor_v = low.variants["bundle"], low.variants["runtime_floor_bundle"]
+    assert v.floor == "runtime_floor_bundle"
+    assert v.attributable_peak_rss_mb == round(max(v.peak_rss_mb - floor_v.peak_rss_mb, 0), 1)
+    assert low.variants["final"].floor == "runtime_floor"
+    assert low.variants["stock"].floor == "runtime_floor"
+
+
+def test_long_sessions_for_deployable_variants_only(low: BenchRecord) -> None:
+    for name in ("stock", "final", "bundle", "bundle+fallback", "mem:recipe", "runtime_floor"):
+        assert (
+            low.variants[name].long_session == 30 and low.variants[name].rss_growth_mb is not None
+        )
+    assert low.variants["02-prune_charset"].rss_growth_mb is None
+
+
+def test_bundle_sizes_and_accuracy_are_its_own(low: BenchRecord, measured: dict) -> None:
+    doc = json.loads((measured["root"] / "bundles" / "low" / "manifest.json").read_text())
+    b = low.variants["bundle"]
+    assert b.ships_mb and b.optional_mb and b.size_mb == b.ships_mb
+    assert low.variants["bundle+fallback"].size_mb == round(b.ships_mb + b.optional_mb, 3)
+    assert doc["optional"] == ["fallback.ort", "required_operators.config"]
+    assert set(b.sets) == {"clean", "hard"}
+    assert low.variants["bundle+fallback"].fallback_loaded is True
+
+
+def test_accuracy_per_set_comes_from_the_records(low: BenchRecord, measured: dict) -> None:
+    evaluation = json.loads((measured["builds"] / "low" / "eval.json").read_text())
+    for name in ("reference", "final", "02-prune_charset"):
+        for s in ("clean", "hard"):
+            assert (
+                low.variants[name].sets[s].accuracy
+                == evaluation["variants"][name]["sets"][s]["accuracy"]
+            )
+    assert low.variants["mem:recipe"].sets == low.variants["final"].sets
+
+
+def test_ratios_budgets_memory_table_and_facts(low: BenchRecord) -> None:
+    assert low.ratios is not None and low.bundle_ratios is not None
+    assert set(low.bundle_ratios.accuracy_drop_pts) == {"clean", "hard"}
+    assert set(low.bundle_ratios_spread) >= {"warm_speedup", "cpu"}
+    assert low.budgets["max_size_mb"].ok is True  # a few KB against 1 MB
+    assert low.budgets["max_attributable_rss_ratio"].ok is False  # an impossible limit
+    assert low.memory_settings[0]["setting"] == "recipe"
+    assert low.machine["cpu"] and "isa" in low.machine
+    assert low.dataset["eval_images"] == {"clean": 10, "hard": 10}
+    assert low.stock.startswith("the source model")
+    assert low.threads == 1 and low.affinity == [sorted(os.sched_getaffinity(0))[0]]
+    assert low.compute_floor["final"]["mmacs"]["total"] > 0

@@ -20,6 +20,7 @@ from stages.errors import PassError
 from stages.passes.fix_output_shape import FixOutputShapeOptions
 from stages.passes.prune_charset import PruneCharsetOptions
 from stages.recipe import Equivalence, PassStep, Recipe
+from stages.records import BuildRecord, read_record
 
 
 class ScaleOptions(BaseModel):
@@ -83,7 +84,12 @@ def test_exact_pass_records_zero_divergence():
     assert len(results) == 1
     r = results[0]
     assert (r.index, r.name, r.filename) == (1, "fix_output_shape", "01-fix_output_shape.onnx")
-    assert r.divergence == {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "argmax_agreement": 1.0}
+    assert r.divergence == {
+        "max_abs_diff": 0.0,
+        "max_rel_diff": 0.0,
+        "argmax_agreement": 1.0,
+        "dropped_best": 0.0,
+    }
     assert r.seconds >= 0
     assert isinstance(r.model, onnx.ModelProto)
 
@@ -112,9 +118,9 @@ def test_equivalence_images_limits_the_probe(monkeypatch):
     seen = []
     real = build.outputs
 
-    def counting(model, tensors):
+    def counting(model, tensors, who="build"):
         seen.append(len(tensors))
-        return real(model, tensors)
+        return real(model, tensors, who)
 
     monkeypatch.setattr(build, "outputs", counting)
     run_passes(tiny.tiny_ctc(), _recipe(FIX, equivalence=Equivalence(images=3)), _context())
@@ -157,11 +163,54 @@ def test_lossy_pass_with_the_same_effect_is_recorded(scale_passes):
 
 
 def test_divergence_refuses_changed_shapes():
-    model = tiny.tiny_ctc()
     a = [np.zeros((4, 1, 7), np.float32)]
     b = [np.zeros((5, 1, 7), np.float32)]
     with pytest.raises(PassError, match="output shape changed"):
-        build.divergence(model, model, a, b)
+        build.divergence(a, b)
+
+
+def test_pruning_through_a_softmax_is_checked_as_exact_after_renormalizing():
+    """prune_charset is tagged exact: on a probabilities output, the kept columns of the input
+    renormalized over the kept classes must equal the pruned model's output."""
+    model = _with_softmax(tiny.tiny_ctc(wrong_output_shape=False))
+    results = run_passes(model, _recipe(PRUNE), _context(allowed_chars="abc"))
+    assert results[0].exact is True
+    assert results[0].divergence["max_abs_diff"] < 1e-5
+    assert modelio.spec(results[0].model).kind == "probabilities"
+
+
+def test_a_pass_whose_output_onnxruntime_cannot_load_is_named(scale_passes):
+    def _tmp_break(model, options, context):
+        """Return a graph onnxruntime refuses."""
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        out.graph.node[0].op_type = "NoSuchOp"
+        return out
+
+    registry.register("_tmp_break", ScaleOptions, kind="fuse", exact=True)(_tmp_break)
+    with pytest.raises(PassError) as info:
+        run_passes(tiny.tiny_ctc(), _recipe(PassStep("_tmp_break", ScaleOptions())), _context())
+    assert info.value.pass_name == "_tmp_break"
+    assert "cannot load or run its output" in str(info.value)
+
+
+def _with_softmax(model: onnx.ModelProto, op: str = "Softmax") -> onnx.ModelProto:
+    """The tiny model with a final Softmax (probabilities contract) or LogSoftmax (its
+    log-probabilities decode like logits) over the classes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    old = out.graph.output[0].name
+    out.graph.node.append(onnx.helper.make_node(op, [old], ["probs"], axis=-1))
+    out.graph.output[0].name = "probs"
+    spec = modelio.spec(model)
+    kind = "probabilities" if op == "Softmax" else "logits"
+    return modelio.with_spec(out, spec.charset, spec.layout, spec.blank, kind)
+
+
+def test_pruning_through_a_log_softmax_is_checked_after_the_row_shift():
+    model = _with_softmax(tiny.tiny_ctc(wrong_output_shape=False), "LogSoftmax")
+    results = run_passes(model, _recipe(PRUNE), _context(allowed_chars="abc"))
+    assert results[0].divergence["max_abs_diff"] < 1e-4
 
 
 # ---------------------------------------------------------------------------- write_build
@@ -191,7 +240,10 @@ def test_write_build_writes_every_record(tmp_path):
         "recipe.json",
         "build.json",
     }
-    assert list(out.parent.iterdir()) == [out]  # no temp folder left next to it
+    # no temp folder left next to it; timings beside the model folder, never inside it
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model", "timings.json"]
+    timings = json.loads((out.parent / "timings.json").read_text())["seconds"]
+    assert set(timings) == {r.filename for r in results}
     assert (out / "model.onnx").read_bytes() == (out / "stages/02-prune_charset.onnx").read_bytes()
     final = modelio.load(out / "model.onnx")
     assert final.SerializeToString() == results[-1].model.SerializeToString()
@@ -202,16 +254,26 @@ def test_write_build_writes_every_record(tmp_path):
     assert rec["recipe"] == recipe.resolved()
     assert set(rec["versions"]) == set(build.LIBRARIES)
 
-    info = json.loads((out / "build.json").read_text())
-    assert info["target"] == "low"
-    assert [s["pass"] for s in info["stages"]] == ["fix_output_shape", "prune_charset"]
-    for s, r in zip(info["stages"], results, strict=True):
-        assert s["index"] == r.index
-        assert s["file"] == f"stages/{r.filename}"
-        assert (out / s["file"]).is_file()
-        assert s["size_mb"] == round(modelio.size_mb(out / s["file"]), 3)
-        assert s["argmax_agreement"] == round(r.divergence["argmax_agreement"], 6)
-        assert {"seconds", "max_abs_diff", "max_rel_diff"} <= set(s)
+    info = read_record(out / "build.json", BuildRecord)  # the reader's own type
+    assert info.target == "low"
+    assert [s.pass_name for s in info.stages] == ["fix_output_shape", "prune_charset"]
+    for s, r in zip(info.stages, results, strict=True):
+        assert s.index == r.index
+        assert s.file == f"stages/{r.filename}"
+        assert (out / s.file).is_file()
+        assert s.size_mb == round(modelio.size_mb(out / s.file), 3)
+        assert s.argmax_agreement == round(r.divergence["argmax_agreement"], 6)
+        assert s.exact is True  # both passes are exact
+    assert "seconds" not in (out / "build.json").read_text()  # timings stay out of the record
+    assert Recipe.from_resolved(rec["recipe"]).resolved() == recipe.resolved()
+
+
+def test_building_twice_gives_byte_identical_model_folders(tmp_path):
+    """A pass decides from its inputs, options and data only: no timings, no temp names."""
+    for name in ("a", "b"):
+        recipe, results = _results()
+        write_build(tmp_path / name / "model", recipe, results, "low")
+    assert _snapshot(tmp_path / "a" / "model") == _snapshot(tmp_path / "b" / "model")
 
 
 def test_write_build_replaces_a_previous_build(tmp_path):
@@ -224,7 +286,7 @@ def test_write_build_replaces_a_previous_build(tmp_path):
     assert not (out / "stale.txt").exists()
     assert not (out / "stages" / "02-prune_charset.onnx").exists()
     assert json.loads((out / "build.json").read_text())["target"] == "b"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "timings.json"]
 
 
 def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
@@ -247,7 +309,8 @@ def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
         write_build(out, recipe, new_results, "new")
     assert len(calls) == 2
     assert _snapshot(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # temp folder removed
+    # temp folder removed; the old timings stay with the old build
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "timings.json"]
 
 
 def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypatch):
@@ -258,7 +321,7 @@ def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypa
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        if Path(src).name == ".model.tmp":
+        if Path(src).name.startswith(".model.tmp"):
             raise OSError("rename failed")
         real_replace(src, dst)
 
@@ -266,3 +329,21 @@ def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypa
     with pytest.raises(OSError, match="rename failed"):
         write_build(out, recipe, results, "new")
     assert _snapshot(out) == before
+
+
+def test_pruning_reports_the_steps_whose_best_class_it_removed():
+    """Agreement on the kept columns cannot see a removed class the input model preferred."""
+    model = tiny.tiny_ctc()
+    xs = tiny.inputs(8)
+    best = np.concatenate([tiny.run(model, x).argmax(-1).ravel() for x in xs])
+    results = run_passes(model, _recipe(FIX, PRUNE), _context(allowed_chars="a"))
+    expected = float(np.isin(best, [0, 1], invert=True).mean())  # kept: blank and 'a'
+    assert expected > 0
+    assert results[1].divergence["dropped_best"] == pytest.approx(expected)
+
+
+def test_kept_columns_map_duplicate_dictionary_entries_in_order():
+    old = modelio.CtcSpec("x", "y", ["", "a", "b", "a", "c"])
+    new = modelio.CtcSpec("x", "y", ["", "a", "a", "c"])
+    assert build.kept_columns(old, new) == [0, 1, 3, 4]
+    assert build.kept_columns(old, old) is None

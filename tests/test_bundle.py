@@ -1,301 +1,261 @@
-"""The bundle stage on tiny models: manifest, hashes, .ort files, the fallback rule, atomicity.
-
-The helpers here (`make_bundle`, `png`, `set_manifest`) are shared by test_runtime.py and
-test_recognize_cli.py.
-"""
+"""The bundle stage on tiny models: what ships and what is optional, the fallback choices,
+formats, hashes, determinism and atomicity. Bundles come from the real writers (builders)."""
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+import builders
 import onnx
-import onnxruntime as ort
 import pytest
 import tiny
-from onnx import numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnx import TensorProto
+from onnxruntime.quantization import quantize_dynamic
 
 from stages import bundle, modelio
-from stages.build import StageResult, write_build
-from stages.errors import ModelError, PipelineError
-from stages.preprocess import Preprocess
-from stages.recipe import BundleOptions, Recipe
-from stages.runtime import BundleError, Recognizer, parse_bundle
+from stages.errors import ModelError
+from stages.runtime import Recognizer
+from stages.runtime.manifest import parse_bundle, sizes_mb
 
-PRE = Preprocess(height=tiny.HEIGHT, interpolation="bilinear")
-DIV = {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "argmax_agreement": 1.0}
-EVAL = {
-    "target": "tiny",
-    "images": 10,
-    "variants": {
-        "reference": {"accuracy": 0.5, "cer": 0.2, "size_mb": 0.01, "model_p50_ms": 0.1},
-        "01-sharpen": {"accuracy": 0.6, "cer": 0.1, "size_mb": 0.01, "model_p50_ms": 0.1},
-        "final": {"accuracy": 0.4, "cer": 0.3, "size_mb": 0.005, "model_p50_ms": 0.05},
-    },
-}
+PASSES = [{"fix_output_shape": {}}, {"prune_charset": {"chars": "abcde"}}, {"quantize_dynamic": {}}]
 
 
-def float_model() -> onnx.ModelProto:
-    return tiny.tiny_ctc(wrong_output_shape=False)
-
-
-def sharpened(model: onnx.ModelProto, factor: float = 4.0) -> onnx.ModelProto:
-    """Same argmax, sharper softmax: a float model more confident than the quantized one."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name in ("head_w", "head_b"):
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * factor, t.name))
-    return out
-
-
-def quantized(model: onnx.ModelProto) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = Path(d) / "f.onnx", Path(d) / "q.onnx"
-        modelio.save(model, src)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
-        out = onnx.load(str(dst))
-    ctc = modelio.spec(model)
-    return modelio.with_spec(out, ctc.charset, ctc.layout, ctc.blank)
-
-
-def recipe(threshold: float = 0.5, ort_format: bool = True, pre: Preprocess = PRE) -> Recipe:
-    return Recipe(
-        description="tiny",
-        passes=[],
-        preprocess=pre,
-        bundle=BundleOptions(confidence_threshold=threshold, ort_format=ort_format),
-    )
-
-
-def make_build(root: Path, stages: list[tuple[str, onnx.ModelProto]], rec: Recipe) -> Path:
-    """models/source + build/tiny/model (+ eval.json) as the build stage writes them."""
-    source = root / "models" / "source"
-    modelio.save(float_model(), source / "model.onnx")
-    modelio.write_json(source / "source.json", {"file": "tiny", "sha256": "ab" * 32})
-    results = [StageResult(i, name, m, 0.0, DIV) for i, (name, m) in enumerate(stages, 1)]
-    write_build(root / "build" / "tiny" / "model", rec, results, "tiny")
-    modelio.write_json(root / "build" / "tiny" / "eval.json", EVAL)
-    return root / "build" / "tiny"
-
-
-def make_bundle(
-    root: Path,
-    stages: list[tuple[str, onnx.ModelProto]] | None = None,
-    rec: Recipe | None = None,
-) -> Path:
-    """build/tiny/bundle from a sharpened float stage then a quantized final model (default)."""
-    rec = rec or recipe()
-    stages = stages or [
-        ("sharpen", sharpened(float_model())),
-        ("quantize", quantized(float_model())),
-    ]
-    cls = make_build(root, stages, rec)
-    bundle.write_bundle(
-        "tiny", cls / "model", root / "models" / "source", rec, cls / "eval.json", cls / "bundle"
-    )
-    return cls / "bundle"
-
-
-def set_manifest(folder: Path, **changes: Any) -> None:
-    """Edit manifest.json (not hash-covered: it holds the hashes)."""
-    path = folder / "manifest.json"
-    doc = json.loads(path.read_text())
-    doc.update(changes)
-    path.write_text(json.dumps(doc))
-
-
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def png(seed: int = 0, size: tuple[int, int] = (40, 16)) -> bytes:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, (size[1], size[0]), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("b"))
-
-
-def test_manifest_round_trip_and_hashes(built: Path):
-    doc = json.loads((built / "manifest.json").read_text())
-    assert (doc["format"], doc["format_version"], doc["target"]) == ("ocr-ctc-bundle", 1, "tiny")
-    assert doc["input"] == {
-        "name": "input1",
-        "shape": [1, 1, tiny.HEIGHT, "width"],
-        "dtype": "float32",
-        "min_width": 16,
-    }
-    assert doc["preprocess"] == PRE.as_dict()
-    assert doc["runtime"]["providers"] == ["CPUExecutionProvider"]
-    assert doc["ctc"] == {"layout": "TBC", "blank": 0}
-    assert doc["confidence_threshold"] == 0.5
-    assert doc["source"]["sha256"] == "ab" * 32
-    assert doc["recipe_sha256"] == bundle.recipe_hash(recipe().resolved())
-    on_disk = sorted(p.name for p in built.iterdir() if p.name != "manifest.json")
-    assert sorted(doc["files"]) == on_disk
-    for name, entry in doc["files"].items():
-        assert entry == {
-            "sha256": modelio.sha256(built / name),
-            "bytes": (built / name).stat().st_size,
-        }
-    spec = parse_bundle(built)
-    assert spec.preprocess == PRE and spec.charset == modelio.spec(float_model()).charset
-    assert spec.runtime == recipe().runtime
-
-
-def test_metrics_summary_from_eval(built: Path):
-    metrics = json.loads((built / "manifest.json").read_text())["metrics"]
-    assert metrics == {
-        "images": 10,
-        "final": {"accuracy": 0.4, "cer": 0.3, "size_mb": 0.005, "model_p50_ms": 0.05},
-        "reference": {"accuracy": 0.5, "cer": 0.2},
-        "fallback": {"accuracy": 0.6, "cer": 0.1},
-    }
-
-
-def test_fallback_is_latest_float_stage_bytes(built: Path):
-    doc = json.loads((built / "manifest.json").read_text())
-    fb = doc["models"]["fallback"]
-    assert (fb["origin"], fb["float"], fb["pruned_here"]) == ("stages/01-sharpen.onnx", True, False)
-    stage = built.parent / "model" / "stages" / "01-sharpen.onnx"
-    assert modelio.sha256(built / "fallback.onnx") == modelio.sha256(stage)
-    assert modelio.sha256(built / "model.onnx") == modelio.sha256(built.parent / "model/model.onnx")
-    assert not bundle.is_float(onnx.load(str(built / "model.onnx")))
-
-
-def test_ort_files_written_and_loadable(built: Path):
-    config = (built / "required_operators.config").read_text()
-    assert "LSTM" in config and "DynamicQuantizeLSTM" in config  # both models' operators
-    assert str(built.parent) not in config  # no machine-specific paths
-    x = tiny.inputs(1)[0]
-    for name in ("model", "fallback"):
-        sess = ort.InferenceSession(str(built / f"{name}.ort"), providers=["CPUExecutionProvider"])
-        ref = tiny.run(onnx.load(str(built / f"{name}.onnx")), x)
-        np.testing.assert_allclose(sess.run(None, {"input1": x})[0], ref, rtol=1e-4, atol=1e-4)
-    a = Recognizer.from_bundle(built).predict(png())
-    b = Recognizer.from_bundle(built, prefer_ort=True).predict(png())
-    assert a.text == b.text and a.confidence == pytest.approx(b.confidence, abs=1e-3)
-
-
-def test_no_ort_files_when_disabled(tmp_path: Path):
-    out = make_bundle(tmp_path, rec=recipe(ort_format=False))
-    assert not list(out.glob("*.ort")) and not (out / "required_operators.config").exists()
-    assert json.loads((out / "manifest.json").read_text())["ort_format"] is None
-    with pytest.raises(BundleError, match=r"no \.ort file"):
-        Recognizer.from_bundle(out, prefer_ort=True)
-
-
-def test_float_final_is_its_own_fallback(tmp_path: Path):
-    out = make_bundle(tmp_path, stages=[("float", float_model())], rec=recipe(ort_format=False))
-    assert modelio.sha256(out / "fallback.onnx") == modelio.sha256(out / "model.onnx")
-
-
-def test_choose_fallback_skips_quantized_and_half_models():
-    f, q = float_model(), quantized(float_model())
-    half = float_model()
-    half.graph.initializer[0].data_type = onnx.TensorProto.FLOAT16
-    assert bundle.is_float(f) and not bundle.is_float(q) and not bundle.is_float(half)
-    final = modelio.spec(q)
-    choice = bundle.choose_fallback(
-        final, [("stages/03-q", q), ("stages/02-h", half), ("source", f)]
+def low(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("low")
+    return builders.tiny_bundle(
+        root,
+        passes=PASSES,
+        target="low",
+        bundle={"formats": ["ort", "onnx"], "fallback": "float", "confidence_threshold": 0.4},
     )
-    assert (choice.origin, choice.is_float, choice.derived) == ("source", True, False)
 
 
-def test_choose_fallback_prunes_when_no_float_stage_has_the_final_charset():
+def test_manifest_lists_every_file_with_its_hash(low: Path):
+    doc = manifest(low)
+    names = sorted(p.name for p in low.iterdir() if p.name != "manifest.json")
+    assert sorted(doc["files"]) == names
+    for name, entry in doc["files"].items():
+        data = (low / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    assert doc["format_version"] == 2 and doc["target"] == "low"
+    assert doc["formats"] == ["ort", "onnx"]
+    assert doc["output"] | {} == {
+        "name": "logits",
+        "classes": 6,
+        "layout": "TBC",
+        "blank": 0,
+        "kind": "logits",
+    }
+    assert doc["input"]["shape"] == [1, 1, tiny.HEIGHT, "width"] and doc["input"]["batch"] is False
+    assert doc["preprocess"]["height"] == tiny.HEIGHT
+    assert doc["scoring"] == {"strip": True, "casefold": False}
+    assert doc["confidence_threshold"] == 0.4
+    assert doc["escalation"] == {"url": None, "timeout_s": 2.0}
+    spec = parse_bundle(low)  # the runtime reads what the stage wrote
+    assert spec.charset == ["", "a", "b", "c", "d", "e"]
+
+
+def test_ships_and_optional_are_separate(low: Path):
+    doc = manifest(low)
+    assert doc["ships"] == ["charset.json", "manifest.json", "model.onnx", "model.ort"]
+    assert doc["optional"] == ["fallback.onnx", "fallback.ort", "required_operators.config"]
+    sizes = sizes_mb(low, doc)
+    ships = sum((low / n).stat().st_size for n in doc["ships"]) / 1e6
+    assert sizes["ships_mb"] == round(ships, 3)
+    assert sizes["optional_mb"] > 0
+
+
+def test_float_fallback_is_the_latest_float_stage_bytes(low: Path):
+    fb = manifest(low)["models"]["fallback"]
+    assert fb == {
+        "files": {"ort": "fallback.ort", "onnx": "fallback.onnx"},
+        "optional": True,
+        "origin": "stages/02-prune_charset.onnx",
+        "float": True,
+        "pruned_here": False,
+    }
+    stage = low.parent.parent / "build" / "low" / "model" / fb["origin"]
+    assert (low / "fallback.onnx").read_bytes() == stage.read_bytes()
+
+
+def test_metrics_summary_per_set_from_eval(low: Path):
+    metrics = manifest(low)["metrics"]
+    assert metrics["sets"] == {"clean": 10, "hard": 10}
+    assert set(metrics["final"]) == {"clean", "hard"}
+    assert set(metrics["final"]["clean"]) == {"accuracy", "cer"}
+    assert set(metrics["fallback"]) == {"clean", "hard"}  # a stage's own figures
+
+
+def test_both_formats_load_and_agree(low: Path):
+    image = next((low.parent.parent / "data" / "clean" / "eval").glob("*.png"))
+    texts = {
+        fmt: Recognizer.from_bundle(low, model_format=fmt).predict(image).text
+        for fmt in ("ort", "onnx")
+    }
+    assert texts["ort"] == texts["onnx"]
+
+
+def test_one_format_ships_one_file_per_model(tmp_path: Path):
+    only_ort = builders.tiny_bundle(tmp_path, passes=PASSES, bundle={"formats": ["ort"]})
+    names = sorted(p.name for p in only_ort.iterdir())
+    assert names == ["charset.json", "manifest.json", "model.ort", "required_operators.config"]
+    assert manifest(only_ort)["models"] == {
+        "primary": {"files": {"ort": "model.ort"}, "optional": False}
+    }
+
+
+def test_no_fallback_ships_no_fallback(tmp_path: Path):
+    folder = builders.tiny_bundle(tmp_path, passes=PASSES, bundle={"fallback": "none"})
+    assert "fallback" not in manifest(folder)["models"]
+    assert not list(folder.glob("fallback.*"))
+    assert manifest(folder)["optional"] == []
+
+
+def test_stage_fallback_by_pass_name_or_stem(tmp_path: Path):
+    folder = builders.tiny_bundle(
+        tmp_path, passes=PASSES, bundle={"formats": ["onnx"], "fallback": "stage:fix_output_shape"}
+    )
+    fb = manifest(folder)["models"]["fallback"]
+    assert fb["origin"] == "stages/01-fix_output_shape.onnx"
+    assert fb["pruned_here"] is True  # the stage still had every class: pruned to the final's
+    assert (
+        modelio.spec(modelio.load(folder / "fallback.onnx")).charset == parse_bundle(folder).charset
+    )
+
+
+def test_unknown_stage_fallback_lists_the_stages(tmp_path: Path):
+    with pytest.raises(ModelError, match="stages: \\['01-fix_output_shape'"):
+        builders.tiny_bundle(tmp_path, bundle={"fallback": "stage:nope"})
+
+
+def test_class_fallback_uses_another_class_final_model(tmp_path: Path):
+    builders.tiny_bundle(tmp_path, passes=PASSES[:2], target="mid")
+    builders.build_class(tmp_path, "low", PASSES)
+    builders.evaluate_class(tmp_path, "low")
+    build = builders.read_recipe(tmp_path / "build" / "low" / "model")
+    assert build.bundle.fallback == "none"
+    low = _bundle_with(tmp_path, "low", fallback="class:mid")
+    fb = manifest(low)["models"]["fallback"]
+    assert fb["origin"] == "class:mid" and fb["float"] is True
+    mid_final = tmp_path / "build" / "mid" / "model" / "model.onnx"
+    assert (low / "fallback.onnx").read_bytes() == mid_final.read_bytes()
+
+
+def test_class_fallback_errors_name_the_class(tmp_path: Path):
+    builders.tiny_bundle(tmp_path, passes=PASSES, target="low")
+    with pytest.raises(ModelError, match="class 'ghost' has no built model"):
+        _bundle_with(tmp_path, "low", fallback="class:ghost")
+    builders.build_class(tmp_path, "wide", [{"fix_output_shape": {}}])  # every class kept
+    with pytest.raises(ModelError, match="different charset"):
+        _bundle_with(tmp_path, "low", fallback="class:wide")
+
+
+def _bundle_with(root: Path, target: str, **bundle_fields) -> Path:
+    """Rewrite the saved recipe's bundle options, then bundle (the build is unchanged)."""
+    path = root / "build" / target / "model" / "recipe.json"
+    data = json.loads(path.read_text())
+    data["recipe"]["bundle"] |= bundle_fields
+    path.write_text(json.dumps(data))
+    return builders.bundle_class(root, target)
+
+
+def test_ort_conversion_is_byte_identical_on_rebuild(low: Path, tmp_path: Path):
+    """The converter orders tables by address; it runs without ASLR so bytes repeat."""
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("model.onnx", "fallback.onnx"):
+        (again / name).write_bytes((low / name).read_bytes())
+    bundle.convert_to_ort(again, ["model", "fallback"])
+    for name in ("model.ort", "fallback.ort", "required_operators.config"):
+        assert (again / name).read_bytes() == (low / name).read_bytes(), name
+    assert str(again) not in (again / "required_operators.config").read_text()
+
+
+# ---------------------------------------------------------------------------- choose_fallback
+
+
+def _quantized(model: onnx.ModelProto) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "a.onnx"), os.path.join(d, "b.onnx")
+        onnx.save(model, src)
+        quantize_dynamic(src, dst)
+        spec = modelio.spec(model)
+        return modelio.with_spec(onnx.load(dst), spec.charset, spec.layout, spec.blank)
+
+
+def _half(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.initializer[0].data_type = TensorProto.FLOAT16
+    return out
+
+
+def _pruned(model: onnx.ModelProto, chars: str) -> onnx.ModelProto:
     from stages.passes.prune_charset import PruneCharsetOptions, prune_charset
     from stages.registry import PassContext
 
-    full = float_model()
-    # quantize after pruning, then drop the float pruned stage: only the full float is left
-    pruned_q = quantized(prune_charset(full, PruneCharsetOptions(chars="bd"), PassContext()))
-    final = modelio.spec(pruned_q)
-    choice = bundle.choose_fallback(final, [("stages/02-q", pruned_q), ("stages/01-f", full)])
-    assert (choice.origin, choice.is_float, choice.derived) == ("stages/01-f", True, True)
-    assert modelio.spec(choice.model).charset == ["", "b", "d"] == final.charset
-    assert bundle.is_float(choice.model)
+    return prune_charset(model, PruneCharsetOptions(chars=chars), PassContext())
 
 
-def test_choose_fallback_uses_int8_source_when_nothing_is_float():
-    q = quantized(float_model())
-    choice = bundle.choose_fallback(modelio.spec(q), [("source", q)])
-    assert (choice.origin, choice.is_float, choice.derived) == ("source", False, False)
+def test_choose_fallback_skips_quantized_and_half_models():
+    f = tiny.tiny_ctc(wrong_output_shape=False)
+    final = modelio.spec(f)
+    cands = [("q", None, _quantized(f)), ("h", None, _half(f)), ("float", Path("x"), f)]
+    choice = bundle.choose_fallback(final, cands)
+    assert (choice.origin, choice.is_float, choice.derived) == ("float", True, False)
 
 
-def test_stale_build_recipe_is_refused(tmp_path: Path):
-    cls = make_build(tmp_path, [("float", float_model())], recipe())
-    with pytest.raises(PipelineError, match="different recipe"):
-        bundle.write_bundle(
-            "tiny", cls / "model", tmp_path / "models/source", recipe(0.9), None, cls / "bundle"
-        )
-    assert not (cls / "bundle").exists()
+def test_choose_fallback_prunes_when_no_float_stage_has_the_final_charset():
+    f = tiny.tiny_ctc(wrong_output_shape=False)
+    final = modelio.spec(_pruned(f, "abc"))
+    choice = bundle.choose_fallback(
+        final, [("q", None, _quantized(_pruned(f, "abc"))), ("f", None, f)]
+    )
+    assert choice.origin == "f" and choice.derived and choice.is_float
+    assert modelio.spec(choice.model).charset == final.charset
 
 
-def test_preprocess_height_must_match_the_model(tmp_path: Path):
-    rec = recipe(pre=Preprocess(height=16, interpolation="bilinear"), ort_format=False)
-    cls = make_build(tmp_path, [("float", float_model())], rec)
-    with pytest.raises(ModelError, match=r"preprocess\.height"):
-        bundle.write_bundle("tiny", cls / "model", tmp_path / "models/source", rec, None, cls / "b")
+def test_choose_fallback_uses_an_int8_source_when_nothing_is_float():
+    f = tiny.tiny_ctc(wrong_output_shape=False)
+    q = _quantized(f)
+    choice = bundle.choose_fallback(modelio.spec(q), [("source", None, q)])
+    assert (choice.origin, choice.is_float) == ("source", False)
 
 
-def test_failed_write_keeps_the_old_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    rec = recipe(ort_format=False)
-    out = make_bundle(tmp_path, stages=[("float", float_model())], rec=rec)
-    before = (out / "manifest.json").read_text()
+# ---------------------------------------------------------------------------- failures
 
-    def broken(*_args: Any) -> None:
-        raise ModelError("self-check failed")
+
+def test_input_contract_must_match_the_model(tmp_path: Path):
+    builders.write_source(tmp_path)
+    builders.write_data(tmp_path)
+    builders.build_class(tmp_path, "t", [{"fix_output_shape": {}}])
+    builders.evaluate_class(tmp_path, "t")
+    path = tmp_path / "build" / "t" / "model" / "recipe.json"
+    data = json.loads(path.read_text())
+    data["recipe"]["preprocess"]["channels"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="feeds \\[1, 3, 8, width\\]"):
+        builders.bundle_class(tmp_path, "t")
+
+
+def test_failed_write_keeps_the_old_bundle(low: Path, tmp_path: Path, monkeypatch):
+    root = low.parent.parent
+    before = {p.name: p.read_bytes() for p in low.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise ModelError("self-check exploded")
 
     monkeypatch.setattr(bundle, "self_check", broken)
-    with pytest.raises(ModelError, match="self-check"):
-        bundle.write_bundle(
-            "tiny", out.parent / "model", tmp_path / "models/source", rec, None, out
-        )
-    assert (out / "manifest.json").read_text() == before
-    assert not (out.parent / ".bundle.tmp").exists()
-
-
-def test_bundle_without_eval_has_no_metrics(tmp_path: Path):
-    rec = recipe(ort_format=False)
-    cls = make_build(tmp_path, [("float", float_model())], rec)
-    doc = bundle.write_bundle(
-        "tiny", cls / "model", tmp_path / "models/source", rec, None, cls / "bundle"
-    )
-    assert doc["metrics"] is None
-    assert json.loads((cls / "bundle" / "manifest.json").read_text()) == doc
-
-
-def test_failed_final_rename_keeps_the_old_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    rec = recipe(ort_format=False)
-    out = make_bundle(tmp_path, stages=[("float", float_model())], rec=rec)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real_replace = os.replace
-
-    def failing_replace(src: str | Path, dst: str | Path) -> None:
-        if Path(src).name == ".bundle.tmp":
-            raise OSError("rename failed")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="rename failed"):
-        bundle.write_bundle(
-            "tiny", out.parent / "model", tmp_path / "models/source", rec, None, out
-        )
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["bundle", "eval.json", "model"]
+    with pytest.raises(ModelError, match="exploded"):
+        builders.bundle_class(root, "low")
+    assert {p.name: p.read_bytes() for p in low.iterdir()} == before
+    assert sorted(p.name for p in low.parent.iterdir()) == ["low"]  # no temp folder left

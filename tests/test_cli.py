@@ -57,8 +57,11 @@ def test_passes_lists_every_registered_pass_with_its_options():
             assert line == f"    {field} = {default!r}: {info.description}"
 
 
+BUILD = ("--model", "models/source", "--data", "data")
+
+
 def test_build_with_an_unknown_target_exits_2_naming_params_and_targets(tmp_path):
-    proc = stages_cli("build", "--target", "nope", "--out", str(tmp_path / "out"))
+    proc = stages_cli("build", "--target", "nope", *BUILD, "--out", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip()
@@ -71,14 +74,19 @@ def test_build_with_an_unknown_target_exits_2_naming_params_and_targets(tmp_path
     ("verb", "params", "expected"),
     [
         ("build", "targets: [high\nversions: {}\n", "YAML syntax error"),
-        ("data", "targets: [high\nversions: {}\n", "YAML syntax error"),
-        ("build", "targets: [high]\nversions: {}\nbogus: 1\n", "params.yaml: bogus: "),
+        ("synthetic", "targets: [high\nversions: {}\n", "YAML syntax error"),
+        (
+            "build",
+            "targets: [high]\nversions: {}\ndata: {synthetic: {c: {seed: 1}}}\nbogus: 1\n",
+            "params.yaml: bogus: ",
+        ),
+        ("synthetic", "targets: [high]\nversions: {}\n", "params.yaml: data: Field required"),
     ],
-    ids=["build-syntax", "data-syntax", "build-unknown-field"],
+    ids=["build-syntax", "synthetic-syntax", "build-unknown-field", "synthetic-no-data"],
 )
 def test_broken_params_exits_2_naming_the_file(tmp_path, verb, params, expected):
     (tmp_path / "params.yaml").write_text(params)
-    args = ["--target", "high"] if verb == "build" else []
+    args = ["--target", "high", *BUILD] if verb == "build" else ["--source", "clean"]
     proc = stages_cli(verb, *args, "--out", "out", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -88,7 +96,8 @@ def test_broken_params_exits_2_naming_the_file(tmp_path, verb, params, expected)
 
 
 def test_missing_params_file_exits_2(tmp_path):
-    proc = stages_cli("data", "--out", "out", "--params", "absent.yaml", cwd=tmp_path)
+    args = ("--source", "clean", "--out", "out", "--params", "absent.yaml")
+    proc = stages_cli("synthetic", *args, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: absent.yaml: file not found"
 
@@ -97,3 +106,33 @@ def test_unknown_verb_is_a_usage_error():
     proc = stages_cli("no-such-verb")
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_a_source_params_lacks_is_named_with_the_ones_it_has(tmp_path):
+    proc = stages_cli("synthetic", "--source", "nope", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert "data.synthetic: has no source 'nope'; it has ['clean', 'hard']" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_before_the_model_stage_says_which_stage_to_run(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    args = ("--target", "low", "--model", "nowhere", "--data", "data", "--out", "out")
+    recipes = ("--configs", str(ROOT / "configs"), "--pipeline", str(ROOT / "pipeline.yaml"))
+    proc = stages_cli("build", *args, *recipes, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "contract.json: missing; run the model stage first" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        ("recognize", ("--bundle", "b", "x.png")),
+        ("sign", ("--bundle", "b", "--key", "k.pem")),
+        ("serve", ("--bundle", "b")),
+    ],
+)
+def test_runtime_verbs_take_no_pipeline_settings(verb, args):
+    """They read a bundle only: --params/--pipeline/--configs would be accepted and ignored."""
+    proc = stages_cli(verb, *args, "--params", "params.yaml")
+    assert proc.returncode == 2 and "unrecognized arguments: --params" in proc.stderr

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from stages.decode import Decoded, decode, greedy_path, max_probs, to_time_major
+from stages.runtime.decode import (
+    Decoded,
+    batch_size,
+    decode,
+    decode_batch,
+    greedy_path,
+    max_probs,
+    to_time_major,
+)
 
 CHARSET = ["", "a", "b", "c"]
 BLANK, A, B, C = 0, 1, 2, 3
@@ -146,6 +154,38 @@ def test_max_probs_matches_full_softmax():
     steps = rng.normal(0, 3, (20, 9)).astype(np.float32)
     expected = [softmax(row).max() for row in steps]
     np.testing.assert_allclose(max_probs(steps), expected, rtol=1e-12)
+
+
+def test_probabilities_output_is_used_as_it_is():
+    """A model ending in Softmax: no second softmax, the step probabilities are the output."""
+    steps = np.array([[0.1, 0.7, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.2, 0.1, 0.1, 0.6]], np.float32)
+    out = decode(steps, CHARSET, with_probs=True, kind="probabilities")
+    assert out.text == "ac"
+    assert out.char_probs == pytest.approx([0.7, 0.6])
+    assert out.confidence == pytest.approx(0.6)
+    as_logits = decode(steps, CHARSET, with_probs=True, kind="logits")
+    assert as_logits.text == "ac" and as_logits.confidence < 0.4  # softmax of probabilities
+    empty = decode(steps[1:2], CHARSET, with_probs=True, kind="probabilities")
+    assert empty == Decoded("", pytest.approx(0.6), [])
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def test_batch_items_are_decoded_separately_in_both_layouts():
+    paths = [[A, BLANK, B], [C, C, BLANK], [BLANK, BLANK, A]]
+    tbc = np.stack([one_hot(p) for p in paths], axis=1)  # [T, B, C]
+    btc = np.stack([one_hot(p) for p in paths], axis=0)  # [B, T, C]
+    assert batch_size(tbc, "TBC") == batch_size(btc, "BTC") == 3
+    assert batch_size(tbc[:, 0], "TBC") == 1  # a 2-D [T, C] output is one item
+    for out, layout in ((tbc, "TBC"), (btc, "BTC")):
+        assert [decode(out, CHARSET, layout, item=i).text for i in range(3)] == ["ab", "c", "a"]
+        batch = decode_batch(out, CHARSET, layout, BLANK, "logits")
+        assert [d.text for d in batch] == ["ab", "c", "a"]
+        assert all(d.confidence is not None and len(d.char_probs) == len(d.text) for d in batch)
+        texts_only = decode_batch(out, CHARSET, layout, BLANK, "logits", with_probs=False)
+        assert texts_only == [Decoded("ab"), Decoded("c"), Decoded("a")]
+        np.testing.assert_array_equal(to_time_major(out, layout, 2), one_hot(paths[2]))
 
 
 # ---------------------------------------------------------------------------- reference

@@ -26,23 +26,28 @@ pytestmark = [
     pytest.mark.skipif(not (minirepo.BIN / "dvc").exists(), reason="needs dvc in the venv"),
 ]
 
+DATA = {"synthetic@clean", "synthetic@hard", "folder@mine"}
+PER_CLASS = ("build", "evaluate", "bundle", "bench")
 ALL_STAGES = {
     "model",
-    "data",
+    *DATA,
     "preprocess",
-    *(f"{verb}@{t}" for verb in ("build", "evaluate", "bundle", "bench") for t in minirepo.TARGETS),
+    *(f"{verb}@{t}" for verb in PER_CLASS for t in minirepo.TARGETS),
     "baselines",
+    "serve_bench",
     "report",
 }
-PER_CLASS = ("build", "evaluate", "bundle", "bench")
+BUNDLES = {f"bundle@{t}" for t in minirepo.TARGETS}
 QUALITY_KEY = re.compile(r"\.(size_mb|accuracy|agreement)$")
 LATENCY_KEY = re.compile(r"\.(warm_p50_ms|warm_p95_ms|cold_start_ms|model_p50_ms)$")
 
 
 def class_stages(target: str) -> set[str]:
-    """What an edit to one class's recipe or override must rerun: its chain, plus the report
-    that reads every class's metrics."""
-    return {f"{verb}@{target}" for verb in PER_CLASS} | {"report"}
+    """What an edit to one class's recipe or override must rerun: its chain, the report that
+    reads every class's metrics, and the other classes' bundle stages (a class may ship another
+    class's model as its fallback, so every bundle depends on every build). Those rebuild the
+    same bytes, so nothing after them reruns."""
+    return {f"{verb}@{target}" for verb in PER_CLASS} | {"report"} | BUNDLES
 
 
 def status(repo: Path) -> dict[str, Any]:
@@ -105,7 +110,7 @@ def test_override_reruns_only_that_class(repo: Path) -> None:
 
     edit_yaml(repo / "params.yaml", per_channel)
     st = status(repo)
-    assert set(st) == class_stages("low") - {"report"}, f"dvc status after the edit:\n{st}"
+    assert set(st) == {"build@low"}, f"dvc status after the edit:\n{st}"
 
     ran, out = repro(repo)
     assert ran == class_stages("low"), (
@@ -125,6 +130,7 @@ def test_override_reruns_only_that_class(repo: Path) -> None:
     assert keys, "metrics/low.json has no changed metric"
     # per-channel scales change the final model's bytes and outputs; timings always move
     final = {k for k in keys if k.startswith("variants.final.") and QUALITY_KEY.search(k)}
+    assert any(".sets." in k for k in keys), f"no per-set accuracy key changed: {sorted(keys)}"
     assert final, f"no size/accuracy/agreement change of low's final model: {sorted(keys)}"
     timed = {k for k in keys if LATENCY_KEY.search(k)}
     assert timed, f"no latency key among the changed metrics/low.json keys: {sorted(keys)}"
@@ -145,7 +151,7 @@ def test_recipe_edit_reruns_only_that_class(repo: Path) -> None:
         f"repro ran (or restored from the run-cache) {sorted(ran)}:\n{out}"
     )
     assert_clean(repo, "after the repro")
-    charset = json.loads((repo / "build/mid/bundle/charset.json").read_text())
+    charset = json.loads((repo / "bundles/mid/charset.json").read_text())
     assert charset == ["", "a", "b", "c", "d"], f"mid bundle charset {charset}"
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
     assert set(diff) <= {"metrics/mid.json"}, f"changed metric files: {sorted(diff)}"
@@ -197,7 +203,8 @@ def test_queued_experiment_runs(repo: Path) -> None:
     assert params["overrides"]["high"] == {} and params["overrides"]["mid"] == {}
     low = data["metrics"]["metrics/low.json"]["data"]
     final = low["variants"]["final"]
-    assert {"size_mb", "accuracy", "warm_p50_ms"} <= set(final), sorted(final)
+    assert {"size_mb", "sets", "warm_p50_ms"} <= set(final), sorted(final)
+    assert set(final["sets"]) == {"clean", "hard", "mine"}
 
     table = dvc(repo, "exp", "show", "--csv", "--only-changed").stdout
     assert name in table and key in table, f"`dvc exp show --only-changed`:\n{table}"
@@ -221,7 +228,7 @@ def test_clone_pulls_from_shared_remote(repo: Path, tmp_path: Path) -> None:
         assert str(remote) in config, f"remote not in the clone's config:\n{config}"
 
         pulled = dvc(clone, "pull")
-        assert (clone / "build/low/bundle").is_dir(), output(pulled)
+        assert (clone / "bundles/low").is_dir(), output(pulled)
         assert_clean(clone, "after dvc pull in the clone")
         ran, out = repro(clone)
         assert not ran, f"the clone rebuilt {sorted(ran)} after pulling:\n{out}"
@@ -229,3 +236,45 @@ def test_clone_pulls_from_shared_remote(repo: Path, tmp_path: Path) -> None:
         assert git(clone, "status", "--porcelain").stdout == "", "repro changed the clone"
     finally:
         git(repo, "reset", "-q", "--hard", head)  # the next test sees no remote
+
+
+def test_a_forced_rebuild_changes_no_hash_and_reruns_nothing_after_it(repo: Path) -> None:
+    """A pass decides from its model, options and data only; timings live outside the model
+    folder and the .ort converter runs without address randomization, so rebuilding a class
+    gives byte-identical outputs and DVC hashes."""
+    before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    dvc(repo, "repro", "-f", "-s", "build@low")
+    dvc(repo, "repro", "-f", "-s", "bundle@low")
+    after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage, path in (("build@low", "build/low/model"), ("bundle@low", "bundles/low")):
+        old = next(o for o in before[stage]["outs"] if o["path"] == path)
+        new = next(o for o in after[stage]["outs"] if o["path"] == path)
+        assert new["md5"] == old["md5"], f"{path} changed on a forced rebuild"
+    ran, out = repro(repo)
+    assert ran <= BUNDLES | {"report"}, f"after identical rebuilds repro ran {sorted(ran)}:\n{out}"
+    ran, out = repro(repo)
+    assert not ran, out
+
+
+def test_editing_one_image_of_a_folder_source_reruns_that_source_and_what_follows(
+    repo: Path,
+) -> None:
+    image = sorted((repo / "captchas" / "mine").glob("*.png"))[0]
+    data = bytearray(image.read_bytes())
+    image.write_bytes(bytes(data) + b"\0")  # same picture, other bytes: a changed dependency
+    st = status(repo)
+    assert set(st) == {"folder@mine"}, f"dvc status after editing one image:\n{st}"
+    ran, out = repro(repo)
+    assert "folder@mine" in ran and not ran & {"model", "synthetic@clean", "synthetic@hard"}, out
+    assert_clean(repo, "after the repro")
+
+
+def test_replacing_the_model_file_in_place_reruns_the_model_stage(repo: Path) -> None:
+    import tiny
+
+    from stages import modelio
+
+    other = tiny.tiny_ctc(classes=7, seed=5, wrong_output_shape=False)
+    modelio.save(other, repo / "models" / "input" / "tiny.onnx")
+    st = status(repo)
+    assert "model" in st and not set(st) & DATA, f"dvc status after replacing the model:\n{st}"

@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import preprocess as pp
-from stages.data import CaptchaStyle, make_split
-from stages.preprocess import IMAGE_ERRORS, ImageError, Preprocess, preprocess
+from stages.data.clean import CaptchaStyle, sample
+from stages.runtime import preprocess as pp
+from stages.runtime.preprocess import (
+    IMAGE_ERRORS,
+    PRESETS,
+    ImageError,
+    Normalization,
+    Preprocess,
+    preprocess,
+)
 
 BACKENDS = ["pillow", "opencv", "numpy"]
 
@@ -49,7 +56,9 @@ def png_claiming(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def captchas() -> list[bytes]:
-    return [png for _, png in make_split(CaptchaStyle(), 4, seed=4242)]
+    """160x60 captchas as the clean data source draws them."""
+    style = CaptchaStyle(alphabet="abcdefghjkmnpqrstuvwxyz23456789")
+    return [sample(style, 4242, i)[1] for i in range(4)]
 
 
 def _gray(value: int, size: tuple[int, int] = (40, 64)) -> bytes:
@@ -434,3 +443,100 @@ def test_image_error_fields_and_advice():
 def test_spec_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         Preprocess(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"backend": "gpu"}, "backend"),
+        ({"interpolation": "cubic"}, "interpolation"),
+        ({"grayscale": "never"}, "grayscale"),
+        ({"channels": 2}, "channels"),
+        ({"channel_order": "rbg"}, "channel_order"),
+        ({"normalize": "zscore"}, "normalize"),
+        ({"max_width": 8}, "max_width"),
+        ({"pad_to_width": 9000}, "pad_to_width"),
+        ({"normalize": {"scale": 0}}, "scale"),
+        ({"normalize": {"mean": [0.1, 0.2]}}, "mean"),
+        ({"normalize": {"std": [0.0]}}, "std"),
+        ({"normalize": "imagenet"}, "3 per-channel values"),  # with the default 1 channel
+    ],
+)
+def test_contract_rejects_bad_values(kw, match):
+    """What pydantic checks in recipes is checked again when a manifest is read alone."""
+    with pytest.raises(ValueError, match=match):
+        Preprocess(**kw)
+
+
+# ---------------------------------------------------------------------------- input contract
+
+
+def test_the_contract_round_trips_through_json():
+    import json
+
+    spec = Preprocess(
+        backend="numpy",
+        interpolation="area",
+        channels=3,
+        channel_order="bgr",
+        normalize="imagenet",
+        max_width=200,
+        pad_to_width=120,
+        pad_value=-1.0,
+        width_scale=0.5,
+        max_pixels=10_000,
+    )
+    back = Preprocess(**json.loads(json.dumps(spec.as_dict())))
+    assert back == spec and back.norm == PRESETS["imagenet"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bgr_channel_order_swaps_red_and_blue(backend):
+    data = encode(Image.new("RGB", (20, 64), (255, 0, 40)))
+    rgb = preprocess(data, _spec(backend, channels=3))[0]
+    bgr = preprocess(data, _spec(backend, channels=3, channel_order="bgr"))[0]
+    np.testing.assert_allclose(rgb[:, 0, 0], [1.0, 0.0, 40 / 255], atol=1e-6)
+    np.testing.assert_array_equal(bgr, rgb[::-1])
+    gray = preprocess(data, _spec(backend, channel_order="bgr"))  # 1 channel: no effect
+    np.testing.assert_array_equal(gray, preprocess(data, _spec(backend)))
+
+
+def test_normalization_presets_and_custom_values():
+    data = _gray(51)  # 0.2 after / 255
+    x = preprocess(data, Preprocess(channels=3, normalize="imagenet"))[0, :, 0, 0]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(x, (0.2 - mean) / std, rtol=1e-5)
+    custom = Preprocess(normalize=Normalization(scale=1.0, mean=(100.0,), std=(50.0,)))
+    np.testing.assert_allclose(preprocess(data, custom), (51 - 100) / 50, rtol=1e-6)
+    from_json = Preprocess(normalize={"scale": 1.0, "mean": [100.0], "std": [50.0]})
+    assert from_json == custom
+    assert Preprocess(normalize="unit") == Preprocess()
+    assert PRESETS["unit"].is_unit and not PRESETS["signed"].is_unit
+
+
+def test_max_width_squeezes_wide_images():
+    wide = encode(Image.new("L", (1000, 64), 255))
+    assert preprocess(wide, Preprocess(max_width=300)).shape == (1, 1, 64, 300)
+    narrow = encode(Image.new("L", (100, 64), 255))
+    assert preprocess(narrow, Preprocess(max_width=300)).shape == (1, 1, 64, 100)
+
+
+def test_pad_to_width_pads_on_the_right_in_model_space():
+    data = encode(Image.new("L", (40, 64), 255))
+    spec = Preprocess(normalize="signed", pad_to_width=100, pad_value=-1.0)
+    x = preprocess(data, spec)
+    assert x.shape == (1, 1, 64, 100) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., :40], 1.0)  # white after [-1, 1] normalization
+    np.testing.assert_allclose(x[..., 40:], -1.0)
+    wider = encode(Image.new("L", (150, 64), 255))
+    assert preprocess(wider, spec).shape == (1, 1, 64, 150)  # never cropped
+    fixed = Preprocess(max_width=100, pad_to_width=100)
+    for width in (20, 100, 400):  # a fixed-width model gets exactly its width
+        assert preprocess(encode(Image.new("L", (width, 64))), fixed).shape[-1] == 100
+
+
+def test_target_width_rules():
+    assert pp.target_width(160, 60, Preprocess()) == 170
+    assert pp.target_width(160, 60, Preprocess(width_scale=0.5)) == 85
+    assert pp.target_width(10, 200, Preprocess()) == pp.MIN_WIDTH
+    assert pp.target_width(1000, 64, Preprocess(max_width=256)) == 256

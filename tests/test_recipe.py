@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,7 @@ from stages.passes.fix_output_shape import FixOutputShapeOptions
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS: dict[str, Any] = {
-    "preprocess": {"backend": "pillow", "interpolation": "lanczos", "height": 64},
-    "runtime": {"intra_op_threads": 1, "inter_op_threads": 1},
+    "runtime": {"intra_op_threads": 1},
     "equivalence": {"rtol": 0.001, "atol": 0.001, "images": 8},
 }
 
@@ -44,6 +44,7 @@ def _params(**patch: Any) -> dict[str, Any]:
     base = {
         "targets": ["high", "mid", "low"],
         "charset": "lower_digits",
+        "data": {"synthetic": {"clean": {"seed": 1}}},
         "versions": {},
         "overrides": {"high": {}, "mid": {}, "low": {}},
     }
@@ -67,7 +68,7 @@ def test_load_recipe_merges_defaults_file_and_option_defaults(tmp_path):
     assert r.preprocess.grayscale == "before_resize"
     assert r.preprocess.interpolation == "lanczos"  # from the defaults
     assert r.runtime.intra_op_threads == 4
-    assert r.runtime.inter_op_threads == 1
+    assert r.runtime.allow_spinning is False  # pipeline defaults < recipe file, field by field
     # passes keep their order; omitted options take the options model's defaults
     assert [s.name for s in r.passes] == ["fix_output_shape", "prune_charset"]
     assert r.passes[0].options == FixOutputShapeOptions(rank=0)
@@ -158,7 +159,7 @@ def test_pass_option_out_of_range_names_the_bound(tmp_path):
     ("section", "field", "value", "allowed"),
     [
         ("runtime", "intra_op_threads", 0, "1..256"),
-        ("runtime", "inter_op_threads", 999, "1..256"),
+        ("runtime", "intra_op_threads", 999, "1..256"),
         ("preprocess", "width_scale", 9, "0.1..4.0"),
         ("preprocess", "height", 4, "8..1024"),
     ],
@@ -190,7 +191,7 @@ def test_bad_literal_lists_the_allowed_values(tmp_path):
 def test_numpy_backend_rejects_lanczos(tmp_path):
     # the defaults say lanczos; switching only the backend is the cross-field mistake
     err = _error(_recipe(tmp_path, preprocess={"backend": "numpy"}), defaults=DEFAULTS)
-    assert err.field == "preprocess"
+    assert err.field == "preprocess.interpolation"
     assert "numpy" in str(err) and "lanczos" in str(err)
     for allowed in ("bilinear", "area", "nearest"):
         assert allowed in str(err)
@@ -342,11 +343,23 @@ def _params_error(tmp_path: Path, data: dict[str, Any]) -> RecipeError:
 
 
 def test_params_happy_path(tmp_path):
-    data = _params(charset="chars:xyz12", data={"style": {"alphabet": "zy1"}})
+    data = _params(
+        charset="chars:xyz12",
+        data={"synthetic": {"clean": {"seed": 1, "style": {"alphabet": "zy1"}}}},
+    )
     p = recipes.load_params(_write(tmp_path / "params.yaml", data))
     assert p.allowed_chars() == "xyz12"
-    assert p.data.style.alphabet == "zy1"
+    assert p.data.synthetic["clean"].style.alphabet == "zy1"
     assert p.targets == ["high", "mid", "low"]
+
+
+def test_params_charset_alone_retargets_the_synthetic_alphabet(tmp_path):
+    # no alphabet in the style: it follows the charset, so one edit retargets the data too
+    p = recipes.load_params(_write(tmp_path / "params.yaml", _params(charset="digits")))
+    assert p.data.synthetic["clean"].style.alphabet is None
+    from stages.data.sources import resolved_style
+
+    assert resolved_style(p.data.synthetic["clean"], p.allowed_chars()).alphabet == "0123456789"
 
 
 def test_params_unknown_charset_preset_lists_presets(tmp_path):
@@ -362,9 +375,11 @@ def test_params_overrides_for_a_class_not_in_targets(tmp_path):
 
 
 def test_params_alphabet_outside_charset(tmp_path):
-    err = _params_error(tmp_path, _params(charset="digits", data={"style": {"alphabet": "12ab"}}))
-    assert "data.style.alphabet" in str(err)
+    data = {"synthetic": {"clean": {"seed": 1, "style": {"alphabet": "12ab"}}}}
+    err = _params_error(tmp_path, _params(charset="digits", data=data))
+    assert err.field == "data.synthetic.clean.style.alphabet"
     assert "'a'" in str(err) and "'b'" in str(err) and "digits" in str(err)
+    assert "remove the alphabet to follow the charset" in str(err)
 
 
 def test_params_missing_targets(tmp_path):
@@ -404,3 +419,137 @@ def test_load_pipeline_errors_name_the_file(tmp_path):
 def test_field_path_formats_indices_and_names():
     assert recipes.field_path(("passes", 0, "x", "y")) == "passes[0].x.y"
     assert recipes.field_path(()) == ""
+
+
+# ---------------------------------------------------------------------------- issue 13 / 11
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_pass_round_trips_through_the_resolved_recipe(tmp_path, name):
+    """options -> recipe.json -> reload -> equal, for every registered pass (a resolved
+    recipe lists every field, so validators must accept their own defaults)."""
+    path = _recipe(tmp_path, passes=[{name: {}}])
+    first = recipes.load_recipe(path, DEFAULTS)
+    again = recipes.Recipe.from_resolved(json.loads(json.dumps(first.resolved())))
+    assert again.resolved() == first.resolved()
+    assert again.passes[0].options == first.passes[0].options
+
+
+# one field each pass has that an override may change, with a non-default value
+PATCHES = {
+    "convert_opset": {"opset": 14},
+    "fix_output_shape": {"rank": 0},
+    "lift_constants": {"min_elements": 2},
+    "ort_optimize": {"level": "basic"},
+    "prune_charset": {"chars": "abc"},
+    "quantize_dynamic": {"per_channel": True},
+    "quantize_static": {"reduce_range": True},
+    "quantize_to_tolerance": {"min_agreement": 0.9},
+    "simplify": {"check_n": 1},
+    "to_fp16": {"keep_io_types": False},
+}
+
+
+def test_every_pass_has_an_override_case():
+    assert sorted(PATCHES) == registry.names()
+
+
+@pytest.mark.parametrize("name", sorted(PATCHES))
+def test_an_override_patches_only_the_fields_it_names(tmp_path, name):
+    recipe_options = {"quantize_static": {"calibrate_method": "minmax"}}.get(name, {})
+    path = _recipe(tmp_path, passes=[{name: recipe_options}])
+    r = recipes.load_recipe(path, DEFAULTS, {"passes": {name: PATCHES[name]}})
+    options = r.passes[0].options
+    for field, value in PATCHES[name].items():
+        assert getattr(options, field) == value
+    untouched = registry.get(name).options.model_validate({**recipe_options, **PATCHES[name]})
+    assert options == untouched
+    # and the patched, resolved recipe loads back
+    assert recipes.Recipe.from_resolved(r.resolved()).resolved() == r.resolved()
+
+
+def test_quantize_static_override_keeps_an_unset_percentile_unset(tmp_path):
+    """The old merge onto model_dump() marked every field as set, and any override of a
+    quantize_static step failed with 'percentile is only used with ...'."""
+    path = _recipe(tmp_path, passes=[{"quantize_static": {}}])
+    r = recipes.load_recipe(path, DEFAULTS, {"passes": {"quantize_static": {"per_channel": True}}})
+    assert r.passes[0].options.per_channel is True
+    assert "percentile" not in r.passes[0].options.model_fields_set
+
+
+def test_override_null_drops_a_pass(tmp_path):
+    path = _recipe(tmp_path, passes=[{"fix_output_shape": {}}, {"prune_charset": {}}])
+    r = recipes.load_recipe(path, DEFAULTS, {"passes": {"prune_charset": None}})
+    assert [s.name for s in r.passes] == ["fix_output_shape"]
+
+
+def test_override_dropping_every_pass_is_an_error(tmp_path):
+    path = _recipe(tmp_path, passes=[{"fix_output_shape": {}}])
+    err = _error(path, defaults=DEFAULTS, override={"passes": {"fix_output_shape": None}})
+    assert err.field == "passes" and "empty" in str(err)
+
+
+def test_override_pass_patch_must_be_a_mapping(tmp_path):
+    path = _recipe(tmp_path, passes=[{"fix_output_shape": {}}])
+    err = _error(path, defaults=DEFAULTS, override={"passes": {"fix_output_shape": 3}})
+    assert err.field == "passes.fix_output_shape" and "mapping of options or null" in str(err)
+
+
+def test_preprocessing_starts_from_the_model_contract(tmp_path):
+    from stages.runtime.preprocess import Preprocess
+
+    contract = Preprocess(height=48, channels=3, normalize="signed", channel_order="bgr")
+    path = _recipe(tmp_path, preprocess={"interpolation": "bilinear"})
+    r = recipes.load_recipe(path, DEFAULTS, contract_input=contract)
+    assert (r.preprocess.height, r.preprocess.channels) == (48, 3)
+    assert r.preprocess.channel_order == "bgr"
+    assert r.preprocess.norm.mean == (0.5,) and r.preprocess.norm.std == (0.5,)
+    assert r.preprocess.interpolation == "bilinear"  # only what the recipe changes
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"synthetic": {}, "folders": {}}, "data", "no data source"),
+        (
+            {"synthetic": {"a": {"seed": 1}}, "folders": {"a": {"path": "x"}}},
+            "data",
+            "used twice",
+        ),
+        ({"synthetic": {"Bad Name": {"seed": 1}}}, "data", "lowercase"),
+        (
+            {"folders": {"mine": {"path": "x", "calib": 0.5, "val": 0.5}}},
+            "data.folders.mine",
+            "5 %",
+        ),
+        (
+            {"synthetic": {"clean": {"seed": 1, "style": {"generator": "warp"}}}},
+            "data.synthetic",
+            "",
+        ),
+    ],
+)
+def test_params_data_errors_name_the_field(tmp_path, data, field, words):
+    err = _params_error(tmp_path, {**_params(), "data": data})
+    assert err.field.startswith(field), err.field
+    assert words in str(err)
+
+
+def test_params_stock_default_needs_the_ddddocr_source(tmp_path):
+    data = _params(
+        model={"source": "file", "path": "models/input/m.onnx"},
+        bench={"baselines": ["stock", "stock_default"]},
+    )
+    err = _params_error(tmp_path, data)
+    assert err.field == "bench.baselines" and "ddddocr" in str(err)
+
+
+def test_params_preprocess_candidate_errors_name_the_candidate(tmp_path):
+    data = _params(preprocess={"candidates": {"odd": {"interpolation": "cubic"}}})
+    err = _params_error(tmp_path, data)
+    assert err.field == "preprocess.candidates.odd"
+
+
+def test_params_model_file_source_needs_a_path(tmp_path):
+    err = _params_error(tmp_path, _params(model={"source": "file"}))
+    assert err.field.startswith("model") and "path" in str(err)

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import stages.passes
 from stages import modelio, registry
+from stages.build import comparable
 from stages.errors import PassError, UnknownNameError
 from stages.recipe import Equivalence
+from stages.runtime.preprocess import Preprocess
 
 PASSES_DIR = Path(stages.passes.__file__).parent
 ROOT = PASSES_DIR.parents[1]
@@ -32,6 +34,8 @@ for _module in PASS_MODULES:
 # Passes that cannot run on tests/tiny.py's model with default options, with the reason. Each
 # listed pass must raise PassError there (a crash or a silent success both fail the smoke test).
 CANNOT_RUN_ON_TINY: dict[str, str] = {
+    "convert_opset": "the tiny model is at opset 13 already, the default target",
+    "lift_constants": "the tiny model holds no Constant node",
     # its default tolerance (agreement >= 0.98) is unreachable on the smoke validation labels
     # ('ab' for random inputs): it must refuse with PassError, never return an unchecked model
     "quantize_to_tolerance": "default tolerance unreachable on random tiny inputs",
@@ -154,10 +158,13 @@ def test_every_pass_module_is_imported_by_the_package():
 
 
 @pytest.fixture(scope="module")
-def registered_by_package() -> list[str]:
-    """The names `import stages.passes` registers in a fresh interpreter (this process's registry
-    also holds whatever the tests imported directly)."""
-    code = "import json, stages.passes, stages.registry as r; print(json.dumps(r.names()))"
+def registered_by_package() -> dict[str, str]:
+    """name -> defining module of every pass `import stages.passes` registers, in a fresh
+    interpreter (this process's registry also holds whatever the tests imported directly)."""
+    code = (
+        "import json, stages.passes, stages.registry as r; "
+        "print(json.dumps({n: r.get(n).fn.__module__ for n in r.names()}))"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
@@ -166,14 +173,23 @@ def registered_by_package() -> list[str]:
 
 
 @pytest.mark.parametrize("module", PASS_MODULES)
-def test_module_registers_a_pass_named_like_module_and_function(module, registered_by_package):
+def test_module_registers_exactly_one_pass_named_like_it(module, registered_by_package):
     assert module in registered_by_package, (
         f"importing stages.passes does not register '{module}' (stages/passes/{module}.py)"
+    )
+    from_module = [n for n, m in registered_by_package.items() if m == f"stages.passes.{module}"]
+    assert from_module == [module], (
+        f"stages/passes/{module}.py registers {from_module}; a pass module registers exactly "
+        "its own pass"
     )
     spec = registry.get(module)
     assert spec.name == module
     assert spec.fn.__name__ == module
     assert spec.fn.__module__ == f"stages.passes.{module}"
+
+
+def test_the_package_registers_nothing_but_its_modules(registered_by_package):
+    assert sorted(registered_by_package) == PASS_MODULES
 
 
 def test_every_registered_pass_comes_from_its_own_module():
@@ -208,8 +224,12 @@ def test_options_forbid_extra_fields_and_describe_every_field(name):
 def _smoke_context() -> registry.PassContext:
     return registry.PassContext(
         calibration=tiny.inputs(8),
-        validation=[(x, "ab") for x in tiny.inputs(8, seed=2)],
+        validation={
+            "clean": [(x, "ab") for x in tiny.inputs(8, seed=2)],
+            "hard": [(x, "ba") for x in tiny.inputs(4, seed=4)],
+        },
         allowed_chars="abc",
+        input=Preprocess(height=tiny.HEIGHT),
     )
 
 
@@ -222,19 +242,22 @@ def test_every_pass_runs_with_defaults_on_the_tiny_model(name):
         with pytest.raises(PassError) as info:
             spec.fn(model, spec.options(), _smoke_context())
         assert info.value.pass_name == name
-        return
+        assert model.SerializeToString() == before
+        pytest.skip(f"{name}: {CANNOT_RUN_ON_TINY[name]} (PassError: {info.value})")
     out = spec.fn(model, spec.options(), _smoke_context())
     assert isinstance(out, onnx.ModelProto)
     assert out is not model
     assert model.SerializeToString() == before, f"pass '{name}' mutated its input model"
-    onnx.checker.check_model(out)
+    onnx.checker.check_model(modelio.checkable(out))
     ctc = modelio.spec(out)  # the ocr.* contract survives every pass
     assert ctc.layout == "TBC"
     assert set(ctc.charset) <= set(modelio.spec(model).charset)
     eq = Equivalence()
-    for x in tiny.inputs(3, seed=5):
-        ref, got = tiny.run(model, x), tiny.run(out, x)
+    xs = tiny.inputs(3, seed=5)
+    refs = [tiny.run(model, x) for x in xs]
+    for x, ref, kept in zip(xs, refs, comparable(model, out, refs), strict=True):
+        got = tiny.run(out, x)
         assert got.shape == (ref.shape[0], 1, len(ctc.charset))
         assert np.isfinite(got).all()
-        if spec.exact:
-            np.testing.assert_allclose(got, ref, rtol=eq.rtol, atol=eq.atol)
+        if spec.exact:  # on the classes both models share, as the build checks it
+            np.testing.assert_allclose(got, kept, rtol=eq.rtol, atol=eq.atol)

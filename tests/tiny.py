@@ -22,11 +22,13 @@ def tiny_ctc(
     head: str = "gemm",
     wrong_output_shape: bool = True,
     seed: int = 0,
+    batch: bool = False,
 ) -> onnx.ModelProto:
     """input [1,1,8,W] -> Conv(SiLU) -> LSTM(bi) -> Gemm|MatMul+Add -> [W/2, 1, classes] logits.
 
     Like ddddocr's model, the declared output shape is wrong ([1, seqlen]) unless asked not to be,
-    and the final Reshape's target holds the class count as a constant.
+    and the final Reshape's target holds the class count as a constant. With `batch`, the input
+    is [N,1,8,W] and the head a 3-D MatMul+Add, so the output is [W/2, N, classes].
     """
     rng = np.random.default_rng(seed)
     f32 = np.float32
@@ -59,8 +61,10 @@ def tiny_ctc(
             name="lstm",
         ),
         helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3], name="y_t"),
-        helper.make_node("Reshape", ["yt", "flat_shape"], ["flat"], name="flatten"),
     ]
+    if batch:
+        return _batch_head(rng, inits, nodes, classes, hidden, wrong_output_shape)
+    nodes.append(helper.make_node("Reshape", ["yt", "flat_shape"], ["flat"], name="flatten"))
     if head == "gemm":
         inits += [_init("head_w", head_w), _init("head_b", head_b)]
         nodes.append(
@@ -82,6 +86,40 @@ def tiny_ctc(
         [helper.make_tensor_value_info("input1", TensorProto.FLOAT, [1, 1, HEIGHT, "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
         inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    charset = [""] + [chr(ord("a") + i) for i in range(classes - 1)]
+    return modelio.with_spec(model, charset, "TBC", 0)
+
+
+def _batch_head(
+    rng: np.random.Generator,
+    inits: list[onnx.TensorProto],
+    nodes: list[onnx.NodeProto],
+    classes: int,
+    hidden: int,
+    wrong_output_shape: bool,
+) -> onnx.ModelProto:
+    """[T, N, 2, H] -> Reshape [0, 0, -1] -> MatMul + Add -> [T, N, classes]: batch-agnostic."""
+    f32 = np.float32
+    inits += [
+        _init("keep_tn", np.array([0, 0, -1], np.int64)),
+        _init("head_w", rng.normal(0, 1.0, (2 * hidden, classes)).astype(f32)),
+        _init("head_b", rng.normal(0, 0.2, classes).astype(f32)),
+    ]
+    nodes += [
+        helper.make_node("Reshape", ["yt", "keep_tn"], ["tnf"], name="to_tnf"),
+        helper.make_node("MatMul", ["tnf", "head_w"], ["mm"], name="head_mm"),
+        helper.make_node("Add", ["mm", "head_b"], ["logits"], name="head_add"),
+    ]
+    out_shape = [1, "seqlen"] if wrong_output_shape else ["T", "N", classes]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_ctc_batch",
+        [helper.make_tensor_value_info("input1", TensorProto.FLOAT, ["N", 1, HEIGHT, "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
+        [i for i in inits if i.name not in ("flat_shape", "out_shape")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -5,7 +5,9 @@ Adding a pass: write stages/passes/<name>.py (options model + function decorated
 """
 
 from . import (  # noqa: F401 - imported for registration
+    convert_opset,
     fix_output_shape,
+    lift_constants,
     ort_optimize,
     prune_charset,
     quantize_dynamic,

@@ -19,33 +19,17 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantType
 
+from .. import modelio
 from ..errors import PassError
-from ..inference import make_session, run
 from ..registry import PassContext
+from ..runtime.session import make_session, run
 
 QUANT_TYPES: dict[str, QuantType] = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-
-# ops only a quantizer (or a QAT export) emits; quantizing their graph again double-quantizes
-_QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "DynamicQuantizeLSTM",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-        "QAttention",
-        "QGemm",
-    }
-)
 
 
 def quantized_ops(model: onnx.ModelProto) -> list[str]:
     """Op types in `model` that show it has been quantized already."""
-    ops = {n.op_type for n in model.graph.node}
-    return sorted(op for op in ops if op in _QUANTIZED_OPS or op.startswith("QLinear"))
+    return modelio.quantized_ops(model)
 
 
 def reject_quantized(pass_name: str, model: onnx.ModelProto) -> None:
@@ -82,6 +66,19 @@ def no_match_message(model: onnx.ModelProto, op_types: list[str]) -> str:
         f"no node to quantize: op_types {op_types} match nothing once the node-name options "
         f"are applied; the model has {present}"
     )
+
+
+def require_initializer_weights(pass_name: str, model: onnx.ModelProto) -> None:
+    """onnxruntime's quantizers only see weights held in initializers; weights in Constant
+    nodes (some exporters write them so) would leave every node float for a reason its
+    messages never name."""
+    held = modelio.constant_weights(model)
+    if held:
+        raise PassError(
+            pass_name,
+            f"weights are Constant nodes ({len(held)}, e.g. {held[:3]}), which onnxruntime's "
+            "quantizer cannot see: add lift_constants before this pass",
+        )
 
 
 def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -153,8 +150,7 @@ def finish(result: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProt
     """Give the quantized model the original's metadata and output declarations.
 
     onnxruntime adds its own `onnx.infer` marker; the `ocr.*` contract is what travels."""
-    del result.metadata_props[:]
-    result.metadata_props.extend(original.metadata_props)
+    modelio.copy_metadata(result, original)
     declared = {v.name: v for v in original.graph.output}
     for value in result.graph.output:
         if value.name in declared:
@@ -177,7 +173,7 @@ def check_and_finish(
     "<cause> produced a model onnxruntime cannot load or run: <error>; <fix>"."""
     cause, advice = fix
     try:
-        onnx.checker.check_model(_with_shape_fields(quantized))
+        onnx.checker.check_model(modelio.checkable(quantized))
         out = finish(quantized, original)
         session = make_session(out.SerializeToString(), context.runtime)
         if sample is not None:
@@ -188,17 +184,4 @@ def check_and_finish(
             f"{cause} produced a model onnxruntime cannot load or run: "
             f"{type(e).__name__}: {e}; {advice}",
         ) from e
-    return out
-
-
-def _with_shape_fields(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose shapeless outputs declare an empty shape, for onnx.checker only.
-
-    onnx 1.23's checker rejects a graph output without a shape field, yet "no shape" is how
-    fix_output_shape (rank 0) and `working_copy` say "unknown" on purpose."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for value in out.graph.output:
-        if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
-            value.type.tensor_type.shape.SetInParent()
     return out

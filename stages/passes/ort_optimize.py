@@ -26,8 +26,10 @@ import onnx
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext, register
+from ..runtime.session import quiet_cpu_session
 
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -73,8 +75,7 @@ def ort_optimize(
             "ort_optimize", f"the input model fails on the first calibration image ({e})"
         ) from e
     _drop_unused_domains(out, model)
-    del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
+    modelio.copy_metadata(out, model)
     _check_loads(out, options.level, context)
     return out
 
@@ -101,11 +102,8 @@ def _drop_unused_domains(out: onnx.ModelProto, original: onnx.ModelProto) -> Non
 def _check_loads(out: onnx.ModelProto, level: str, context: PassContext) -> None:
     """onnxruntime's saved graph must pass the checker, load and run one calibration image."""
     try:
-        onnx.checker.check_model(out)
-        session = ort.InferenceSession(
-            out.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"]
-        )
-        _run_first(session, context)
+        onnx.checker.check_model(modelio.checkable(out))
+        _run_first(quiet_cpu_session(out.SerializeToString()), context)
     except Exception as e:
         raise PassError(
             "ort_optimize",

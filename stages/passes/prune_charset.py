@@ -6,8 +6,14 @@ After:  ... -> Gemm(W[37, 1024], b[37]) -> Reshape([T, 1, -1]) -> logits [T, 1, 
         blank + a-z0-9, the rows kept in their original class order with the blank first;
         class-count constants in the Reshape targets and declared dims follow, and the `ocr.*`
         charset metadata lists the kept classes (blank = 0).
+Also recognized: a 1x1 Conv head (W[C, K, 1, 1], b[C]) followed by Squeeze/Transpose, and a
+trailing Softmax/LogSoftmax over the class axis (traced through Transposes), which then
+normalizes over the kept classes only. Weights held in Constant nodes are not found: the
+error says to add lift_constants first.
 Exact on the kept classes: the output equals the original logits restricted to the columns
 [blank] + allowed (ddddocr's `set_ranges` semantics); characters outside the set are gone.
+Behind a Softmax the output is those columns renormalized to sum to 1 (a LogSoftmax: the same
+in log space), so the best class of every frame among the kept ones is unchanged.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import modelio
 from ..errors import ModelError, PassError
 from ..registry import PassContext, register
+from .convert_opset import default_opset
 
 NAME = "prune_charset"
 # ops that only move values around, so the classifier's class axis survives them unchanged
 SHAPE_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+# normalizations over the class axis: pruning before them renormalizes over the kept classes
+NORM_OPS = ("Softmax", "LogSoftmax")
 # ops through which a Reshape target is assembled from constants
 _SHAPE_BUILDERS = {"Concat": None, "Identity": 0, "Unsqueeze": 0, "Squeeze": 0, "Cast": 0}
 MISSING_KEY = "ocr.pruned_missing"
@@ -46,6 +55,13 @@ class PruneCharsetOptions(BaseModel):
         description="a character absent from the model's charset: 'error' fails, 'skip' drops "
         f"it and records it in metadata '{MISSING_KEY}'",
     )
+    keep_whitespace: bool = Field(
+        True,
+        description="also keep the model's whitespace classes (space, U+3000): line "
+        "recognizers emit them between words and at line ends, where scoring strips them; "
+        "without them the model must pick another class there (measured on ddddocr's model: "
+        "no accuracy change either way)",
+    )
 
 
 @dataclass
@@ -59,7 +75,7 @@ class _Head:
     reshapes: list[onnx.NodeProto]  # Reshapes whose target may hold the class count
 
 
-@register(NAME, PruneCharsetOptions, kind="prune", exact=False)
+@register(NAME, PruneCharsetOptions, kind="prune", exact=True)
 def prune_charset(
     model: onnx.ModelProto, options: PruneCharsetOptions, context: PassContext
 ) -> onnx.ModelProto:
@@ -71,10 +87,10 @@ def prune_charset(
     keep, missing = _kept_classes(spec, options, context)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    head = _find_head(out.graph, spec.output_name, len(spec.charset))
+    head = _find_head(out, spec.output_name, len(spec.charset), spec.layout)
     _slice_head(out.graph, head, keep)
     _fix_class_count(out.graph, head, len(spec.charset), len(keep))
-    return _with_charset(out, model, [spec.charset[i] for i in keep], spec.layout, missing)
+    return _with_charset(out, [spec.charset[i] for i in keep], spec, missing)
 
 
 def _kept_classes(
@@ -92,7 +108,9 @@ def _kept_classes(
             f"characters {missing} are not in the model's charset; remove them from 'chars' "
             "(or params.yaml 'charset') or set on_missing: skip",
         )
-    wanted = set(chars)
+    wanted = set(chars) | (
+        {c for c in spec.charset if c.isspace()} if options.keep_whitespace else set()
+    )
     # every column whose entry is allowed, so duplicated charset entries all survive
     rest = [i for i, c in enumerate(spec.charset) if c in wanted and i != spec.blank]
     if not rest:
@@ -106,26 +124,42 @@ def _kept_classes(
     return [spec.blank, *rest], missing
 
 
-def _find_head(graph: onnx.GraphProto, output: str, classes: int) -> _Head:
-    """Walk back from the output through shape-only ops to the classifier."""
+def _find_head(model: onnx.ModelProto, output: str, classes: int, layout: str) -> _Head:
+    """Walk back from the output through shape-only ops and a Softmax to the classifier."""
+    graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     inits = {t.name: t for t in graph.initializer}
     values, reshapes = [output], []
+    # the class axis of values[-1], counted from the end (None: lost on the way)
+    axis: int | None = -1
+    ranks = _Ranks(model)
+    walked: list[str] = []  # op types between the output and `node`
     node = producers.get(output)
-    while node is not None and node.op_type in SHAPE_OPS:
+    while node is not None and node.op_type in (*SHAPE_OPS, *NORM_OPS):
         if node.op_type == "Reshape":
             reshapes.append(node)
+        if node.op_type in NORM_OPS:
+            rank = ranks.get(node.input[0]) or 3  # unknown: the rank-3 output's
+            tbc_output = layout == "TBC" and all(n in NORM_OPS or n == "Identity" for n in walked)
+            _check_class_axis(node, axis, rank, default_opset(model), tbc_output)
+        walked.append(node.op_type)
+        axis = _class_axis_before(node, axis, ranks)
         values.append(node.input[0])
         node = producers.get(node.input[0])
     head = _as_classifier(node, producers, inits)
     if head is None:
         reached = f"{node.op_type} '{node.name}'" if node is not None else "a graph input"
+        hint = (
+            "its weights are Constant nodes: add lift_constants before this pass"
+            if _held_by_constants(node, producers)
+            else "this model cannot be pruned, drop the pass (overrides.<class>.passes."
+            "prune_charset: null)"
+        )
         raise PassError(
             NAME,
             f"no classifier found: walking back from output '{output}' through "
-            f"{'/'.join(SHAPE_OPS)} reached {reached}, not a Gemm with an initializer weight "
-            "(and optional initializer bias) nor a MatMul[+Add] with initializer weight and bias; "
-            "this model cannot be pruned, drop the pass from the recipe",
+            f"{'/'.join(SHAPE_OPS + NORM_OPS)} reached {reached}, not a Gemm, MatMul[+Add] or "
+            f"1x1 Conv with initializer weights (and bias); {hint}",
         )
     if head.classes != classes:
         raise PassError(
@@ -138,6 +172,88 @@ def _find_head(graph: onnx.GraphProto, output: str, classes: int) -> _Head:
     return head
 
 
+class _Ranks:
+    """Ranks onnx shape inference can prove (never the declared outputs: ddddocr's is wrong),
+    inferred on first use only: most heads have no Softmax to check."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model, self._ranks = model, None
+
+    def get(self, name: str) -> int | None:
+        if self._ranks is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self._model, strict_mode=False)
+                values = inferred.graph.value_info
+            except Exception:  # inference raises its own error types: ranks unknown
+                values = []
+            self._ranks = {
+                v.name: len(v.type.tensor_type.shape.dim)
+                for v in values
+                if v.type.tensor_type.HasField("shape")
+            }
+        return self._ranks.get(name)
+
+
+def _class_axis_before(node: onnx.NodeProto, axis: int | None, ranks: _Ranks) -> int | None:
+    """The class axis (counted from the end) of `node`'s first input, given its output's.
+
+    Transpose moves it by its perm; Reshape/Squeeze/Unsqueeze/Flatten split or merge the
+    leading axes of these heads, so a last class axis stays last (the classifier check and the
+    Reshape-target fix assume the same); any other position is lost."""
+    if axis is None or node.op_type in ("Identity", *NORM_OPS):
+        return axis
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if perm is None:  # no perm: the axes reversed
+            rank = ranks.get(node.input[0])
+            perm = None if rank is None else list(range(rank))[::-1]
+        if perm is None or not -len(perm) <= axis < 0:
+            return None
+        return perm[len(perm) + axis] - len(perm)
+    return -1 if axis == -1 else None
+
+
+def _check_class_axis(
+    node: onnx.NodeProto, class_axis: int | None, rank: int, opset: int, tbc_output: bool
+) -> None:
+    """A Softmax must normalize over exactly the class axis for the pruned output to be the
+    input's renormalized over the kept classes. Before opset 13 Softmax flattens its input from
+    `axis` (default 1) on, which is the class axis only from the last axis, or from axis 1 of
+    the [T, 1, C] output itself (its batch axis has size 1)."""
+    attr = next((a.i for a in node.attribute if a.name == "axis"), None)
+    axis = (-1 if opset >= 13 else 1) if attr is None else attr
+    normalized = axis - rank if axis >= 0 else axis
+    if opset >= 13:
+        ok = class_axis is not None and normalized == class_axis
+    else:
+        ok = class_axis == -1 and (normalized == -1 or (tbc_output and normalized == -2))
+    if ok:
+        return
+    where = "an axis that cannot be traced" if class_axis is None else f"axis {class_axis}"
+    raise PassError(
+        NAME,
+        f"{node.op_type} '{node.name}' normalizes over axis {axis} (of {rank}), but the classes "
+        f"are on {where} of its input; pruning would not leave the input's output renormalized "
+        "over the kept classes, so this model cannot be pruned",
+    )
+
+
+def _held_by_constants(node: onnx.NodeProto | None, producers: dict[str, onnx.NodeProto]) -> bool:
+    """Whether the classifier that was not recognized reads its weights from Constant nodes
+    (directly, or for MatMul + Add through the MatMul)."""
+    if node is None:
+        return False
+    near = [node]
+    if node.op_type == "Add":
+        near += [producers[i] for i in node.input if i in producers]
+    return any(
+        i in producers and producers[i].op_type == "Constant"
+        for n in near
+        if n.op_type in ("Gemm", "MatMul", "Conv", "Add")
+        for i in (n.input if n.op_type == "Add" else n.input[1:])
+    )
+
+
 def _as_classifier(
     node: onnx.NodeProto | None,
     producers: dict[str, onnx.NodeProto],
@@ -145,6 +261,15 @@ def _as_classifier(
 ) -> _Head | None:
     if node is None:
         return None
+    if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
+        weight = inits[node.input[1]]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if list(weight.dims[2:]) != [1, 1] or group != 1:
+            return None
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        if has_bias and node.input[2] not in inits:
+            return None
+        return _Head((node, 1, 0), (node, 2) if has_bias else None, weight.dims[0], [], [])
     if node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in inits:
         has_bias = len(node.input) > 2 and node.input[2] != ""
         if has_bias and node.input[2] not in inits:
@@ -263,19 +388,16 @@ def _redeclare_input(graph: onnx.GraphProto, name: str, arr: np.ndarray) -> None
 
 def _with_charset(
     out: onnx.ModelProto,
-    source: onnx.ModelProto,
     charset: list[str],
-    layout: str,
+    spec: modelio.CtcSpec,
     missing: list[str],
 ) -> onnx.ModelProto:
-    """The new charset (blank at 0) plus every other ocr.* key the input carried."""
-    result = modelio.with_spec(out, charset, layout, 0)
-    own = {f"ocr.{k}" for k in ("charset", "layout", "blank")}
-    if missing:  # this run's skipped characters replace any earlier record
-        own.add(MISSING_KEY)
-    for prop in source.metadata_props:
-        if prop.key.startswith("ocr.") and prop.key not in own:
-            result.metadata_props.add(key=prop.key, value=prop.value)
+    """The new charset (blank at 0); every other metadata key of the input stays. This run's
+    skipped characters replace any earlier record of them."""
+    result = modelio.with_spec(out, charset, spec.layout, 0, spec.kind)
     if missing:
+        kept = [p for p in result.metadata_props if p.key != MISSING_KEY]
+        del result.metadata_props[:]
+        result.metadata_props.extend(kept)
         result.metadata_props.add(key=MISSING_KEY, value=json.dumps(missing, ensure_ascii=False))
     return result

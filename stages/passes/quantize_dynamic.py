@@ -68,13 +68,14 @@ def quantize_dynamic(
 ) -> onnx.ModelProto:
     """Quantize the weights of `op_types` nodes to 8 bits; activations at run time."""
     q.reject_quantized(NAME, model)
+    q.require_initializer_weights(NAME, model)
     work = q.working_copy(model)
     q.check_node_names(NAME, work, "nodes_to_exclude", options.nodes_to_exclude)
     q.check_node_names(NAME, work, "nodes_to_quantize", options.nodes_to_quantize or [])
     ops = list(options.op_types)
     if not q.select(work, ops, options.nodes_to_exclude, options.nodes_to_quantize):
         raise PassError(NAME, q.no_match_message(work, ops))
-    args = _ort_arguments(work, options)
+    args = ort_arguments(work, options)
     out = q.run_quantizer(
         NAME,
         work,
@@ -85,7 +86,8 @@ def quantize_dynamic(
         raise PassError(
             NAME,
             f"onnxruntime left every node selected by op_types {ops} in float (GRU has no int8 "
-            "kernel; Gemm is only quantized with transA=0, alpha=beta=1); choose other op_types",
+            "kernel; Gemm is only quantized with transA=0, alpha=beta=1; weights must be "
+            "initializers); choose other op_types",
         )
     sample = context.calibration[0] if context.calibration else None
     cause = f"per_channel={options.per_channel}, op_types {ops}"
@@ -93,7 +95,7 @@ def quantize_dynamic(
     return q.check_and_finish(NAME, out, model, context, sample, (cause, advice))
 
 
-def _ort_arguments(model: onnx.ModelProto, options: QuantizeDynamicOptions) -> dict[str, Any]:
+def ort_arguments(model: onnx.ModelProto, options: QuantizeDynamicOptions) -> dict[str, Any]:
     """The one place the typed options become onnxruntime's quantize_dynamic arguments.
 
     In dynamic mode onnxruntime rewrites every Gemm into MatMul '<gemm name>_MatMul' + Add and

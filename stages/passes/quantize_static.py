@@ -15,8 +15,8 @@ Not done here:
   and its optimizer step is a graph rewrite that belongs to explicit cleanup passes. The
   quantizer's own onnx shape inference suffices: Conv/Gemm weights are initializers.
 Checked: the result must pass onnx.checker, load in onnxruntime and run the first calibration
-tensor; per_channel=True in qdq format on an opset-12 model (ddddocr's) gives per-axis
-DequantizeLinear nodes that onnxruntime 1.32 rejects, reported as a PassError naming per_channel.
+tensor. per_channel=True in qdq format needs opset >= 13 (per-axis DequantizeLinear); on an
+opset-12 model (ddddocr's) it is refused before calibrating, naming convert_opset.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..errors import PassError
 from ..registry import PassContext, register
 from . import _ort_quant as q
+from .convert_opset import default_opset
 
 NAME = "quantize_static"
 _FORMATS = {"qdq": ort_quant.QuantFormat.QDQ, "qoperator": ort_quant.QuantFormat.QOperator}
@@ -41,6 +42,7 @@ _METHODS = {
     "entropy": ort_quant.CalibrationMethod.Entropy,
     "percentile": ort_quant.CalibrationMethod.Percentile,
 }
+DEFAULT_PERCENTILE = 99.999
 # these calibrators stack every run's activations into one array, so shapes must agree
 _HISTOGRAM = {"entropy", "percentile"}
 
@@ -71,7 +73,7 @@ class QuantizeStaticOptions(BaseModel):
         "minmax", description="how activation ranges are chosen from the calibration runs"
     )
     percentile: float = Field(
-        99.999,
+        DEFAULT_PERCENTILE,
         gt=90.0,
         le=100.0,
         description="percentile of |activation| kept in range; only for calibrate_method "
@@ -104,7 +106,9 @@ class QuantizeStaticOptions(BaseModel):
                 "activation_type int8 with weight_type uint8 is not supported by onnxruntime; "
                 "use weight_type: int8"
             )
-        if "percentile" in self.model_fields_set and self.calibrate_method != "percentile":
+        # compared with the default, not model_fields_set: a resolved recipe (recipe.json)
+        # lists every field, and must load back
+        if self.percentile != DEFAULT_PERCENTILE and self.calibrate_method != "percentile":
             raise ValueError(
                 f"percentile is only used with calibrate_method: percentile, not "
                 f"{self.calibrate_method}; remove percentile or change calibrate_method"
@@ -118,7 +122,9 @@ def quantize_static(
 ) -> onnx.ModelProto:
     """Quantize weights and activations of `op_types` to 8 bits with calibrated ranges."""
     q.reject_quantized(NAME, model)
+    q.require_initializer_weights(NAME, model)
     _check_op_types(options)
+    _check_opset(options, model)
     work = q.working_copy(model)
     q.check_node_names(NAME, work, "nodes_to_exclude", options.nodes_to_exclude)
     if not q.select(work, options.op_types, options.nodes_to_exclude, None):
@@ -135,7 +141,7 @@ def quantize_static(
     if not q.quantized_ops(out):
         raise PassError(NAME, f"onnxruntime quantized no node of op_types {options.op_types}")
     first = np.asarray(context.calibration[0], np.float32)  # unpadded: a real width must run
-    return q.check_and_finish(NAME, out, model, context, first, _load_advice(options, model))
+    return q.check_and_finish(NAME, out, model, context, first, _load_advice(options))
 
 
 def _ort_arguments(options: QuantizeStaticOptions, reader: _Reader) -> dict[str, Any]:
@@ -170,6 +176,19 @@ class _Reader(ort_quant.CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
+
+
+def _check_opset(options: QuantizeStaticOptions, model: onnx.ModelProto) -> None:
+    """Refuse per-channel QDQ below opset 13 before any calibration: DequantizeLinear gained
+    its `axis` in opset 13, so onnxruntime would write a graph that nothing can load."""
+    opset = default_opset(model)
+    if options.per_channel and options.quant_format == "qdq" and opset < 13:
+        raise PassError(
+            NAME,
+            f"per_channel needs opset >= 13 in qdq format (per-axis DequantizeLinear) but the "
+            f"model has opset {opset}: add convert_opset before this pass, or set per_channel: "
+            "false",
+        )
 
 
 def _check_op_types(options: QuantizeStaticOptions) -> None:
@@ -223,14 +242,11 @@ def _failure_advice(options: QuantizeStaticOptions, samples: list[np.ndarray]) -
     return "change calibrate_method, quant_format or op_types"
 
 
-def _load_advice(options: QuantizeStaticOptions, model: onnx.ModelProto) -> tuple[str, str]:
-    """(cause, fix) for a result onnxruntime refuses: per_channel first, it is the usual one."""
+def _load_advice(options: QuantizeStaticOptions) -> tuple[str, str]:
+    """(cause, fix) for a result onnxruntime refuses: per_channel first, it is the usual one
+    (its opset-12 QDQ trap is refused before calibrating, by _check_opset)."""
     if options.per_channel:
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        note = ""
-        if options.quant_format == "qdq" and opset < 13:
-            note = f" (per-axis DequantizeLinear needs opset >= 13; the model has opset {opset})"
-        return "per_channel=True", f"set per_channel: false{note}"
+        return "per_channel=True", "set per_channel: false"
     return (
         f"quant_format={options.quant_format}, op_types {options.op_types}",
         "try the other quant_format or remove the op type from op_types",

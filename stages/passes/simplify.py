@@ -23,6 +23,7 @@ import onnx
 import onnxsim
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext, register
 
@@ -52,7 +53,7 @@ def simplify(
     model: onnx.ModelProto, options: SimplifyOptions, context: PassContext
 ) -> onnx.ModelProto:
     """Simplify with onnxsim and fail unless its random-input check passes."""
-    shapes = _check_shapes(model, options.check_width) if options.check_n else None
+    shapes = _check_shapes(model, options.check_width, context) if options.check_n else None
     log = io.StringIO()
     try:
         # onnxsim prints progress and its check's diff to stdout; keep it for the error message
@@ -66,10 +67,12 @@ def simplify(
                 certify=False,  # best-effort z3 proof: slow, and only when z3 happens to exist
             )
     except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise PassError(
             "simplify",
-            f"onnxsim failed with test input shapes {shapes} ({type(e).__name__}: {e}); "
-            "if the model rejects that shape, change check_width",
+            f"onnxsim failed with test input shapes {shapes} ({type(e).__name__}: {first}); "
+            "if the model rejects that shape, change check_width, or the input height/channels "
+            "(params.yaml model.input) if they do not fit this model",
         ) from e
     if not ok:
         raise PassError(
@@ -79,14 +82,16 @@ def simplify(
             "perform_optimization: false, or check_n: 0 to accept the result unchecked",
         )
     _require_same_inputs(model, out)
-    del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
-    return out
+    return modelio.copy_metadata(out, model)
 
 
-def _check_shapes(model: onnx.ModelProto, width: int) -> dict[str, list[int]]:
-    """Concrete shapes for onnxsim's check: batch 1, width `width`, every other dim as declared."""
+def _check_shapes(model: onnx.ModelProto, width: int, context: PassContext) -> dict[str, list[int]]:
+    """Concrete shapes for onnxsim's check: batch 1, the contract's channels and height (a
+    dynamic height is fine: the model's input contract knows it), width `width` (or the
+    contract's padded width), every other dim as declared."""
     initializers = {t.name for t in model.graph.initializer}
+    contract = context.input
+    known = {1: contract.channels, 2: contract.height}
     shapes = {}
     for value in model.graph.input:
         if value.name in initializers:
@@ -98,13 +103,15 @@ def _check_shapes(model: onnx.ModelProto, width: int) -> dict[str, list[int]]:
             if axis == 0:
                 dims[axis] = 1
             elif axis == len(dims) - 1:
-                dims[axis] = width
+                dims[axis] = contract.pad_to_width or width
+            elif len(dims) == 4 and axis in known:
+                dims[axis] = known[axis]
             else:
                 raise PassError(
                     "simplify",
-                    f"input '{value.name}' has a dynamic dim at axis {axis} of {len(dims)}; "
-                    "only the batch (first) and width (last) axes may be dynamic for the check; "
-                    "set check_n: 0 to simplify without checking",
+                    f"input '{value.name}' has a dynamic dim at axis {axis} of {len(dims)} "
+                    "that the input contract does not fix; set check_n: 0 to simplify "
+                    "without checking",
                 )
         shapes[value.name] = dims
     return shapes

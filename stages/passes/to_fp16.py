@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext, register
+from ..runtime.session import quiet_cpu_session
 
 
 class ToFp16Options(BaseModel):
@@ -95,8 +96,7 @@ def to_fp16(
             f"the converted graph cannot be sorted topologically ({e}); "
             "keep the node it names in float32 with node_block_list",
         ) from e
-    del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
+    modelio.copy_metadata(out, model)
     _check_runs(out, model, context)
     return out
 
@@ -116,7 +116,7 @@ def _weights_of_type(model: onnx.ModelProto, dtype: int) -> int:
 def _check_runs(out: onnx.ModelProto, model: onnx.ModelProto, context: PassContext) -> None:
     """The converted model must pass the checker, load on the CPU provider and run one image."""
     try:
-        onnx.checker.check_model(out)
+        onnx.checker.check_model(modelio.checkable(out))
         _run_first(out, context)
     except Exception as e:
         try:
@@ -134,11 +134,7 @@ def _check_runs(out: onnx.ModelProto, model: onnx.ModelProto, context: PassConte
 
 
 def _run_first(model: onnx.ModelProto, context: PassContext) -> None:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # ddddocr's wrong declared output shape warns per run
-    session = ort.InferenceSession(
-        model.SerializeToString(), so, providers=["CPUExecutionProvider"]
-    )
+    session = quiet_cpu_session(model.SerializeToString())
     feed = session.get_inputs()[0]
     dtype = np.float16 if feed.type == "tensor(float16)" else np.float32
     for x in context.calibration[:1]:

@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import tiny
+from onnx import numpy_helper
 
 from stages import modelio, registry
 from stages.errors import PassError
@@ -60,6 +61,65 @@ def test_weight_options_load_and_stay_close(options):
     out = quantize_dynamic(model, options, CTX)
     assert tiny.op_counts(out)["DynamicQuantizeLSTM"] == 1
     assert_close(model, out)
+
+
+def _quantized(out: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per weight ('lstm_w', 'lstm_r', 'head'): the stored quantized tensor and its scale, as
+    the DynamicQuantizeLSTM and the MatMulInteger -> Mul chain read them."""
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    lstm = next(n for n in out.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    matmul = next(n for n in out.graph.node if n.op_type == "MatMulInteger")
+    # the MatMul's weight scale multiplies the activation scale (DynamicQuantizeLinear's
+    # second output) in a Mul; its other input is the weight scale
+    dql = next(n for n in out.graph.node if n.op_type == "DynamicQuantizeLinear")
+    scale_mul = next(n for n in out.graph.node if n.op_type == "Mul" and dql.output[1] in n.input)
+    weight_scale = next(i for i in scale_mul.input if i != dql.output[1])
+    return {
+        "lstm_w": (inits[lstm.input[1]], inits[lstm.input[8]]),
+        "lstm_r": (inits[lstm.input[2]], inits[lstm.input[10]]),
+        "head": (inits[matmul.input[1]], inits[weight_scale]),
+    }
+
+
+def test_default_weights_are_per_tensor_int8_using_eight_bits():
+    weights = _quantized(quantize_dynamic(tiny.tiny_ctc(), QuantizeDynamicOptions(), CTX))
+    # per tensor: one scale per LSTM direction (its own per-tensor unit), a scalar for the head
+    assert {k: (w.dtype, s.shape) for k, (w, s) in weights.items()} == {
+        "lstm_w": (np.int8, (2,)),
+        "lstm_r": (np.int8, (2,)),
+        "head": (np.int8, ()),
+    }
+    assert max(np.abs(w.astype(int)).max() for w, _ in weights.values()) == 127
+
+
+def test_per_channel_gives_one_scale_per_output_channel():
+    weights = _quantized(
+        quantize_dynamic(tiny.tiny_ctc(), QuantizeDynamicOptions(per_channel=True), CTX)
+    )
+    head_w, head_scale = weights["head"]
+    assert head_w.shape == (12, 7) and head_scale.shape == (7,)  # [K, C]: one per class
+    assert len(set(head_scale.tolist())) == 7
+    # LSTM: one scale per direction and gate row (4 * hidden)
+    assert weights["lstm_w"][1].shape == weights["lstm_r"][1].shape == (2, 24)
+
+
+def test_weight_type_sets_the_head_weight_dtype():
+    weights = _quantized(
+        quantize_dynamic(tiny.tiny_ctc(), QuantizeDynamicOptions(weight_type="uint8"), CTX)
+    )
+    assert weights["head"][0].dtype == np.uint8
+    # onnxruntime's DynamicQuantizeLSTM only takes int8 weights, whatever weight_type says
+    assert weights["lstm_w"][0].dtype == weights["lstm_r"][0].dtype == np.int8
+
+
+def test_reduce_range_keeps_weights_in_seven_bits():
+    weights = _quantized(
+        quantize_dynamic(tiny.tiny_ctc(), QuantizeDynamicOptions(reduce_range=True), CTX)
+    )
+    for name, (w, _) in weights.items():
+        assert w.dtype == np.int8, name
+        assert w.min() >= -64 and w.max() <= 63, name
+    assert max(np.abs(w.astype(int)).max() for w, _ in weights.values()) == 64
 
 
 def test_gemm_and_matmul_are_selected_separately():

@@ -4,13 +4,14 @@ import numpy as np
 import onnx
 import pytest
 import tiny
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from stages import modelio, registry
 from stages.errors import PassError
 from stages.passes import simplify as simplify_module
 from stages.passes.fix_output_shape import FixOutputShapeOptions, fix_output_shape
 from stages.passes.simplify import SimplifyOptions, simplify
+from stages.runtime.preprocess import Preprocess
 
 CTX = registry.PassContext()
 # exact rewrite: folding BN into Conv reorders float math, nothing more
@@ -118,11 +119,36 @@ def test_check_width_too_narrow_names_the_option():
         simplify(tiny.tiny_ctc(), SimplifyOptions(check_width=1), CTX)
 
 
-def test_dynamic_height_cannot_be_checked():
+def test_dynamic_channels_and_height_come_from_the_input_contract():
     model = tiny.tiny_ctc()
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
-    with pytest.raises(PassError, match=r"axis 2.*check_n: 0"):
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[1].dim_param, dims[2].dim_param = "C", "H"
+    ctx = registry.PassContext(input=Preprocess(height=tiny.HEIGHT, channels=1))
+    out = simplify(model, SimplifyOptions(), ctx)
+    assert [d.dim_param for d in out.graph.input[0].type.tensor_type.shape.dim] == [
+        "",
+        "C",
+        "H",
+        "W",
+    ]
+    assert tiny.op_counts(out) == tiny.op_counts(model)
+    _assert_same_outputs(out, model)
+    # the default contract's height (64) does not fit the tiny model: the check says so
+    with pytest.raises(
+        PassError, match=r"\[1, 1, 64, 160\].*change check_width, or the input height"
+    ):
         simplify(model, SimplifyOptions(), CTX)
+
+
+def test_dynamic_dim_the_contract_does_not_fix_cannot_be_checked():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "rank3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "F", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "F", "W"])],
+    )
+    with pytest.raises(PassError, match=r"axis 1 of 3.*check_n: 0"):
+        simplify(helper.make_model(graph), SimplifyOptions(), CTX)
 
 
 @pytest.mark.integration

@@ -1,87 +1,157 @@
-"""The one image -> tensor function used by evaluation, bench and the runtime.
+"""The one image -> tensor function used by evaluation, bench, the runtime and the server.
 
 Imports numpy only at module level; Pillow or OpenCV are imported by the backend that needs them,
 so a bundle that preprocesses with Pillow never pays OpenCV's ~30 MB of resident memory.
+Every field of `Preprocess` is part of the model's declared input contract (params.yaml
+`model.input`); a recipe overrides only what it changes.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from .errors import FieldValueError
+from .errors import IMAGE_ERRORS, FieldValueError, ImageError
+
+__all__ = ["IMAGE_ERRORS", "ImageError", "Normalization", "Preprocess", "preprocess"]
 
 Backend = Literal["pillow", "opencv", "numpy"]
 Interpolation = Literal["lanczos", "bilinear", "area", "nearest"]
-Normalize = Literal["unit", "signed"]
 GrayOrder = Literal["after_resize", "before_resize"]
+ChannelOrder = Literal["rgb", "bgr"]
+Preset = Literal["unit", "signed", "imagenet"]
 
 MIN_WIDTH = 16  # narrower inputs give the CTC head too few steps to emit anything useful
 
 
-# Stable error codes an app can switch on, with the advice shown to its developer.
-IMAGE_ERRORS: dict[str, str] = {
-    "E_EMPTY": "the image is empty; send the image file's bytes",
-    "E_DECODE": "not a decodable PNG/JPEG/GIF/BMP/WebP image; check the file or upload",
-    "E_TOO_LARGE": "image exceeds the pixel limit; crop or downscale before sending",
-    "E_INPUT": "pass bytes, a file path or a HxW / HxWxC uint8 NumPy array",
+@dataclass(frozen=True)
+class Normalization:
+    """x = (pixel / scale - mean[c]) / std[c]; one value applies to every channel."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic, no import here
+
+    scale: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0:
+            raise FieldValueError("normalize.scale", f"must be positive, got {self.scale}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, 3):
+                raise FieldValueError(
+                    f"normalize.{name}", f"needs 1 or 3 values (one per channel), got {values}"
+                )
+        if any(s == 0 for s in self.std):
+            raise FieldValueError("normalize.std", f"must not contain 0, got {self.std}")
+
+    @property
+    def is_unit(self) -> bool:
+        return all(m == 0 for m in self.mean) and all(s == 1 for s in self.std)
+
+
+PRESETS: dict[str, Normalization] = {
+    "unit": Normalization(),  # x / 255: ddddocr 1.6
+    "signed": Normalization(mean=(0.5,), std=(0.5,)),  # [-1, 1]: ddddocr 1.5, PaddleOCR
+    "imagenet": Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 }
-
-
-class ImageError(Exception):
-    """An image could not be decoded or preprocessed; `code` is stable, `retryable` advises."""
-
-    def __init__(self, code: str, detail: str, source: str = "image") -> None:
-        self.code, self.detail, self.source = code, detail, source
-        self.retryable = False  # the same input fails the same way; only a new image helps
-        super().__init__(f"{code}: {source}: {detail} ({IMAGE_ERRORS[code]})")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes the model input. Validated by pydantic inside recipes."""
+    """How an image becomes the model input. Validated by pydantic inside params and recipes."""
 
     __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic, no import here
 
     backend: Backend = "pillow"  # decoder + resizer: Pillow, OpenCV, or Pillow decode + NumPy
     interpolation: Interpolation = "lanczos"  # ddddocr uses Pillow's Lanczos
-    normalize: Normalize = "unit"  # unit: x/255 (ddddocr 1.6); signed: (x/255-0.5)/0.5 (1.5)
     grayscale: GrayOrder = "after_resize"  # ddddocr resizes RGB, then converts to gray
     height: int = 64  # model input height
     channels: Literal[1, 3] = 1
+    channel_order: ChannelOrder = "rgb"  # bgr: models trained on OpenCV-decoded images
+    # a preset name (unit, signed, imagenet) or {scale, mean, std}
+    normalize: Normalization | Preset = field(default_factory=Normalization)
+    max_width: int | None = None  # wider images are squeezed to this width (fixed-width models)
+    pad_to_width: int | None = None  # narrower tensors are padded on the right to this width
+    pad_value: float = 0.0  # the padding's value in the model's input space (after normalize)
     width_scale: float = 1.0  # fewer columns -> fewer CTC steps; keep T >= 2*len+1
     max_pixels: int = 16_000_000  # refuse larger images before decoding (decompression bombs)
 
     def __post_init__(self) -> None:
+        norm = self.normalize
+        if isinstance(norm, str):
+            if norm not in PRESETS:
+                raise FieldValueError(
+                    "normalize", f"must be one of {sorted(PRESETS)} or {{scale, mean, std}}"
+                )
+            object.__setattr__(self, "normalize", PRESETS[norm])
+        elif isinstance(norm, dict):  # read back from JSON (manifest, contract.json)
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in norm.items()}
+            object.__setattr__(self, "normalize", Normalization(**values))
+        self._check()
+
+    def _check(self) -> None:
+        # pydantic checks these inside recipes; a manifest read by the runtime alone does not
+        # pass through pydantic, and an unknown value would fail only on the first image
+        for name, allowed in (
+            ("backend", get_args(Backend)),
+            ("interpolation", get_args(Interpolation)),
+            ("grayscale", get_args(GrayOrder)),
+            ("channel_order", get_args(ChannelOrder)),
+            ("channels", (1, 3)),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise FieldValueError(name, f"must be one of {list(allowed)}, got {value!r}")
+        if not isinstance(self.normalize, Normalization):
+            raise FieldValueError("normalize", "must be a preset name or {scale, mean, std}")
         if not 8 <= self.height <= 1024:
             raise FieldValueError("height", f"must be in 8..1024, got {self.height}")
         if not 0.1 <= self.width_scale <= 4.0:
             raise FieldValueError("width_scale", f"must be in 0.1..4.0, got {self.width_scale}")
         if self.backend == "numpy" and self.interpolation == "lanczos":
-            raise ValueError(
-                "backend 'numpy' supports interpolation bilinear, area or nearest, got 'lanczos'"
+            raise FieldValueError(
+                "interpolation",
+                "lanczos is not available with backend numpy; use bilinear, area or nearest",
             )
         if self.max_pixels < 1:
             raise FieldValueError("max_pixels", f"must be positive, got {self.max_pixels}")
+        for name in ("max_width", "pad_to_width"):
+            value = getattr(self, name)
+            if value is not None and not MIN_WIDTH <= value <= 8192:
+                raise FieldValueError(name, f"must be in {MIN_WIDTH}..8192 or null, got {value}")
+        norm = self.normalize
+        assert isinstance(norm, Normalization)
+        if self.channels == 1 and (len(norm.mean) == 3 or len(norm.std) == 3):
+            raise FieldValueError(
+                "normalize", "has 3 per-channel values but channels is 1; give one mean and std"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def norm(self) -> Normalization:
+        assert isinstance(self.normalize, Normalization)  # __post_init__ resolved presets
+        return self.normalize
 
 
 ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray
 
 
 def preprocess(image: ImageInput, spec: Preprocess, source: str = "image") -> np.ndarray:
-    """Decode, convert, resize and normalize one image into a [1, C, H, W] float32 tensor."""
+    """Decode, convert, resize, normalize and pad one image into a [1, C, H, W] float32 tensor."""
     pixels = load_pixels(image, spec, source)
     if spec.channels == 1 and spec.grayscale == "before_resize":
         pixels = to_gray(pixels, spec.backend)
     h, w = pixels.shape[:2]
-    width = max(MIN_WIDTH, int(w * (spec.height / h) * spec.width_scale))
+    width = target_width(w, h, spec)
     if width * spec.height > spec.max_pixels:  # a 1e6 x 1 strip is small but resizes huge
         raise ImageError(
             "E_TOO_LARGE",
@@ -93,21 +163,40 @@ def preprocess(image: ImageInput, spec: Preprocess, source: str = "image") -> np
         pixels = to_gray(pixels, spec.backend)
     if spec.channels == 3 and pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return normalize(pixels, spec.normalize)
+    if spec.channels == 3 and spec.channel_order == "bgr":
+        pixels = pixels[:, :, ::-1]
+    return pad(normalize(pixels, spec.norm), spec)
+
+
+def target_width(w: int, h: int, spec: Preprocess) -> int:
+    """Resized width: aspect kept at the model's height (int() truncates, as ddddocr does)."""
+    width = max(MIN_WIDTH, int(w * (spec.height / h) * spec.width_scale))
+    return min(width, spec.max_width) if spec.max_width else width
 
 
 def preprocess_all(images: list[Path], spec: Preprocess) -> list[np.ndarray]:
     return [preprocess(p, spec) for p in images]
 
 
-def normalize(pixels: np.ndarray, mode: Normalize) -> np.ndarray:
+def normalize(pixels: np.ndarray, norm: Normalization) -> np.ndarray:
+    """[1, C, H, W] float32. x / 255 is a division, bit-identical to ddddocr's x / 255.0."""
     x = pixels.astype(np.float32)
-    x /= np.float32(255)  # a division, bit-identical to ddddocr's x / 255.0
-    if mode == "signed":
-        x -= np.float32(0.5)
-        x *= np.float32(2.0)
+    x /= np.float32(norm.scale)
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x[None])
+    if not norm.is_unit:
+        mean = np.asarray(norm.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(norm.std, np.float32).reshape(-1, 1, 1)
+        x = (x - mean) / std
+    return np.ascontiguousarray(x[None], dtype=np.float32)
+
+
+def pad(x: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """Right-pad a [1, C, H, W] tensor to `pad_to_width` with `pad_value`."""
+    if spec.pad_to_width is None or x.shape[-1] >= spec.pad_to_width:
+        return x
+    out = np.full((*x.shape[:-1], spec.pad_to_width), spec.pad_value, np.float32)
+    out[..., : x.shape[-1]] = x
+    return out
 
 
 def load_pixels(image: ImageInput, spec: Preprocess, source: str) -> np.ndarray:
@@ -148,7 +237,7 @@ def _check_size(data: bytes, max_pixels: int, source: str) -> None:
     except Image.DecompressionBombError as e:
         raise ImageError("E_TOO_LARGE", str(e), source) from e
     except Exception as e:  # Pillow raises many types for garbage input
-        raise ImageError("E_DECODE", f"{type(e).__name__}: {e}", source) from e
+        raise ImageError("E_DECODE", _detail(e), source) from e
     if w * h > max_pixels:
         raise ImageError("E_TOO_LARGE", f"{w}x{h} pixels > limit {max_pixels}", source)
     if w < 1 or h < 1:
@@ -163,7 +252,7 @@ def _decode_pillow(data: bytes, source: str) -> np.ndarray:
             im.seek(0)  # first frame of a GIF/APNG
             return _pil_to_array(im)
     except Exception as e:
-        raise ImageError("E_DECODE", f"{type(e).__name__}: {e}", source) from e
+        raise ImageError("E_DECODE", _detail(e), source) from e
 
 
 def _pil_to_array(im: Any) -> np.ndarray:
@@ -287,3 +376,9 @@ def _axis_weights(src: int, dst: int, how: Interpolation) -> np.ndarray:
     else:
         wts = np.clip(1.0 - dist, 0.0, None).astype(np.float32)
     return wts / wts.sum(axis=1, keepdims=True)
+
+
+def _detail(e: Exception) -> str:
+    """The decoder's complaint without object addresses (Pillow quotes `<BytesIO at 0x...>`),
+    so the same bad file always gives the same message."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(e).__name__}: {e}")

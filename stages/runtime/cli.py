@@ -1,4 +1,5 @@
-"""`python -m stages recognize --bundle build/low IMG... [--json]`: the runtime from a shell.
+"""`python -m stages.runtime --bundle bundles/low IMG... [--json]` (also `python -m stages
+recognize ...`): the runtime from a shell, with nothing but the runtime installed.
 
 Prints `<path>\\t<text>` per image (a third column names a non-ok status or an error code), or
 with --json one object per line: the full Result, or the ImageError's code, retryable flag and
@@ -13,10 +14,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .preprocess import IMAGE_ERRORS, ImageError
-from .runtime import BundleError, Recognizer, Result
+from .errors import IMAGE_ERRORS, BundleError, ImageError
+
+if TYPE_CHECKING:
+    from .recognizer import Result
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,47 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_IMAGE, EXIT_BAD_BUNDLE = 0, 1, 3, 4
 
 def add_recognize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--bundle", type=Path, required=True, help="bundle folder, or its class folder (build/low)"
+        "--bundle",
+        type=Path,
+        required=True,
+        help="bundle folder (bundles/low), or a folder holding it as bundle/",
     )
     p.add_argument("images", nargs="+", type=Path, help="image files to recognize")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")
     p.add_argument(
         "--providers", help="comma-separated execution providers, overriding the manifest's"
     )
-    p.add_argument("--ort", action="store_true", help="load the .ort models instead of .onnx")
+    p.add_argument(
+        "--format",
+        choices=("ort", "onnx"),
+        help="model format to load (default: the bundle's first)",
+    )
+    p.add_argument(
+        "--public-key", type=Path, help="require manifest.sig to verify with this PEM key"
+    )
+    p.add_argument(
+        "--server", type=_url, help="escalation URL for unsure images (overrides the manifest)"
+    )
+    p.add_argument("--server-timeout", type=_seconds, help="seconds to wait for the server")
+
+
+def _url(value: str) -> str:
+    from .escalate import check_url
+
+    try:
+        return check_url(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 600:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 600], got {value!r}")
+    return seconds
 
 
 def cmd_recognize(args: argparse.Namespace) -> int:
@@ -47,8 +83,17 @@ def cmd_recognize(args: argparse.Namespace) -> int:
 
 
 def _recognize(args: argparse.Namespace) -> int:
+    from .recognizer import Recognizer  # onnxruntime loads only when a verb runs
+
     providers = args.providers.split(",") if args.providers else None
-    rec = Recognizer.from_bundle(args.bundle, providers=providers, prefer_ort=args.ort)
+    rec = Recognizer.from_bundle(
+        args.bundle,
+        providers=providers,
+        model_format=args.format,
+        public_key=args.public_key,
+        escalation_url=args.server,
+        escalation_timeout_s=args.server_timeout,
+    )
     code = EXIT_OK
     for path in args.images:
         try:
@@ -92,3 +137,12 @@ def _error_record(e: ImageError) -> dict[str, Any]:
             "advice": IMAGE_ERRORS[e.code],
         },
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(
+        prog="python -m stages.runtime", description=__doc__.splitlines()[0]
+    )
+    add_recognize_args(ap)
+    return cmd_recognize(ap.parse_args(argv))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import re
-from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
@@ -13,10 +10,14 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from stages import data
-from stages.data import CaptchaStyle, iter_split, make_split, read_split, render, write_split
+from stages.data import clean as data
+from stages.data.clean import CaptchaStyle, render, sample
 
-STYLE = CaptchaStyle()
+STYLE = CaptchaStyle(alphabet="abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def make_split(style: CaptchaStyle, n: int, seed: int) -> list[tuple[str, bytes]]:
+    return [sample(style, seed, i) for i in range(n)]
 
 
 def _decode(png: bytes) -> Image.Image:
@@ -48,7 +49,7 @@ def test_labels_use_alphabet_and_length_range() -> None:
 
 
 def test_png_decodes_to_rgb_of_style_size() -> None:
-    style = CaptchaStyle(width=200, height=64)
+    style = CaptchaStyle(width=200, height=64, alphabet="ab12")
     for _, png in make_split(style, 3, seed=0):
         img = _decode(png)
         assert (img.format, img.mode, img.size) == ("PNG", "RGB", (200, 64))
@@ -71,11 +72,11 @@ def test_long_text_is_scaled_to_fit() -> None:
     assert img.size == (STYLE.width, STYLE.height)
 
 
-def test_empty_text_and_negative_n_are_rejected() -> None:
+def test_empty_text_and_unresolved_alphabet_are_rejected() -> None:
     with pytest.raises(ValueError, match="empty"):
         render("", STYLE, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="n="):
-        make_split(STYLE, -1, seed=0)
+    with pytest.raises(ValueError, match="resolve it from the charset"):
+        sample(CaptchaStyle(), 0, 0)
 
 
 # ---------------------------------------------------------------------------- style validation
@@ -105,72 +106,6 @@ def test_every_style_field_is_described() -> None:
     assert all(f.description for f in CaptchaStyle.model_fields.values())
 
 
-# ---------------------------------------------------------------------------- split files
-
-
-def test_write_then_read_round_trip(tmp_path: Path) -> None:
-    items = make_split(STYLE, 4, seed=11)
-    out = tmp_path / "train"
-    write_split(out, items)
-    pairs = read_split(out)
-    assert [p.name for p, _ in pairs] == ["00000.png", "00001.png", "00002.png", "00003.png"]
-    assert [(p.read_bytes(), label) for p, label in pairs] == [(b, lab) for lab, b in items]
-    expected = json.dumps({f"{i:05d}.png": lab for i, (lab, _) in enumerate(items)}, indent=1)
-    assert (out / "labels.json").read_text(encoding="utf-8").strip() == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # no temp dir left
-
-
-def test_write_replaces_old_split_without_stale_files(tmp_path: Path) -> None:
-    out = tmp_path / "val"
-    write_split(out, make_split(STYLE, 5, seed=1))
-    write_split(out, [("é1", b"x"), ("b2", b"y")])
-    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "labels.json"]
-    assert [label for _, label in read_split(out)] == ["é1", "b2"]
-    assert "é1" in (out / "labels.json").read_text(encoding="utf-8")  # ensure_ascii=False
-
-
-def test_failed_write_keeps_old_split_and_leaves_no_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "train"
-    write_split(out, make_split(STYLE, 3, seed=1))
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    calls = iter(range(100))
-    real_render = data.render
-
-    def flaky_render(*args: Any) -> Image.Image:
-        if next(calls) == 2:
-            raise RuntimeError("renderer exploded")
-        return real_render(*args)
-
-    monkeypatch.setattr(data, "render", flaky_render)
-    with pytest.raises(RuntimeError, match="exploded"):
-        write_split(out, iter_split(STYLE, 5, seed=2))
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
-
-
-def test_read_split_names_missing_labels_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "labels.json"))):
-        read_split(tmp_path)
-
-
-@pytest.mark.parametrize(
-    "content", ["{not json", "[1, 2]", '{"00000.png": 3}', '{"../x.png": "a"}']
-)
-def test_read_split_names_invalid_labels_file(tmp_path: Path, content: str) -> None:
-    (tmp_path / "labels.json").write_text(content, encoding="utf-8")
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "labels.json"))):
-        read_split(tmp_path)
-
-
-def test_read_split_names_missing_image(tmp_path: Path) -> None:
-    write_split(tmp_path / "s", make_split(STYLE, 2, seed=0))
-    (tmp_path / "s" / "00001.png").unlink()
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "s" / "00001.png"))):
-        read_split(tmp_path / "s")
-
-
 # ---------------------------------------------------------------------------- calibration
 
 
@@ -178,6 +113,6 @@ def test_read_split_names_missing_image(tmp_path: Path) -> None:
 def test_stock_ddddocr_beta_reads_most_default_captchas() -> None:
     ddddocr = pytest.importorskip("ddddocr")
     ocr = ddddocr.DdddOcr(beta=True, show_ad=False)
-    items = make_split(STYLE, 40, seed=2024)
+    items = make_split(STYLE, 40, seed=2024)  # the lowercase + digits alphabet
     correct = sum(ocr.classification(png).lower() == label for label, png in items)
     assert correct >= 30, f"ddddocr beta read {correct}/40"

@@ -1,13 +1,16 @@
-"""The measured child process of the bench: `python -m stages.bench_worker '<json spec>'`.
+"""The measured child process of the bench: `python -m stages.measure.worker '<json spec>'`.
 
 Its peak RSS and cold start ARE the measurement, so it imports only what the measured variant
-needs, lazily: the standard library here, then onnxruntime + stages.preprocess/decode (numpy,
-Pillow, OpenCV only for an OpenCV recipe) for an ONNX variant, ddddocr for a stock one, or
-stages.runtime for the bundle. No pydantic, no onnx.
+needs, lazily: the standard library here, then onnxruntime + stages.runtime (numpy, Pillow,
+OpenCV only for an OpenCV recipe) for an ONNX or bundle variant, or ddddocr for a stock one.
+No pydantic, no onnx.
 
 Spec keys: variant, kind ("onnx" | "stock" | "bundle"), cores (CPU ids to pin to), images
-(paths; the first one is the cold-start image), warm_images, warmup, and per kind: model,
-preprocess, runtime (onnx); stock ("beta" | "default"); bundle (folder).
+(paths; the first one is the cold-start image), warm_images, warmup, long_session (calls after
+warm-up for the memory-growth run; 0 = a timing run), and per kind:
+  onnx:   model (.onnx or .ort path), preprocess, runtime
+  stock:  stock ("beta" | "old"), or model + charsets (a ddddocr custom-model load)
+  bundle: bundle (folder), model_format, load_fallback (load it before the first image)
 
 Stdout gets two JSON lines: {"event": "first", ...} right after the first recognized text (the
 parent timestamps its arrival: that is the cold start), then {"event": "done", ...}.
@@ -24,11 +27,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .preprocess_probe import peak_rss_kb
-
 KINDS = ("onnx", "stock", "bundle")
 # heavy modules worth knowing whether a variant pulled in (they dominate RSS and cold start)
 NOTABLE = ("onnxruntime", "numpy", "PIL", "cv2", "onnx", "pydantic", "ddddocr")
+BACKEND_MODULE = {"pillow": "PIL.Image", "numpy": "PIL.Image", "opencv": "cv2"}
+
+
+def status_kb(key: str) -> int:
+    """A /proc/self/status figure in kB: VmHWM (peak RSS; ru_maxrss would carry the parent's
+    peak across exec) or VmRSS (resident now)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 class TimedSession:
@@ -57,28 +69,50 @@ class Runner(ABC):
     model_timing: str | None = None  # why model time cannot be measured, when it cannot
     ort_threads: int | None = None  # the intra-op threads its onnxruntime session runs with
 
-    def __init__(self) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
         self.model_s = [0.0]
+
+    @abstractmethod
+    def import_libs(self) -> None:
+        """Import what the variant's app imports (timed as the cold start's import part)."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Build the recognizer: sessions, charset (timed as the session part)."""
 
     @abstractmethod
     def recognize(self, data: bytes) -> str:
         """Image file bytes -> recognized text."""
 
+    def fallback_loaded(self) -> bool | None:
+        return None
+
 
 class OnnxRunner(Runner):
-    """Our pipeline: bytes -> stages.preprocess -> onnxruntime -> stages.decode."""
+    """Our pipeline: bytes -> stages.runtime preprocess -> onnxruntime -> decode."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        super().__init__()
-        from stages.decode import decode
-        from stages.inference import Runtime, make_session
-        from stages.preprocess import Preprocess, preprocess
+    def import_libs(self) -> None:
+        import onnxruntime  # noqa: F401
 
-        rt = dict(spec["runtime"])
-        rt["providers"] = tuple(rt.get("providers", ("CPUExecutionProvider",)))
-        self.pre = Preprocess(**spec["preprocess"])
-        self.session = make_session(str(spec["model"]), Runtime(**rt))
-        self.ort_threads = int(rt.get("intra_op_threads", 1))
+        from stages.runtime import decode, preprocess, session  # noqa: F401
+
+        __import__(BACKEND_MODULE[self.spec["preprocess"]["backend"]])
+
+    def load(self) -> None:
+        from stages.runtime.decode import decode
+        from stages.runtime.preprocess import Preprocess, preprocess
+        from stages.runtime.session import Runtime, make_session
+
+        rt = Runtime.from_dict(self.spec["runtime"])
+        path = Path(self.spec["model"])
+        self.pre = Preprocess(**self.spec["preprocess"])
+        ort_format = path.suffix == ".ort"
+        # initializers inside the .ort bytes: onnxruntime must own the buffer, so it reads the
+        # file itself (from Python bytes it would point into a freed copy and crash)
+        source = str(path) if ort_format and rt.ort_bytes_for_initializers else path.read_bytes()
+        self.session = make_session(source, rt, ort_format=ort_format)
+        self.ort_threads = rt.intra_op_threads
         # the CTC contract travels in the model's metadata; ORT reads it without onnx
         meta = self.session.get_modelmeta().custom_metadata_map
         self.charset = json.loads(meta["ocr.charset"])
@@ -89,20 +123,30 @@ class OnnxRunner(Runner):
     def recognize(self, data: bytes) -> str:
         x = self.preprocess(data, self.pre)
         t0 = time.perf_counter()
-        logits = self.session.run(None, {self.input: x})[0]
+        out = self.session.run(None, {self.input: x})[0]
         self.model_s[0] += time.perf_counter() - t0
-        return self.decode(logits, self.charset, self.layout, self.blank).text
+        return self.decode(out, self.charset, self.layout, self.blank).text
 
 
 class StockRunner(Runner):
-    """Stock ddddocr 1.6 as users call it: `DdddOcr(...).classification(png_bytes)`."""
+    """Stock ddddocr as users call it: `DdddOcr(...).classification(png_bytes)`; with `model`
+    in the spec, ddddocr's custom-model load of it (its runtime floor)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        super().__init__()
-        self.ort_threads = device_sized_default_sessions(len(spec["cores"]))
+    def import_libs(self) -> None:
+        import ddddocr  # noqa: F401 - its imports (onnxruntime, OpenCV, Pillow) are stock's
+
+    def load(self) -> None:
+        self.ort_threads = device_sized_default_sessions(len(self.spec["cores"]))
         import ddddocr
 
-        self.ocr = ddddocr.DdddOcr(beta=spec["stock"] == "beta", show_ad=False)
+        if "model" in self.spec:
+            self.ocr = ddddocr.DdddOcr(
+                show_ad=False,
+                import_onnx_path=self.spec["model"],
+                charsets_path=self.spec["charsets"],
+            )
+        else:
+            self.ocr = ddddocr.DdddOcr(beta=self.spec["stock"] == "beta", show_ad=False)
         engine = self.ocr.ocr_engine
         # OCREngine._inference calls self.session.run: time exactly that call
         engine.session = TimedSession(engine.session, self.model_s)
@@ -137,22 +181,29 @@ class BundleRunner(Runner):
     Its sessions live inside the runtime's own records, so model-only time is the runtime's
     own `Result.timings_ms["infer"]` (session.run of every model the call used)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
-        super().__init__()
+    def import_libs(self) -> None:
+        import stages.runtime  # noqa: F401 - onnxruntime, numpy and the runtime itself
+
+        manifest = json.loads((Path(self.spec["bundle"]) / "manifest.json").read_text())
+        __import__(BACKEND_MODULE[manifest["preprocess"]["backend"]])
+
+    def load(self) -> None:
         from stages.runtime import Recognizer
 
-        self.recognizer = Recognizer.from_bundle(spec["bundle"])
-        runtime = getattr(getattr(self.recognizer, "spec", None), "runtime", None)
-        self.ort_threads = getattr(runtime, "intra_op_threads", None)
+        self.recognizer = Recognizer.from_bundle(
+            self.spec["bundle"], model_format=self.spec.get("model_format")
+        )
+        if self.spec.get("load_fallback"):
+            self.recognizer.load_fallback()
+        self.ort_threads = self.recognizer.spec.runtime.intra_op_threads
 
     def recognize(self, data: bytes) -> str:
         result = self.recognizer.predict(data)
-        infer_ms = getattr(result, "timings_ms", {}).get("infer")
-        if infer_ms is None:
-            self.model_timing = "the runtime's Result carries no timings_ms['infer']"
-        else:
-            self.model_s[0] += infer_ms / 1e3
-        return str(result.text)
+        self.model_s[0] += result.timings_ms["infer"] / 1e3
+        return result.text
+
+    def fallback_loaded(self) -> bool | None:
+        return self.recognizer.fallback_loaded
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any]], Runner]] = {
@@ -205,45 +256,63 @@ def thread_affinity() -> list[int]:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Load, recognize the first image (cold), warm up, then time `warm_images` calls."""
+    """Import, load, recognize the first image (cold), warm up, then either time
+    `warm_images` calls or, for a long-session run, make `long_session` calls."""
     runner = RUNNERS[spec["kind"]](spec)
+    t0 = time.perf_counter()
+    runner.import_libs()
+    t1 = time.perf_counter()
+    runner.load()
+    t2 = time.perf_counter()
     escaped = confine_threads(spec["cores"])  # thread pools exist once the session does
     paths = [Path(p) for p in spec["images"]]
     first = runner.recognize(paths[0].read_bytes())
+    t3 = time.perf_counter()
     emit({"event": "first", "text": first})
     escaped += confine_threads(spec["cores"])  # and any started lazily on the first call
     pool = [p.read_bytes() for p in paths]
     for i in range(spec["warmup"]):
         runner.recognize(pool[i % len(pool)])
-    timed = [pool[i % len(pool)] for i in range(spec["warm_images"])]
-    texts, total_ms, model_ms = timed_calls(runner, timed)
-    return {
+    out: dict[str, Any] = {
         "event": "done",
         "variant": spec["variant"],
-        "texts": texts,
+        "import_ms": round((t1 - t0) * 1e3, 2),
+        "session_ms": round((t2 - t1) * 1e3, 2),
+        "first_ms": round((t3 - t2) * 1e3, 2),
+    }
+    n = spec["long_session"] or spec["warm_images"]
+    calls = [pool[i % len(pool)] for i in range(n)]
+    rss_warm = status_kb("VmRSS")
+    cpu0 = time.process_time()  # user + sys of every thread of this process
+    texts, total_ms, model_ms = timed_calls(runner, calls)
+    out["cpu_s"] = time.process_time() - cpu0
+    if spec["long_session"]:
+        out["rss_warm_mb"] = rss_warm / 1024
+        out["rss_end_mb"] = status_kb("VmRSS") / 1024
+    return {
+        **out,
+        "texts": texts[: spec["warm_images"]],
         "total_ms": [round(t, 4) for t in total_ms],
         "model_ms": None if runner.model_timing else [round(t, 4) for t in model_ms],
         "model_timing": runner.model_timing,
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
-        "peak_rss_mb": peak_rss_kb() / 1024,
+        "peak_rss_mb": status_kb("VmHWM") / 1024,
         "affinity": sorted(os.sched_getaffinity(0)),
         "thread_affinity": thread_affinity(),
         "escaped_threads": escaped,
         "ort_threads": runner.ort_threads,
         "os_threads": len(os.listdir("/proc/self/task")),
+        "fallback_loaded": runner.fallback_loaded(),
         "imported": [m for m in NOTABLE if m in sys.modules],
     }
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m stages.bench_worker '<json spec>'", file=sys.stderr)
+        print("usage: python -m stages.measure.worker '<json spec>'", file=sys.stderr)
         return 2
     spec = json.loads(argv[1])
     if spec.get("kind") not in KINDS:
-        print(
-            f"bench_worker: kind must be one of {KINDS}, got {spec.get('kind')!r}", file=sys.stderr
-        )
+        print(f"worker: kind must be one of {KINDS}, got {spec.get('kind')!r}", file=sys.stderr)
         return 2
     # Pin before importing onnxruntime or ddddocr, so every thread they start inherits it;
     # `confine_threads` then catches the threads that pin themselves elsewhere.

@@ -1,4 +1,4 @@
-"""Deterministic synthetic text captchas and the on-disk dataset format used by the pipeline.
+"""The `clean` synthetic style: deterministic text captchas with light noise.
 
 The `captcha` package draws with `secrets`, so it cannot be seeded; this module renders its
 own captchas with Pillow, driven only by a `numpy.random.Generator`, and uses only fonts that
@@ -7,30 +7,20 @@ ship inside installed packages so the bytes do not depend on the host's system f
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import shutil
-from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 from typing import Literal, NamedTuple, Self
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import DataError
-from .modelio import swap_into_place
+from .dataset import png_bytes
 
 FontName = Literal["droid_sans_mono", "pillow_default"]
 ColorScheme = Literal["random", "dark_on_light", "grayscale"]
 RGB = tuple[int, int, int]
 
-LABELS_FILE = "labels.json"
-# Fixed PNG settings: same pixels must always give the same bytes (no metadata is written).
-_PNG_OPTIONS = {"format": "PNG", "optimize": False, "compress_level": 6}
 # Minimum horizontal cell of a glyph, as a fraction of its font size.
 _MIN_CELL = 0.45
 
@@ -40,14 +30,16 @@ class CaptchaStyle(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    generator: Literal["clean"] = Field("clean", description="This style's generator.")
     width: int = Field(160, ge=16, le=2048, description="Image width in pixels.")
     height: int = Field(60, ge=16, le=1024, description="Image height in pixels.")
     min_length: int = Field(4, ge=1, description="Shortest label, in characters.")
     max_length: int = Field(6, ge=1, description="Longest label, in characters.")
-    alphabet: str = Field(
-        "abcdefghijklmnopqrstuvwxyz0123456789",
+    alphabet: str | None = Field(
+        None,
         min_length=1,
-        description="Characters labels are drawn from; must be unique.",
+        description="Characters labels are drawn from (unique); null = the pipeline's charset "
+        "(params.yaml: charset).",
     )
     fonts: list[FontName] = Field(
         default_factory=lambda: ["droid_sans_mono", "pillow_default"],
@@ -83,8 +75,8 @@ class CaptchaStyle(BaseModel):
 
     @field_validator("alphabet")
     @classmethod
-    def _unique_alphabet(cls, value: str) -> str:
-        dupes = sorted({c for c in value if value.count(c) > 1})
+    def _unique_alphabet(cls, value: str | None) -> str | None:
+        dupes = sorted({c for c in value or "" if value.count(c) > 1})
         if dupes:
             raise ValueError(f"alphabet has duplicate characters {dupes}")
         return value
@@ -269,94 +261,16 @@ def render(text: str, style: CaptchaStyle, rng: np.random.Generator) -> Image.Im
     return img
 
 
-def png_bytes(img: Image.Image) -> bytes:
-    """Encode with fixed settings so equal pixels always give equal bytes."""
-    buf = io.BytesIO()
-    img.save(buf, **_PNG_OPTIONS)
-    return buf.getvalue()
-
-
 def sample(style: CaptchaStyle, seed: int, index: int) -> tuple[str, bytes]:
     """Sample `index` of the split seeded by `seed`; independent of the split size."""
+    if not style.alphabet:
+        raise ValueError("style.alphabet is unset: resolve it from the charset first")
     rng = np.random.default_rng([seed, index])
     length = _uniform_int(rng, (style.min_length, style.max_length))
     label = "".join(style.alphabet[i] for i in rng.integers(len(style.alphabet), size=length))
     return label, png_bytes(render(label, style, rng))
 
 
-def iter_split(style: CaptchaStyle, n: int, seed: int) -> Iterator[tuple[str, bytes]]:
-    """Lazily yield (label, PNG bytes) for samples 0..n-1."""
-    if n < 0 or seed < 0:
-        raise ValueError(f"n and seed must be >= 0, got n={n}, seed={seed}")
-    for index in range(n):
-        yield sample(style, seed, index)
-
-
-def make_split(style: CaptchaStyle, n: int, seed: int) -> list[tuple[str, bytes]]:
-    """All (label, PNG bytes) pairs of a split, in index order."""
-    return list(iter_split(style, n, seed))
-
-
-# ---------------------------------------------------------------------------- dataset files
-
-
-def image_name(index: int) -> str:
-    """File name of sample `index` inside a split directory."""
-    return f"{index:05d}.png"
-
-
-def write_split(out_dir: Path, items: Iterable[tuple[str, bytes]]) -> None:
-    """Write images and labels.json atomically: readers see the old split or the new one."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover from a crashed run with a reused pid
-    try:
-        tmp.mkdir()
-        _write_files(tmp, items)
-        swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_files(directory: Path, items: Iterable[tuple[str, bytes]]) -> None:
-    labels: dict[str, str] = {}
-    for index, (label, data) in enumerate(items):
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"item {index}: label must be a non-empty string, got {label!r}")
-        name = image_name(index)
-        (directory / name).write_bytes(data)
-        labels[name] = label
-    text = json.dumps(labels, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
-    (directory / LABELS_FILE).write_text(text, encoding="utf-8")
-
-
-def read_split(directory: Path) -> list[tuple[Path, str]]:
-    """(image path, label) pairs of a split written by `write_split`, sorted by file name."""
-    directory = Path(directory)
-    labels = _read_labels(directory / LABELS_FILE)
-    pairs = []
-    for name in sorted(labels):
-        path = directory / name
-        if not path.is_file():
-            raise DataError(f"{path}: image listed in {LABELS_FILE} is missing")
-        pairs.append((path, labels[name]))
-    return pairs
-
-
-def _read_labels(path: Path) -> dict[str, str]:
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; not a dataset split directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable labels file: {exc}") from None
-    if not isinstance(labels, dict):
-        raise DataError(f"{path}: expected a JSON object of file name -> label")
-    for name, label in labels.items():
-        if Path(name).name != name or not name:
-            raise DataError(f"{path}: entry {name!r} is not a plain file name")
-        if not isinstance(label, str) or not label:
-            raise DataError(f"{path}: label of {name!r} must be a non-empty string")
-    return labels
+def style_fonts(style: CaptchaStyle) -> list[tuple[str, ImageFont.FreeTypeFont]]:
+    """(name, loaded font) per style font, for glyph-coverage checks."""
+    return [(name, _font(name, style.font_size[1])) for name in style.fonts]

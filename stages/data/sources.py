@@ -1,0 +1,155 @@
+"""Data sources: generated styles (`data.synthetic.<name>`) and folders of the user's own
+labeled images (`data.folders.<name>`), each written to data/<name>/{calib,val,eval}.
+
+Two kinds under two keys because DVC can only make a folder a dependency of a stage that is
+declared per folder: `dvc.yaml` runs `synthetic@<name>` and `folder@<name>` with `foreach`, so
+editing one image reruns that source and what follows, and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from PIL import Image, ImageChops, ImageDraw
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from ..atomic import atomic_dir, write_json
+from ..errors import DataError
+from ..progress import Progress
+from . import clean, hard
+from . import folder as folders
+from .dataset import SPLITS, SUMMARY_FILE, Sample, image_name, write_split
+
+
+def _generator(value: Any) -> str:
+    """The style's generator; a style that names none is the clean one."""
+    if isinstance(value, dict):
+        return value.get("generator", "clean")
+    return getattr(value, "generator", "clean")
+
+
+Style = Annotated[
+    Annotated[clean.CaptchaStyle, Tag("clean")] | Annotated[hard.HardStyle, Tag("hard")],
+    Discriminator(_generator),
+]
+
+
+class SyntheticSource(BaseModel):
+    """params.yaml data.synthetic.<name>: a seeded generator and its split sizes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(ge=0, description="seed of every image of this source")
+    calib: int = Field(64, ge=0, description="calibration images")
+    val: int = Field(300, ge=0, description="validation images (decisions are made on these)")
+    eval: int = Field(1000, ge=0, description="evaluation images (every reported accuracy)")
+    style: Style = Field(
+        default_factory=clean.CaptchaStyle,
+        description="the look: {generator: clean | hard, ...its fields}",
+    )
+
+    def sizes(self) -> dict[str, int]:
+        return {"calib": self.calib, "val": self.val, "eval": self.eval}
+
+
+def resolved_style(source: SyntheticSource, allowed: str) -> clean.CaptchaStyle | hard.HardStyle:
+    """The style with its alphabet: its own, or the pipeline's charset."""
+    style = source.style
+    return style if style.alphabet else style.model_copy(update={"alphabet": allowed})
+
+
+def synthetic_samples(
+    source: SyntheticSource, style: Any, split: str, bar: Progress
+) -> Iterator[Sample]:
+    """Split `split` of a synthetic source; split k of seed s draws from seed s + k."""
+    sample = clean.sample if style.generator == "clean" else hard.sample_hard
+    seed = source.seed + SPLITS.index(split)
+    for index in range(source.sizes()[split]):
+        label, data = sample(style, seed, index)
+        bar.step()
+        yield Sample(image_name(index), label, data)
+
+
+def write_synthetic(
+    name: str, source: SyntheticSource, allowed: str, out: Path, params_file: str = "params.yaml"
+) -> dict[str, Any]:
+    """Generate every split of `name` into `out` atomically; returns its summary."""
+    where = f"{params_file}: data.synthetic.{name}"
+    style = resolved_style(source, allowed)
+    check_glyphs(style, where)
+    bar = Progress(f"synthetic@{name}", sum(source.sizes().values()))
+    with atomic_dir(out) as tmp:
+        sizes = {
+            split: write_split(tmp / split, synthetic_samples(source, style, split, bar))
+            for split in SPLITS
+        }
+        summary = {
+            "name": name,
+            "kind": "synthetic",
+            "generator": style.generator,
+            "splits": sizes,
+            "skipped": [],
+            "duplicates": [],
+            "ignored": [],
+        }
+        write_json(tmp / SUMMARY_FILE, summary)
+    bar.close()
+    return summary
+
+
+def write_folder(
+    name: str,
+    source: folders.FolderSource,
+    allowed: str,
+    normalize: Callable[[str], str],
+    out: Path,
+    params_file: str = "params.yaml",
+) -> dict[str, Any]:
+    """Check, split and copy the folder `name` into `out` atomically; returns its summary."""
+    scan = folders.scan(source, f"{params_file}: data.folders.{name}", normalize, allowed)
+    parts = folders.split(scan.samples, source)
+    with atomic_dir(out) as tmp:
+        sizes = {split: write_split(tmp / split, parts[split]) for split in SPLITS}
+        summary = {
+            "name": name,
+            "kind": "folder",
+            "path": source.path,
+            "splits": sizes,
+            "skipped": scan.skipped,
+            "duplicates": scan.duplicates,
+            "ignored": scan.ignored,
+        }
+        write_json(tmp / SUMMARY_FILE, summary)
+    return summary
+
+
+def check_glyphs(style: Any, where: str) -> None:
+    """Every character must have a glyph in every font: a missing one renders as the same box
+    (or nothing) as a code point no font has, and would teach nothing but tofu."""
+    missing = {
+        (font_name, ch)
+        for font_name, font in style_fonts(style)
+        for ch in style.alphabet
+        if not ch.isspace() and _same_mask(font, ch, "\U0010fffd")
+    }
+    if missing:
+        shown = sorted(missing)[:10]
+        raise DataError(
+            f"{where}.style: fonts lack glyphs for {shown}; synthetic captchas cannot draw these "
+            "characters: bring your own labeled images (data.folders) or narrow the alphabet"
+        )
+
+
+def style_fonts(style: Any) -> list[tuple[str, Any]]:
+    return (clean if style.generator == "clean" else hard).style_fonts(style)
+
+
+def _same_mask(font: Any, a: str, b: str) -> bool:
+    def draw(ch: str) -> Image.Image:
+        img = Image.new("L", (96, 96), 0)
+        ImageDraw.Draw(img).text((16, 16), ch, fill=255, font=font)
+        return img
+
+    return ImageChops.difference(draw(a), draw(b)).getbbox() is None

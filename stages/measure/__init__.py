@@ -1,0 +1,1 @@
+"""Measuring a build: bench orchestration, worker processes, metrics arithmetic, compute floor."""

@@ -1,0 +1,45 @@
+"""Which machine measured, and which of its cores a measurement may use. Standard library only:
+the server bench and the report use it without loading a model."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # child processes run `-m stages...` from here
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def pinned_cores(threads: int, available: Sequence[int] | None = None) -> list[int]:
+    """The first `threads` CPUs this process may use (all of them if there are fewer)."""
+    cpus = sorted(os.sched_getaffinity(0) if available is None else available)
+    return cpus[: max(1, threads)]
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU (with the ISA flags that decide int8 speed), cores and library versions: ratios
+    differ between machines, so every figure says which one measured it."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == (
+                platform.processor() or platform.machine()
+            ):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")) and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass  # not Linux: platform's answer stands
+    return {
+        "cpu": cpu,
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "onnxruntime": metadata.version("onnxruntime"),
+        "ddddocr": metadata.version("ddddocr"),
+    }

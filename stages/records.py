@@ -1,0 +1,246 @@
+"""One shape per record: what a stage writes and the next reads, typed once and imported by both.
+
+Writers build these models and dump them; readers validate the file back into the same model,
+so a field renamed on one side fails loudly on the other (and in the tests, which build their
+records with the real writers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .atomic import write_json
+from .errors import PipelineError
+
+R = TypeVar("R", bound=BaseModel)
+
+# file names inside build/<C>/model that later stages read
+RECIPE_FILE, BUILD_FILE = "recipe.json", "build.json"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RecordError(PipelineError):
+    """A record file is missing or does not have the shape its reader expects."""
+
+
+def read_record(path: str | Path, model: type[R]) -> R:
+    path = Path(path)
+    try:
+        return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise RecordError(f"{path}: missing; run the stage that writes it first") from None
+    except (ValueError, ValidationError) as e:
+        raise RecordError(
+            f"{path}: not a valid {model.__name__} ({str(e).splitlines()[0]}); rerun the stage "
+            "that writes it"
+        ) from None
+
+
+def write_record(path: str | Path, record: BaseModel) -> None:
+    write_json(path, record.model_dump(mode="json", by_alias=True))
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class SourceSummary(Record):
+    """data/<source>/summary.json"""
+
+    name: str
+    kind: str  # synthetic | folder
+    generator: str | None = None
+    path: str | None = None
+    splits: dict[str, int]
+    skipped: list[dict[str, str]] = Field(default_factory=list)  # name, code, detail
+    duplicates: list[dict[str, Any]] = Field(default_factory=list)  # name, same_as, conflict
+    ignored: list[str] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- build
+
+
+class SensitivityRow(Record):
+    node: str
+    op_type: str
+    group: str  # static | dynamic
+    rel_mse: float
+    quantized: bool | None = None
+
+
+class ToleranceStep(Record):
+    k: int  # static nodes kept float
+    dynamic: bool  # dynamic group quantized
+    sets: dict[str, dict[str, float]]  # set -> accuracy (%), agreement (0..1)
+    accepted: bool
+
+
+class ToleranceReport(Record):
+    """quantize_to_tolerance's decision: every node's sensitivity, each variant tried per
+    validation set, the nodes kept float and why."""
+
+    reference: dict[str, float]  # set -> accuracy (%) of the input model
+    sensitivity: list[SensitivityRow]
+    steps: list[ToleranceStep]
+    float_nodes: list[str] = Field(default_factory=list)
+    why: dict[str, str] = Field(default_factory=dict)
+
+
+class StageRecord(Record):
+    index: int
+    pass_name: str = Field(alias="pass")
+    file: str  # stages/NN-<pass>.onnx, relative to the build folder
+    size_mb: float
+    exact: bool  # checked against its input within the recipe's equivalence tolerance
+    max_abs_diff: float
+    max_rel_diff: float
+    argmax_agreement: float  # on the classes both models share
+    dropped_best: float = 0.0  # steps whose best input class the pass removed (pruning)
+    report: dict[str, Any] = Field(default_factory=dict)  # what the pass chose and why
+
+    @property
+    def stem(self) -> str:
+        return Path(self.file).stem
+
+    def tolerance(self) -> ToleranceReport | None:
+        data = self.report.get("quantize_to_tolerance")
+        return None if data is None else ToleranceReport.model_validate(data)
+
+
+class BuildRecord(Record):
+    """build/<C>/model/build.json (no timings: those go to build/<C>/timings.json, which no
+    stage depends on, so an unchanged rebuild changes no dependency)."""
+
+    target: str
+    stages: list[StageRecord]
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+class LengthScore(Record):
+    n: int
+    accuracy: float
+
+
+class SetScore(Record):
+    images: int
+    accuracy: float
+    cer: float
+    agreement: float | None = None  # with the reference model's normalized texts
+    by_length: dict[str, LengthScore]
+
+
+class VariantEval(Record):
+    file: str | None = None
+    size_mb: float | None = None
+    sets: dict[str, SetScore]
+
+
+class EvalRecord(Record):
+    """build/<C>/eval.json: every model of a build on every evaluation set."""
+
+    target: str
+    sets: dict[str, int]  # evaluation set -> images
+    variants: dict[str, VariantEval]  # reference, NN-<pass> ..., final
+
+
+class BaselinesRecord(Record):
+    """build/baselines/accuracy.json"""
+
+    stock: str  # what `stock` means for this source, in words
+    sets: dict[str, int]
+    variants: dict[str, VariantEval]
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+class SetAccuracy(Record):
+    accuracy: float
+    cer: float
+    agreement: float | None = None
+
+
+class VariantMetrics(Record):
+    """One measured variant of metrics/<C>.json (timings are medians over rounds)."""
+
+    kind: str  # onnx | stock | bundle | floor
+    floor: str | None = None  # the runtime_floor variant of the same process kind
+    size_mb: float | None = None
+    ships_mb: float | None = None  # bundles: what an app ships, manifest included
+    optional_mb: float | None = None  # bundles: what it may leave out (the fallback)
+    skipped: str | None = None
+    cold_start_ms: float | None = None
+    import_ms: float | None = None  # runtime libraries (and ddddocr for stock)
+    session_ms: float | None = None  # building the recognizer: sessions, charset
+    first_ms: float | None = None  # the first recognition
+    warm_p50_ms: float | None = None
+    warm_p95_ms: float | None = None
+    model_p50_ms: float | None = None
+    peak_rss_mb: float | None = None
+    cpu_s_per_1000: float | None = None  # user + sys CPU seconds per 1000 recognitions
+    attributable_cold_start_ms: float | None = None  # minus the same kind's runtime floor
+    attributable_peak_rss_mb: float | None = None
+    rss_warm_mb: float | None = None  # resident after warm-up (long-session run)
+    rss_growth_mb: float | None = None  # resident after `long_session` calls minus rss_warm_mb
+    long_session: int | None = None  # recognitions in the long-session run
+    fallback_loaded: bool | None = None  # bundles: did any image load the fallback
+    sets: dict[str, SetAccuracy] = Field(default_factory=dict)
+    accuracy_source: str | None = None
+    timed_accuracy: float | None = None
+    ort_threads: int | None = None
+    os_threads: int | None = None
+    escaped_threads: int | None = None
+    imported: list[str] = Field(default_factory=list)
+    model_timing: str | None = None
+    spread: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class Ratios(Record):
+    """A variant against stock, same run: below 1 is better for size, cold start, peak RSS and
+    CPU; above 1 is better for warm_speedup; accuracy_drop_pts > 0 means worse than stock."""
+
+    size: float | None = None
+    warm_speedup: float | None = None
+    cold_start: float | None = None
+    peak_rss: float | None = None
+    cpu: float | None = None
+    attributable_cold_start: float | None = None
+    attributable_peak_rss: float | None = None
+    accuracy_drop_pts: dict[str, float | None] = Field(default_factory=dict)
+
+
+class Budget(Record):
+    limit: float | None
+    value: float | None
+    ok: bool | None
+    set: str | None = None  # the evaluation set an accuracy budget was judged on
+
+
+class BenchRecord(Record):
+    """metrics/<C>.json"""
+
+    target: str
+    description: str
+    threads: int
+    affinity: list[int]
+    worker_affinity: list[list[int]]
+    machine: dict[str, Any]
+    dataset: dict[str, Any]
+    stock: str  # what the stock baseline is, in words
+    variants: dict[str, VariantMetrics]
+    ratios: Ratios | None = None  # final vs stock
+    ratios_spread: dict[str, list[float]] = Field(default_factory=dict)
+    bundle_ratios: Ratios | None = None  # bundle (fallback not loaded) vs stock
+    bundle_ratios_spread: dict[str, list[float]] = Field(default_factory=dict)
+    vs_stock_default: Ratios | None = None
+    budgets: dict[str, Budget]
+    memory_settings: list[dict[str, Any]] = Field(default_factory=list)
+    compute_floor: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,76 @@
+"""How a prediction is judged against its label: one text normalization, one set of scores.
+
+Evaluation, the accuracy-aware passes and the bench all score through `Scoring`, so a model
+that emits its space class at line ends, or a site that ignores case, is judged the same way
+everywhere. Standard library only: the report stage and the runtime-free tools import it too.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The declared text normalization (params.yaml: model.scoring)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic, no import here
+
+    strip: bool = True  # drop whitespace at both ends (CTC models may emit a space class there)
+    casefold: bool = False  # compare case-insensitively (the site ignores case)
+
+    def normalize(self, text: str) -> str:
+        if self.strip:
+            text = text.strip()
+        return text.casefold() if self.casefold else text
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, one row at a time."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def score(preds: Sequence[str], labels: Sequence[str], scoring: Scoring) -> dict[str, Any]:
+    """Exact-match accuracy, character error rate and accuracy per label length, all on
+    normalized text."""
+    if len(preds) != len(labels) or not labels:
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
+    p = [scoring.normalize(t) for t in preds]
+    t = [scoring.normalize(x) for x in labels]
+    exact = [a == b for a, b in zip(p, t, strict=True)]
+    errors = sum(edit_distance(a, b) for a, b in zip(p, t, strict=True))
+    by_len: dict[int, list[bool]] = defaultdict(list)
+    for ok, label in zip(exact, t, strict=True):
+        by_len[len(label)].append(ok)
+    return {
+        "images": len(labels),
+        "accuracy": round(_mean(exact), 5),
+        "cer": round(errors / max(1, sum(len(x) for x in t)), 5),
+        "by_length": {
+            str(k): {"n": len(v), "accuracy": round(_mean(v), 5)} for k, v in sorted(by_len.items())
+        },
+    }
+
+
+def agreement(preds: Sequence[str], reference: Sequence[str], scoring: Scoring) -> float:
+    """Share of images whose normalized prediction equals the reference model's."""
+    same = [
+        scoring.normalize(a) == scoring.normalize(b) for a, b in zip(preds, reference, strict=True)
+    ]
+    return round(_mean(same), 5)
+
+
+def _mean(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0

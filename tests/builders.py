@@ -1,0 +1,182 @@
+"""The pipeline's real writers on tiny models: a source folder, data sources, a build, its
+evaluation and its bundle, in a temp folder, in seconds. Tests of later stages build their
+inputs with these, never by fabricating a record's shape.
+
+    root = tmp_path
+    src = write_source(root)                    # root/models/source
+    write_data(root)                            # root/data/{clean,hard}/{calib,val,eval}
+    build = build_class(root, "low", [{"fix_output_shape": {}}])   # root/build/low/model
+    evaluate_class(root, "low")                 # root/build/low/eval.json
+    bundle = bundle_class(root, "low")          # root/bundles/low
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import tiny
+
+import stages.passes  # noqa: F401 - registers the passes recipes name
+from stages import modelio, registry
+from stages.build import read_recipe, run_passes, write_build
+from stages.bundle import write_bundle
+from stages.contract import Contract, ModelParams, read_contract
+from stages.data import clean
+from stages.data.dataset import SPLITS, Sample, image_name, interleave, read_sets, write_split
+from stages.evaluate import EvalSets, evaluate_build
+from stages.recipe import Recipe, load_recipe, merge
+from stages.records import write_record
+from stages.runtime.preprocess import Preprocess, preprocess_all
+from stages.scoring import Scoring
+from stages.source import probe
+from stages.source import write_source as _write_source
+
+TINY_INPUT = Preprocess(height=tiny.HEIGHT, interpolation="bilinear")
+STYLE = clean.CaptchaStyle(width=48, height=16, alphabet="abcdef", font_size=(12, 14))
+SIZES = {"calib": 6, "val": 8, "eval": 10}
+RECIPE: dict[str, Any] = {
+    "description": "tiny test class",
+    "runtime": {"intra_op_threads": 1},
+    "equivalence": {"images": 4},
+    "bundle": {"formats": ["onnx"], "fallback": "none"},
+}
+
+
+def write_source(
+    root: Path,
+    model: onnx.ModelProto | None = None,
+    input_: Preprocess = TINY_INPUT,
+    scoring: Scoring | None = None,
+) -> Path:
+    """root/models/source from `model` (default: tiny_ctc with a correct output shape), its
+    contract probed like the model stage does."""
+    model = model or tiny.tiny_ctc(wrong_output_shape=False)
+    spec = modelio.spec(model)
+    params = ModelParams(input=input_, scoring=scoring or Scoring())
+    params.output.layout = spec.layout
+    params.output.kind = spec.kind  # type: ignore[assignment]
+    contract = probe(model, params, spec.blank, len(spec.charset), "tiny")
+    out = root / "models" / "source"
+    _write_source(out, model, contract, spec.charset, {"file": "tiny.onnx", "sha256": "0" * 64})
+    return out
+
+
+def write_data(
+    root: Path, sources: tuple[str, ...] = ("clean", "hard"), sizes: dict[str, int] = SIZES
+) -> Path:
+    """root/data/<source>/{calib,val,eval}: small clean-style captchas (a different seed per
+    source), enough to drive every stage."""
+    for k, name in enumerate(sources):
+        for s, split in enumerate(SPLITS):
+            samples = [
+                Sample(image_name(i), *clean.sample(STYLE, 100 * k + s, i))
+                for i in range(sizes[split])
+            ]
+            write_split(root / "data" / name / split, samples)
+    return root / "data"
+
+
+def recipe(passes: list[dict[str, Any]], **fields: Any) -> Recipe:
+    """A validated recipe from plain data, merged onto RECIPE and the tiny input contract."""
+    raw = merge({"preprocess": TINY_INPUT.as_dict(), **RECIPE}, fields)
+    return Recipe.from_resolved({**raw, "passes": passes}, "test recipe")
+
+
+def context(root: Path, rec: Recipe, sources: tuple[str, ...] = ("clean", "hard")):
+    """The PassContext the build verb would make from root/data."""
+    calib = read_sets(root / "data", list(sources), "calib")
+    val = read_sets(root / "data", list(sources), "val")
+    pre = rec.preprocess
+    return registry.PassContext(
+        calibration=interleave([preprocess_all([p for p, _ in v], pre) for v in calib.values()]),
+        validation={
+            s: list(zip(preprocess_all([p for p, _ in v], pre), [t for _, t in v], strict=True))
+            for s, v in val.items()
+        },
+        allowed_chars="abcdef",
+        runtime=rec.runtime,
+        input=pre,
+        scoring=Scoring(),
+    )
+
+
+def build_class(
+    root: Path,
+    target: str,
+    passes: list[dict[str, Any]],
+    sources: tuple[str, ...] = ("clean", "hard"),
+    **fields: Any,
+) -> Path:
+    """root/build/<target>/model from the source folder and data, by the real build code."""
+    rec = recipe(passes, **fields)
+    model = modelio.load(root / "models" / "source" / "model.onnx")
+    results = run_passes(model, rec, context(root, rec, sources))
+    out = root / "build" / target / "model"
+    write_build(out, rec, results, target)
+    return out
+
+
+def evaluate_class(root: Path, target: str, sources: tuple[str, ...] = ("clean", "hard")) -> Path:
+    src = root / "models" / "source"
+    contract = read_contract(src)
+    build = root / "build" / target / "model"
+    rec = read_recipe(build)
+    sets = EvalSets(read_sets(root / "data", list(sources), "eval"))
+    record = evaluate_build(
+        target, src, build, sets, rec.preprocess, contract.input, contract.scoring, rec.runtime
+    )
+    out = root / "build" / target / "eval.json"
+    write_record(out, record)
+    return out
+
+
+def bundle_class(root: Path, target: str) -> Path:
+    src = root / "models" / "source"
+    build = root / "build" / target / "model"
+    out = root / "bundles" / target
+    write_bundle(
+        target,
+        build,
+        root / "build",
+        src,
+        read_contract(src),
+        read_recipe(build),
+        root / "build" / target / "eval.json",
+        out,
+    )
+    return out
+
+
+def tiny_bundle(
+    root: Path,
+    model: onnx.ModelProto | None = None,
+    passes: list[dict[str, Any]] | None = None,
+    target: str = "tiny",
+    **fields: Any,
+) -> Path:
+    """The whole chain on a tiny model: source, data, build, evaluation, bundle."""
+    write_source(root, model)
+    write_data(root)
+    build_class(root, target, passes or [{"fix_output_shape": {}}], **fields)
+    evaluate_class(root, target)
+    return bundle_class(root, target)
+
+
+def contract(root: Path) -> Contract:
+    return read_contract(root / "models" / "source")
+
+
+__all__ = [
+    "build_class",
+    "bundle_class",
+    "context",
+    "contract",
+    "evaluate_class",
+    "load_recipe",
+    "recipe",
+    "tiny_bundle",
+    "write_data",
+    "write_source",
+]

@@ -1,0 +1,126 @@
+import numpy as np
+import onnx
+import pytest
+import tiny
+from onnx import TensorProto, helper, numpy_helper
+
+from stages import modelio, registry
+from stages.errors import PassError
+from stages.passes.lift_constants import LiftConstantsOptions, lift_constants
+
+CTX = registry.PassContext()
+# exact: the tensors move from nodes to initializers, the values are the same bytes
+RTOL, ATOL = 1e-5, 1e-6
+HELD = ["lstm_w", "head_w", "head_b", "sq_axes"]  # sq_axes: a 1-element int64 tensor
+
+
+def _as_constants(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """`model` with initializers `names` held by Constant nodes (as Paddle2ONNX writes weights),
+    and the LSTM's flatten target as a `value_ints` Constant, which is not a tensor to lift."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    for tensor in [t for t in graph.initializer if t.name in names]:
+        graph.initializer.remove(tensor)
+        graph.node.insert(
+            0,
+            helper.make_node(
+                "Constant", [], [tensor.name], name=f"const_{tensor.name}", value=tensor
+            ),
+        )
+    flat = next(t for t in graph.initializer if t.name == "flat_shape")
+    graph.initializer.remove(flat)
+    ints = numpy_helper.to_array(flat).tolist()
+    graph.node.insert(0, helper.make_node("Constant", [], ["flat_shape"], value_ints=ints))
+    onnx.checker.check_model(out)
+    return out
+
+
+def _assert_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    for x in tiny.inputs(3):
+        np.testing.assert_allclose(tiny.run(a, x), tiny.run(b, x), rtol=RTOL, atol=ATOL)
+
+
+def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_lifts_every_tensor_constant_and_keeps_value_ints():
+    reference = tiny.tiny_ctc(wrong_output_shape=False)
+    model = _as_constants(reference, HELD)
+    before = model.SerializeToString()
+    assert tiny.op_counts(model)["Constant"] == 5
+    out = lift_constants(model, LiftConstantsOptions(), CTX)
+    onnx.checker.check_model(out, full_check=True)
+    assert tiny.op_counts(out) == {**tiny.op_counts(reference), "Constant": 1}
+    kept = next(n for n in out.graph.node if n.op_type == "Constant")
+    assert kept.output[0] == "flat_shape"
+    inits, original = _inits(out), _inits(reference)
+    for name in HELD:
+        assert inits[name].dtype == original[name].dtype
+        assert np.array_equal(inits[name], original[name]), name
+    assert modelio.constant_weights(out) == []
+    _assert_same_outputs(out, model)
+    _assert_same_outputs(out, reference)
+    assert list(out.metadata_props) == list(model.metadata_props)
+    assert model.SerializeToString() == before
+
+
+def test_min_elements_keeps_small_constants_as_nodes():
+    model = _as_constants(tiny.tiny_ctc(), HELD)
+    out = lift_constants(model, LiftConstantsOptions(min_elements=2), CTX)
+    onnx.checker.check_model(modelio.checkable(out))
+    constants = sorted(n.output[0] for n in out.graph.node if n.op_type == "Constant")
+    assert constants == ["flat_shape", "sq_axes"]
+    assert {"lstm_w", "head_w", "head_b"} <= set(_inits(out))
+    _assert_same_outputs(out, model)
+
+
+def test_constant_that_is_a_graph_output_stays_a_node():
+    model = _as_constants(tiny.tiny_ctc(wrong_output_shape=False), ["head_b"])
+    model.graph.output.append(helper.make_tensor_value_info("head_b", TensorProto.FLOAT, [7]))
+    # head_b is read by the Gemm and is an output: a node output, it cannot be an initializer
+    with pytest.raises(
+        PassError, match=r"lift_constants.*no tensor-valued Constant.*drop the pass"
+    ):
+        lift_constants(model, LiftConstantsOptions(), CTX)
+
+
+def test_old_ir_lists_lifted_initializers_as_inputs():
+    # IR 3 requires every initializer to be a graph input as well
+    model = _as_constants(tiny.tiny_ctc(wrong_output_shape=False), ["head_w"])
+    model.ir_version = 3
+    graph = model.graph
+    for tensor in graph.initializer:
+        graph.input.append(
+            helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    onnx.checker.check_model(model)
+    out = lift_constants(model, LiftConstantsOptions(), CTX)
+    onnx.checker.check_model(out)
+    declared = next(v for v in out.graph.input if v.name == "head_w")
+    assert [d.dim_value for d in declared.type.tensor_type.shape.dim] == [7, 12]
+    assert modelio.input_value(out).name == "input1"
+    assert tiny.op_counts(out) == {**tiny.op_counts(tiny.tiny_ctc()), "Constant": 1}
+
+
+@pytest.mark.parametrize(
+    ("held", "options", "match"),
+    [
+        ([], LiftConstantsOptions(), "at least 1 elements"),
+        (HELD, LiftConstantsOptions(min_elements=10**6), "at least 1000000 elements"),
+    ],
+    ids=["no_constant", "all_too_small"],
+)
+def test_nothing_to_lift_is_an_error(held, options, match):
+    model = _as_constants(tiny.tiny_ctc(), held) if held else tiny.tiny_ctc()
+    with pytest.raises(PassError, match=match) as err:
+        lift_constants(model, options, CTX)
+    assert err.value.pass_name == "lift_constants"
+    assert "drop the pass" in str(err.value)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="min_elements"):
+        LiftConstantsOptions(min_elements=0)
+    assert registry.get("lift_constants").exact is True

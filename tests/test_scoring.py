@@ -1,0 +1,150 @@
+"""Scoring: edit distance, accuracy/CER/by-length, agreement and the declared normalization."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from stages.scoring import Scoring, edit_distance
+from stages.scoring import agreement as _agreement
+from stages.scoring import score as _score
+
+EXACT = Scoring(strip=False)
+
+
+def score(preds, labels):
+    return _score(preds, labels, EXACT)
+
+
+def agreement(preds, ref):
+    return _agreement(preds, ref, EXACT)
+
+
+# ---------------------------------------------------------------------------- edit distance
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "d"),
+    [
+        ("", "", 0),
+        ("abc", "abc", 0),
+        ("abc", "", 3),
+        ("", "ab", 2),
+        ("kitten", "sitting", 3),
+        ("flaw", "lawn", 2),
+        ("ab", "ba", 2),  # a transposition is two edits in Levenshtein distance
+        ("abcd", "abd", 1),
+        ("abc", "xbz", 2),
+        ("aaaa", "a", 3),
+    ],
+)
+def test_edit_distance_cases(a, b, d):
+    assert edit_distance(a, b) == d
+    assert edit_distance(b, a) == d
+
+
+def _reference_distance(a: str, b: str) -> int:
+    @functools.cache
+    def dist(i: int, j: int) -> int:
+        if i == 0 or j == 0:
+            return i + j
+        return min(
+            dist(i - 1, j) + 1, dist(i, j - 1) + 1, dist(i - 1, j - 1) + (a[i - 1] != b[j - 1])
+        )
+
+    return dist(len(a), len(b))
+
+
+def test_edit_distance_matches_recursive_reference():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        a = "".join(rng.choice(list("abc"), size=int(rng.integers(0, 8))))
+        b = "".join(rng.choice(list("abc"), size=int(rng.integers(0, 8))))
+        assert edit_distance(a, b) == _reference_distance(a, b), (a, b)
+
+
+# ---------------------------------------------------------------------------- score
+
+
+def test_score_on_hand_data():
+    preds = ["ab", "abc", "x", "abcd", "hello"]
+    labels = ["ab", "abd", "y", "abcd", "hallo"]
+    out = score(preds, labels)
+    assert out["accuracy"] == 0.4  # 2 of 5 exact
+    assert out["cer"] == round(3 / 15, 5)  # 0 + 1 + 1 + 0 + 1 edits over 2+3+1+4+5 chars
+    assert out["by_length"] == {
+        "1": {"n": 1, "accuracy": 0.0},
+        "2": {"n": 1, "accuracy": 1.0},
+        "3": {"n": 1, "accuracy": 0.0},
+        "4": {"n": 1, "accuracy": 1.0},
+        "5": {"n": 1, "accuracy": 0.0},
+    }
+
+
+def test_score_groups_by_label_length_in_numeric_order():
+    labels = ["abcdefghij", "abcd", "abce", "wxyz", "abcdefghi"]
+    preds = ["abcdefghij", "abcd", "abcf", "wxyz", ""]
+    out = score(preds, labels)
+    assert list(out["by_length"]) == ["4", "9", "10"]
+    assert out["by_length"]["4"] == {"n": 3, "accuracy": round(2 / 3, 5)}
+    assert out["by_length"]["9"] == {"n": 1, "accuracy": 0.0}
+    assert out["by_length"]["10"] == {"n": 1, "accuracy": 1.0}
+    assert out["accuracy"] == 0.6
+    assert out["cer"] == round((1 + 9) / 31, 5)
+    json.dumps(out)  # written to eval.json as is
+
+
+def test_cer_counts_insertions_and_can_exceed_one():
+    assert score(["abc"], ["a"])["cer"] == 2.0
+    assert score([""], ["abcd"])["cer"] == 1.0
+
+
+def test_perfect_and_all_wrong():
+    assert score(["a", "bc"], ["a", "bc"]) == {
+        "images": 2,
+        "accuracy": 1.0,
+        "cer": 0.0,
+        "by_length": {"1": {"n": 1, "accuracy": 1.0}, "2": {"n": 1, "accuracy": 1.0}},
+    }
+    assert score(["b", "cd"], ["a", "bc"])["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize(("preds", "labels"), [(["a"], ["a", "b"]), (["a", "b"], ["a"]), ([], [])])
+def test_score_length_mismatch_or_empty_raises(preds, labels):
+    with pytest.raises(ValueError, match=f"{len(preds)} predictions for {len(labels)} labels"):
+        score(preds, labels)
+
+
+def test_agreement():
+    assert agreement(["a", "b", "c", "d"], ["a", "b", "c", "x"]) == 0.75
+    assert agreement(["a"], ["a"]) == 1.0
+    assert agreement(["a", "b", "c"], ["x", "y", "c"]) == round(1 / 3, 5)
+    with pytest.raises(ValueError):
+        agreement(["a", "b"], ["a"])
+
+
+# ---------------------------------------------------------------------------- normalization
+
+
+def test_strip_ignores_whitespace_at_the_ends_only():
+    s = Scoring(strip=True)
+    assert s.normalize("  ab c\u3000") == "ab c"
+    assert _score([" ab "], ["ab"], s)["accuracy"] == 1.0
+    assert _score(["a b"], ["ab"], s)["accuracy"] == 0.0  # inner spaces still count
+    assert _score([" ab "], ["ab"], EXACT)["accuracy"] == 0.0
+
+
+def test_casefold_compares_case_insensitively_everywhere():
+    s = Scoring(casefold=True)
+    assert _score(["AbC"], ["abc"], s)["accuracy"] == 1.0
+    assert _score(["AbC"], ["abc"], s)["cer"] == 0.0
+    assert _agreement(["AB"], ["ab"], s) == 1.0
+    assert _score(["AbC"], ["abc"], Scoring())["accuracy"] == 0.0
+
+
+def test_by_length_uses_the_normalized_label():
+    out = _score(["ab"], [" ab "], Scoring(strip=True))
+    assert out["by_length"] == {"2": {"n": 1, "accuracy": 1.0}}
