@@ -73,6 +73,12 @@ class Budgets(Strict):
     max_cpu_ratio: float | None = Field(
         None, gt=0, description="CPU seconds per 1000 recognitions, as a share of stock's"
     )
+    min_warm_speedup: float | None = Field(
+        None,
+        gt=0,
+        description="stock's warm p50 over the bundle's (same run, same cores): holds across "
+        "machines where a millisecond limit does not",
+    )
 
 
 FALLBACK = re.compile(r"^(none|float|stage:[A-Za-z0-9_.-]+|class:[a-z0-9][a-z0-9_-]*)$")

@@ -170,11 +170,15 @@ def budgets_section(m: BenchRecord) -> str:
             name + (f" ({b.set})" if b.set else ""),
             fmt(b.limit, 2),
             fmt(b.value, 2),
-            DASH if b.ok is None else ("✅" if b.ok else "❌ over"),
+            DASH if b.ok is None else ("✅" if b.ok else _miss(name)),
         ]
         for name, b in m.budgets.items()
     ]
     return table(["budget (the bundle)", "limit", "value", "ok"], rows)
+
+
+def _miss(budget: str) -> str:
+    return "❌ under" if budget.startswith("min_") else "❌ over"
 
 
 def memory_section(m: BenchRecord) -> str:
@@ -543,7 +547,7 @@ def _budget_cell(m: BenchRecord) -> str:
     if not judged:
         return "none set"
     failed = [n for n, b in m.budgets.items() if b.ok is False]
-    return f"{sum(judged)}/{len(judged)} ok" + (f" ({', '.join(failed)} over)" if failed else "")
+    return f"{sum(judged)}/{len(judged)} ok" + (f" (missed: {', '.join(failed)})" if failed else "")
 
 
 def _machine_line(m: BenchRecord) -> str:

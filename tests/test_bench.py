@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from stages import modelio
 from stages.measure import bench, floor, metrics
 from stages.recipe import BenchParams, Budgets
-from stages.records import BenchRecord, SetAccuracy, VariantMetrics, read_record
+from stages.records import BenchRecord, Ratios, SetAccuracy, VariantMetrics, read_record
 from stages.runtime.decode import decode
 from stages.runtime.preprocess import Preprocess
 
@@ -137,6 +137,16 @@ def test_accuracy_budget_is_judged_on_the_worst_set() -> None:
     assert out["max_size_mb"].ok is True and out["max_warm_p50_ms"].ok is False
     assert out["max_peak_rss_mb"].ok is None  # no limit set
     assert out["max_cpu_ratio"].ok is None  # no stock to compare with
+    assert out["min_warm_speedup"].ok is None
+
+
+def test_speedup_budget_is_a_floor() -> None:
+    shipped = variant(ships_mb=5.0, warm_p50_ms=3.0, peak_rss_mb=70.0, sets={"clean": 0.9})
+    budgets = Budgets(min_warm_speedup=3.0)
+    fast = metrics.check_budgets(budgets, shipped, shipped, Ratios(warm_speedup=3.4))
+    slow = metrics.check_budgets(budgets, shipped, shipped, Ratios(warm_speedup=2.9))
+    assert fast["min_warm_speedup"].ok is True
+    assert slow["min_warm_speedup"].model_dump()["ok"] is False
 
 
 def test_core_slots_are_disjoint_and_cover_the_threads() -> None:

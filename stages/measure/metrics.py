@@ -148,8 +148,12 @@ def check_budgets(
     limit set, or nothing measured to judge). The accuracy budget is judged on every set; its
     entry is the worst set."""
 
-    def judged(limit: float | None, value: float | None, set_: str | None = None) -> Budget:
-        ok = None if limit is None or value is None else bool(value <= limit + 1e-9)
+    def judged(
+        limit: float | None, value: float | None, set_: str | None = None, floor: bool = False
+    ) -> Budget:
+        ok = None
+        if limit is not None and value is not None:
+            ok = bool(value >= limit - 1e-9) if floor else bool(value <= limit + 1e-9)
         return Budget(limit=limit, value=value, ok=ok, set=set_)
 
     drops = {
@@ -173,4 +177,6 @@ def check_budgets(
     ):
         value = getattr(vs_stock, field) if vs_stock is not None else None
         out[name] = judged(getattr(budgets, name), value)
+    speedup = vs_stock.warm_speedup if vs_stock is not None else None
+    out["min_warm_speedup"] = judged(budgets.min_warm_speedup, speedup, floor=True)
     return out

@@ -314,6 +314,13 @@ def serve_table(result: dict[str, Any]) -> str:
         f"batch {s['batch']}, wait {s['batch_wait_ms']} ms; {s['requests']} requests per run"
         + (f" ({s['stock_requests']} for stock)" if s["stock_requests"] else "")
         + f", {result['images']} images, one connection per request."
+        + (
+            ""
+            if result["bundle"]["batch"]
+            else " No batched rows: this bundle's model has a fixed batch of 1, so the server "
+            "runs requests one by one on its worker pool (batching needs a model with a batch "
+            "dimension; tests/test_serve.py checks it on one)."
+        )
     )
     return "\n".join(rows) + "\n"
 
