@@ -7,8 +7,9 @@
 - naive_int8:    onnxruntime `quantize_dynamic` with default arguments on the source model (after
                  lift_constants when its weights are Constant nodes), fed by the contract.
 
-Writes <out>/naive_int8.onnx and <out>/accuracy.json (records.BaselinesRecord): accuracy, CER
-and agreement with the reference per evaluation set.
+Writes <out>/naive_int8.onnx, <out>/accuracy.json (records.BaselinesRecord): accuracy, CER
+and agreement with the reference per evaluation set, and <out>/reference.json
+(records.ReferenceTexts): the reference model's texts, which every class's evaluate reuses.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from .contract import Contract
 from .evaluate import EvalSets, eval_runtime, score_sets
 from .passes._ort_quant import dropping_logs
 from .progress import Progress
-from .records import BaselinesRecord, VariantEval, write_record
+from .records import BaselinesRecord, ReferenceTexts, VariantEval, write_record
 from .runtime.session import Runtime
 
 NAIVE_FILE = "naive_int8.onnx"
 ACCURACY_FILE = "accuracy.json"
+REFERENCE_FILE = "reference.json"
 # stock variant -> (DdddOcr(beta=...), the model file it loads from the ddddocr package)
 DDDDOCR: dict[str, tuple[bool, str]] = {
     "beta": (True, "common.onnx"),
@@ -134,4 +136,10 @@ def build_baselines(
             )
         record = BaselinesRecord(stock=stock_label(origin), sets=sets.sizes, variants=variants)
         write_record(tmp / ACCURACY_FILE, record)
+        texts = ReferenceTexts(
+            preprocess=contract.input.as_dict(),
+            images={k: [p.name for p in v] for k, v in sets.images.items()},
+            texts=ref,
+        )
+        write_record(tmp / REFERENCE_FILE, texts)
     return record

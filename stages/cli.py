@@ -206,22 +206,31 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="the baselines stage's reference.json: reuse its reference texts (else recomputed)",
+    )
+
+
 @verb("evaluate", "score the reference and every built model on every evaluation set",
-      _params, _target, _model, _data, _build, _out)  # fmt: skip
+      _params, _target, _model, _data, _build, _reference, _out)  # fmt: skip
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .build import read_recipe
     from .contract import read_contract
     from .data.dataset import read_sets
-    from .evaluate import EvalSets, evaluate_build
+    from .evaluate import EvalSets, evaluate_build, reference_texts
     from .records import write_record
 
     params = _load_params(args)
     contract = read_contract(args.model)
     recipe = read_recipe(args.build)
     sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
+    ref = None if args.reference is None else reference_texts(args.reference, sets, contract.input)
     result = evaluate_build(
         args.target, args.model, args.build, sets, recipe.preprocess, contract.input,
-        contract.scoring, recipe.runtime,
+        contract.scoring, recipe.runtime, ref,
     )  # fmt: skip
     write_record(args.out, result)
     for s in result.sets:

@@ -8,13 +8,23 @@ same eval.json and nothing downstream reruns.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 
 from . import modelio
+from .errors import DataError
 from .progress import Progress
-from .records import BUILD_FILE, BuildRecord, EvalRecord, SetScore, VariantEval, read_record
+from .records import (
+    BUILD_FILE,
+    BuildRecord,
+    EvalRecord,
+    ReferenceTexts,
+    SetScore,
+    VariantEval,
+    read_record,
+)
 from .runtime.decode import decode
 from .runtime.preprocess import Preprocess, preprocess_all
 from .runtime.session import Runtime, make_session
@@ -84,6 +94,20 @@ class EvalSets:
         return preds
 
 
+def reference_texts(path: Path, sets: EvalSets, spec: Preprocess) -> dict[str, list[str]]:
+    """The reference's texts the baselines stage read on these very images with this very
+    preprocessing; anything else is stale and refused, never silently mixed."""
+    ref = read_record(path, ReferenceTexts)
+    images = {k: [p.name for p in v] for k, v in sets.images.items()}
+    same_spec = ref.preprocess == json.loads(json.dumps(spec.as_dict()))  # as written
+    if ref.images != images or not same_spec:
+        raise DataError(
+            f"{path}: reference texts were read on other evaluation images or with another "
+            "preprocessing than this run's; rerun the baselines stage (dvc repro baselines)"
+        )
+    return ref.texts
+
+
 def evaluate_build(
     target: str,
     source: Path,
@@ -93,11 +117,17 @@ def evaluate_build(
     reference: Preprocess,
     scoring: Scoring,
     runtime: Runtime,
+    reference_preds: dict[str, list[str]] | None = None,
 ) -> EvalRecord:
-    """Reference (source model, the contract's preprocessing), every stage model and the final
-    one (the recipe's preprocessing and session settings), all on the same evaluation images."""
+    """Reference (source model, the contract's preprocessing; its texts are read here unless
+    given), every stage model and the final one (the recipe's preprocessing and session
+    settings), all on the same evaluation images."""
     rt = eval_runtime(runtime)
-    ref_preds = sets.predict(source / "model.onnx", reference, rt, f"evaluate@{target} reference")
+    ref_preds = reference_preds
+    if ref_preds is None:
+        ref_preds = sets.predict(
+            source / "model.onnx", reference, rt, f"evaluate@{target} reference"
+        )
     variants = {
         "reference": VariantEval(
             file=None,

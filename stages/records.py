@@ -151,6 +151,15 @@ class EvalRecord(Record):
     variants: dict[str, VariantEval]  # reference, NN-<pass> ..., final
 
 
+class ReferenceTexts(Record):
+    """baselines/reference.json: the reference model's text for every evaluation image, read
+    once here and by every class's evaluate instead of recomputed per class."""
+
+    preprocess: dict[str, Any]  # the contract's preprocessing the texts were read with
+    images: dict[str, list[str]]  # evaluation set -> image file names, in order
+    texts: dict[str, list[str]]  # evaluation set -> texts, same order
+
+
 class BaselinesRecord(Record):
     """build/baselines/accuracy.json"""
 

@@ -55,3 +55,57 @@ def test_evaluation_is_deterministic(tmp_path):
     first = builders.evaluate_class(tmp_path, "tiny").read_bytes()
     assert builders.evaluate_class(tmp_path, "tiny").read_bytes() == first
     assert b"_ms" not in first
+
+
+def _reference_file(root):
+    """baselines/reference.json as the real baselines stage writes it."""
+    from stages.baselines import REFERENCE_FILE, build_baselines
+    from stages.contract import read_contract
+    from stages.data.dataset import read_sets
+
+    src = root / "models" / "source"
+    sets = evaluate.EvalSets(read_sets(root / "data", ["clean", "hard"], "eval"))
+    build_baselines(src, {"file": "tiny.onnx"}, read_contract(src), sets, root / "baselines", [])
+    return root / "baselines" / REFERENCE_FILE, sets
+
+
+def test_reference_texts_from_baselines_give_the_same_record(tmp_path):
+    builders.write_source(tmp_path)
+    builders.write_data(tmp_path)
+    builders.build_class(tmp_path, "tiny", [{"quantize_dynamic": {}}])
+    computed = read_record(builders.evaluate_class(tmp_path, "tiny"), EvalRecord)
+    path, sets = _reference_file(tmp_path)
+    from stages.contract import read_contract
+
+    contract = read_contract(tmp_path / "models" / "source")
+    texts = evaluate.reference_texts(path, sets, contract.input)
+    assert {s: len(t) for s, t in texts.items()} == {"clean": 10, "hard": 10}
+    src, build = tmp_path / "models" / "source", tmp_path / "build" / "tiny" / "model"
+    rec = builders.read_recipe(build)
+    reused = evaluate.evaluate_build(
+        "tiny", src, build, sets, rec.preprocess, contract.input, contract.scoring,
+        rec.runtime, texts,
+    )  # fmt: skip
+    assert reused == computed
+
+
+def test_stale_reference_texts_are_refused_with_the_file(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from stages.contract import read_contract
+    from stages.errors import DataError
+
+    builders.write_source(tmp_path)
+    builders.write_data(tmp_path)
+    path, sets = _reference_file(tmp_path)
+    spec = read_contract(tmp_path / "models" / "source").input
+    other = dataclasses.replace(spec, height=spec.height + 1)
+    with pytest.raises(DataError, match=r"reference\.json.*rerun the baselines stage"):
+        evaluate.reference_texts(path, sets, other)
+    fewer = evaluate.EvalSets(
+        {s: list(zip(p[:-1], sets.labels[s][:-1], strict=True)) for s, p in sets.images.items()}
+    )
+    with pytest.raises(DataError, match="other evaluation images"):
+        evaluate.reference_texts(path, fewer, spec)
