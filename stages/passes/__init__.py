@@ -1,18 +1,14 @@
-"""Every pass, imported by name so the full list reads in one place.
+"""Every pass: each module here registers one with `@register("<name>", ...)` on import.
 
-Adding a pass: write stages/passes/<name>.py (options model + function decorated with
-`@register("<name>", ...)`), add its import below, and tests/passes/test_<name>.py.
+Adding a pass is one file, stages/passes/<name>.py (options model + function), plus its test
+tests/passes/test_<name>.py: modules are found here by name, so no list needs editing.
+Modules whose name starts with "_" are shared helpers, not passes.
 """
 
-from . import (  # noqa: F401 - imported for registration
-    convert_opset,
-    fix_output_shape,
-    lift_constants,
-    ort_optimize,
-    prune_charset,
-    quantize_dynamic,
-    quantize_static,
-    quantize_to_tolerance,
-    simplify,
-    to_fp16,
-)
+import importlib
+import pkgutil
+
+PASS_MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+for _name in PASS_MODULES:
+    importlib.import_module(f"{__name__}.{_name}")
