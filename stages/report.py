@@ -150,8 +150,7 @@ def facts(m: BenchRecord) -> str:
             f"interleaved rounds, each a fresh process; memory growth over "
             f"{ds['long_session']} calls in one process for stock, what ships (the bundle, "
             "with and without its fallback), the arena flip and the runtime floors; final and "
-            "mem:recipe run the "
-            "bundle's model, so their growth is the bundle's.",
+            "mem:recipe run the bundle's model, so their growth is the bundle's.",
             f"- stock is {m.stock}.",
             "- Cold start: spawn to first recognized text (interpreter, imports, session, first "
             "image; page cache warm). Warm: image bytes to text. Model: session.run only. CPU: "
