@@ -103,8 +103,18 @@ def _closure(start: set[str]) -> set[str]:
         seen.add(module)
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        todo += _imports(ast.parse(path.read_text()), module, path.name == "__init__.py")
+        text = path.read_text()
+        todo += _imports(ast.parse(text), module, path.name == "__init__.py")
+        todo += _discovered(path, module, text)
     return seen
+
+
+def _discovered(path: Path, module: str, text: str) -> list[str]:
+    """Submodules a package imports by scanning its own folder (stages/passes does, so that
+    adding a pass is one file); names starting with "_" are helpers it skips."""
+    if path.name != "__init__.py" or "pkgutil.iter_modules(__path__)" not in text:
+        return []
+    return [f"{module}.{p.stem}" for p in path.parent.glob("*.py") if not p.stem.startswith("_")]
 
 
 def verb_code(verb: str) -> set[str]:
