@@ -138,7 +138,7 @@ def build_baselines(
         write_record(tmp / ACCURACY_FILE, record)
         texts = ReferenceTexts(
             preprocess=contract.input.as_dict(),
-            images={k: [p.name for p in v] for k, v in sets.images.items()},
+            images=sets.names,
             texts=ref,
         )
         write_record(tmp / REFERENCE_FILE, texts)

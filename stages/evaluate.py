@@ -15,7 +15,7 @@ import numpy as np
 
 from . import modelio
 from .errors import DataError
-from .progress import Progress
+from .progress import Progress, map_ordered, usable_cores
 from .records import (
     BUILD_FILE,
     BuildRecord,
@@ -30,12 +30,13 @@ from .runtime.preprocess import Preprocess, preprocess_all
 from .runtime.session import Runtime, make_session
 from .scoring import Scoring, agreement, score
 
-EVAL_THREADS = 2  # accuracy does not depend on threads; evaluation throughput does
+EVAL_WORKERS_MAX = 8  # threads calling one session; texts do not depend on how many
 
 
 def eval_runtime(runtime: Runtime) -> Runtime:
-    """The class's session settings with evaluation's thread count (texts do not depend on it)."""
-    return dataclasses.replace(runtime, intra_op_threads=EVAL_THREADS, allow_spinning=False)
+    """The class's session settings with one intra-op thread: every usable core runs its own
+    call instead (map_ordered), and the texts do not depend on the machine's core count."""
+    return dataclasses.replace(runtime, intra_op_threads=1, allow_spinning=False)
 
 
 def predict(
@@ -46,13 +47,11 @@ def predict(
     name = sess.get_inputs()[0].name
     meta = sess.get_modelmeta().custom_metadata_map
     ctc = modelio.spec_from_metadata(meta, name, sess.get_outputs()[0].name)
-    preds = []
-    for x in xs:
-        out = sess.run(None, {name: x})[0]
-        preds.append(decode(out, ctc.charset, ctc.layout, ctc.blank).text)
-        if bar is not None:
-            bar.step()
-    return preds
+
+    def text(x: np.ndarray) -> str:
+        return decode(sess.run(None, {name: x})[0], ctc.charset, ctc.layout, ctc.blank).text
+
+    return map_ordered(text, xs, bar, min(usable_cores(), EVAL_WORKERS_MAX))
 
 
 def score_sets(
@@ -84,6 +83,11 @@ class EvalSets:
         return self._tensors[spec]
 
     @property
+    def names(self) -> dict[str, list[str]]:
+        """Image file names per set: what a record of texts read on these sets is keyed by."""
+        return {s: [p.name for p in paths] for s, paths in self.images.items()}
+
+    @property
     def sizes(self) -> dict[str, int]:
         return {s: len(v) for s, v in self.labels.items()}
 
@@ -98,9 +102,8 @@ def reference_texts(path: Path, sets: EvalSets, spec: Preprocess) -> dict[str, l
     """The reference's texts the baselines stage read on these very images with this very
     preprocessing; anything else is stale and refused, never silently mixed."""
     ref = read_record(path, ReferenceTexts)
-    images = {k: [p.name for p in v] for k, v in sets.images.items()}
     same_spec = ref.preprocess == json.loads(json.dumps(spec.as_dict()))  # as written
-    if ref.images != images or not same_spec:
+    if ref.images != sets.names or not same_spec:
         raise DataError(
             f"{path}: reference texts were read on other evaluation images or with another "
             "preprocessing than this run's; rerun the baselines stage (dvc repro baselines)"

@@ -199,6 +199,12 @@ class BenchParams(Strict):
     long_session: int = Field(
         5000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
     )
+    long_session_scope: Literal["shipped", "all"] = Field(
+        "shipped",
+        description="which variants get a long session: shipped (stock, the bundle with and "
+        "without fallback, the arena flip, the runtime floors) or all (every variant: a stage "
+        "model, final, naive_int8 too; several times the bench's time)",
+    )
     baselines: list[Baseline] = Field(
         default_factory=lambda: ["stock", "stock_default", "naive_int8"],
         description="measured beside every class in the same run: stock (what users run "

@@ -134,6 +134,17 @@ def variants_table(m: BenchRecord) -> str:
     return table(header, rows)
 
 
+def long_scope(ds: dict) -> str:
+    """Which variants the long sessions covered (bench.long_session_scope)."""
+    if ds.get("long_session_scope") == "all":
+        return "for every variant"
+    return (
+        "for stock, what ships (the bundle, with and without its fallback), the arena flip and "
+        "the runtime floors; final and mem:recipe run the bundle's model, so their growth is "
+        "the bundle's (`bench.long_session_scope: all` in params.yaml measures every variant)"
+    )
+
+
 def facts(m: BenchRecord) -> str:
     mach, ds = m.machine, m.dataset
     isa = ", ".join(mach.get("isa", [])) or "none of the int8 extensions"
@@ -148,9 +159,7 @@ def facts(m: BenchRecord) -> str:
             f"- Evaluation images: {sizes}. Timings: {ds['timed_images']} images from "
             f"{ds['timed_from']}, after {ds['warmup']} warm-up calls, median of {ds['repeats']} "
             f"interleaved rounds, each a fresh process; memory growth over "
-            f"{ds['long_session']} calls in one process for stock, what ships (the bundle, "
-            "with and without its fallback), the arena flip and the runtime floors; final and "
-            "mem:recipe run the bundle's model, so their growth is the bundle's.",
+            f"{ds['long_session']} calls in one process {long_scope(ds)}.",
             f"- stock is {m.stock}.",
             "- Cold start: spawn to first recognized text (interpreter, imports, session, first "
             "image; page cache warm). Warm: image bytes to text. Model: session.run only. CPU: "

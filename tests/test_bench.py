@@ -156,6 +156,26 @@ def test_core_slots_are_disjoint_and_cover_the_threads() -> None:
     assert bench.pinned_cores(2, [3, 1, 2]) == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("scope", "expected"), [("shipped", ["bundle"]), ("all", ["final", "bundle"])]
+)
+def test_long_session_scope_chooses_the_variants(
+    monkeypatch: pytest.MonkeyPatch, scope: str, expected: list[str]
+) -> None:
+    variants = [
+        bench.Variant("final", "onnx", 1.0),
+        bench.Variant("bundle", "bundle", 1.0, long_session=True),
+        bench.Variant("gone", "onnx", None, long_session=True, skipped="not installed"),
+    ]
+    specs: list[dict[str, Any]] = []
+    monkeypatch.setattr(bench, "spawn", lambda spec: specs.append(spec) or {"ok": 1})
+    params = BenchParams(long_session=7, long_session_scope=scope)
+    out = bench.long_sessions(variants, [], params, 1, "test")
+    assert sorted(out) == sorted(expected)
+    assert sorted(s["variant"] for s in specs) == sorted(expected)
+    assert {s["long_session"] for s in specs} == {7}
+
+
 def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
     assert bench.interleave(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
 

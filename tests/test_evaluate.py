@@ -21,6 +21,17 @@ def test_predict_decodes_each_input_with_the_models_contract(tmp_path):
     assert preds == [decode(tiny.run(model, x), ctc.charset).text for x in xs]
 
 
+def test_predict_gives_the_same_texts_on_any_number_of_cores(tmp_path, monkeypatch):
+    source = builders.write_source(tmp_path)
+    xs = tiny.inputs(40)
+    texts = {}
+    for cores in (1, 2, 5):
+        monkeypatch.setattr(evaluate, "usable_cores", lambda n=cores: n)
+        texts[cores] = evaluate.predict(source / "model.onnx", xs, evaluate.eval_runtime(Runtime()))
+    assert texts[1] == texts[2] == texts[5]
+    assert len(set(texts[1])) > 1  # a constant answer would make the order check vacuous
+
+
 def test_evaluate_build_scores_every_variant_on_every_set(tmp_path):
     builders.write_source(tmp_path)
     builders.write_data(tmp_path)

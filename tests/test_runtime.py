@@ -323,6 +323,16 @@ def test_the_fallback_loads_on_first_need(
     assert explicit.load_fallback() is True and explicit.fallback_loaded
 
 
+def test_loading_the_fallback_up_front_changes_no_result(unsure: Path):
+    """The bench scores bundle+fallback with bundle's texts; this is why that is sound."""
+    lazy, eager = Recognizer.from_bundle(unsure), Recognizer.from_bundle(unsure)
+    assert eager.load_fallback() and not lazy.fallback_loaded
+    for seed in range(6):
+        a, b = lazy.predict(png(seed)), eager.predict(png(seed))
+        fields = ("text", "status", "model", "confidence")
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+
+
 def test_tampered_fallback_only_disables_the_rerun(unsure: Path, tmp_path: Path):
     out = fresh(unsure, tmp_path)
     tamper(out / "fallback.onnx")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Literal, NamedTuple, Self
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from .dataset import png_bytes
+from .style import Glyph, StyleBase, cut_glyph, draw_label, scaled, uniform_int
 
 FontName = Literal["droid_sans_mono", "pillow_default"]
 ColorScheme = Literal["random", "dark_on_light", "grayscale"]
@@ -25,22 +26,10 @@ RGB = tuple[int, int, int]
 _MIN_CELL = 0.45
 
 
-class CaptchaStyle(BaseModel):
+class CaptchaStyle(StyleBase):
     """How captcha images look; the defaults are calibrated against the stock ddddocr beta."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     generator: Literal["clean"] = Field("clean", description="This style's generator.")
-    width: int = Field(160, ge=16, le=2048, description="Image width in pixels.")
-    height: int = Field(60, ge=16, le=1024, description="Image height in pixels.")
-    min_length: int = Field(4, ge=1, description="Shortest label, in characters.")
-    max_length: int = Field(6, ge=1, description="Longest label, in characters.")
-    alphabet: str | None = Field(
-        None,
-        min_length=1,
-        description="Characters labels are drawn from (unique); null = the pipeline's charset "
-        "(params.yaml: charset).",
-    )
     fonts: list[FontName] = Field(
         default_factory=lambda: ["droid_sans_mono", "pillow_default"],
         min_length=1,
@@ -73,14 +62,6 @@ class CaptchaStyle(BaseModel):
         True, description="Add faint per-pixel noise and a color gradient to the background."
     )
 
-    @field_validator("alphabet")
-    @classmethod
-    def _unique_alphabet(cls, value: str | None) -> str | None:
-        dupes = sorted({c for c in value or "" if value.count(c) > 1})
-        if dupes:
-            raise ValueError(f"alphabet has duplicate characters {dupes}")
-        return value
-
     @field_validator("font_size", "curve_width")
     @classmethod
     def _positive_int_range(cls, value: tuple[int, int]) -> tuple[int, int]:
@@ -95,14 +76,6 @@ class CaptchaStyle(BaseModel):
             raise ValueError(f"need 0 <= low <= high < 1, got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _length_range(self) -> Self:
-        if self.min_length > self.max_length:
-            raise ValueError(
-                f"min_length ({self.min_length}) must be <= max_length ({self.max_length})"
-            )
-        return self
-
 
 # ---------------------------------------------------------------------------- rendering
 
@@ -116,10 +89,6 @@ def _font(name: FontName, size: int) -> ImageFont.FreeTypeFont:
     if not isinstance(font, ImageFont.FreeTypeFont):  # Pillow without FreeType: bitmap only
         raise RuntimeError("Pillow was built without FreeType; 'pillow_default' needs it")
     return font
-
-
-def _uniform_int(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
-    return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
 def _color(rng: np.random.Generator, low: int, high: int, gray: bool) -> RGB:
@@ -159,29 +128,14 @@ def _background(style: CaptchaStyle, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 
 
-class _Glyph(NamedTuple):
-    mask: Image.Image  # 'L' coverage, cropped to the ink (and widened to a minimum cell)
-    dy: float  # top of the mask relative to the text line's vertical center
-
-
-def _glyph(char: str, style: CaptchaStyle, rng: np.random.Generator) -> _Glyph:
-    """One rotated character; `dy` keeps baselines aligned after cropping to the ink."""
-    size = _uniform_int(rng, style.font_size)
+def _glyph(char: str, style: CaptchaStyle, rng: np.random.Generator) -> Glyph:
+    size = uniform_int(rng, style.font_size)
     font = _font(style.fonts[int(rng.integers(len(style.fonts)))], size)
-    ascent, descent = font.getmetrics()
-    pad = size // 2
-    line = Image.new("L", (int(font.getlength(char)) + 2 * pad, ascent + descent + 2 * pad), 0)
-    ImageDraw.Draw(line).text((pad, pad), char, fill=255, font=font)
     angle = float(rng.uniform(-style.rotation_deg, style.rotation_deg))
-    line = line.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
-    left, top, right, bottom = line.getbbox() or (0, 0, 1, 1)
-    # Narrow glyphs (i, l, 1) get a minimum cell so neighbours do not swallow them.
-    extra = max(0, round(size * _MIN_CELL) - (right - left))
-    left, right = left - extra // 2, right + extra - extra // 2
-    return _Glyph(line.crop((left, top, right, bottom)), top - line.height / 2)
+    return cut_glyph(char, font, size, angle, _MIN_CELL)
 
 
-def _layout(glyphs: list[_Glyph], style: CaptchaStyle, rng: np.random.Generator) -> list[int]:
+def _layout(glyphs: list[Glyph], style: CaptchaStyle, rng: np.random.Generator) -> list[int]:
     """Horizontal offset of each glyph from the previous one; overlap pulls glyphs together."""
     overlaps = rng.uniform(style.overlap[0], style.overlap[1], size=len(glyphs))
     return [0] + [
@@ -190,7 +144,7 @@ def _layout(glyphs: list[_Glyph], style: CaptchaStyle, rng: np.random.Generator)
     ]
 
 
-def _fit(glyphs: list[_Glyph], steps: list[int], style: CaptchaStyle) -> float:
+def _fit(glyphs: list[Glyph], steps: list[int], style: CaptchaStyle) -> float:
     """Scale factor that makes the text run fit inside the image with a small margin."""
     run = sum(steps) + glyphs[-1].mask.width
     extent = max(g.dy + g.mask.height for g in glyphs) - min(g.dy for g in glyphs)
@@ -198,31 +152,23 @@ def _fit(glyphs: list[_Glyph], steps: list[int], style: CaptchaStyle) -> float:
     return min(1.0, (style.width - 2 * margin) / run, (style.height - 4) / extent)
 
 
-def _scaled(glyph: _Glyph, scale: float) -> _Glyph:
-    if scale >= 1.0:
-        return glyph
-    w, h = glyph.mask.size
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return _Glyph(glyph.mask.resize(size, Image.Resampling.BILINEAR), glyph.dy * scale)
-
-
 def _draw_text(img: Image.Image, text: str, style: CaptchaStyle, rng: np.random.Generator) -> None:
     glyphs = [_glyph(c, style, rng) for c in text]
     steps = _layout(glyphs, style, rng)
     scale = _fit(glyphs, steps, style)
-    glyphs = [_scaled(g, scale) for g in glyphs]
+    glyphs = [scaled(g, scale) for g in glyphs]
     steps = [round(s * scale) for s in steps]
     top = min(g.dy for g in glyphs)
     bottom = max(g.dy + g.mask.height for g in glyphs)
     center = (style.height - (bottom - top)) / 2 - top  # line center that centers the ink
     free = max(0.0, style.height - (bottom - top))
     x = (style.width - sum(steps) - glyphs[-1].mask.width) // 2 + int(rng.integers(-2, 3))
-    for glyph, step in zip(glyphs, steps, strict=True):
+    for g, step in zip(glyphs, steps, strict=True):
         x += step
         jitter = rng.uniform(-0.5, 0.5) * free * style.vertical_jitter
-        y = min(max(0, round(center + glyph.dy + jitter)), style.height - glyph.mask.height)
-        box = (x, y, x + glyph.mask.width, y + glyph.mask.height)
-        img.paste(_ink(style, rng), box, glyph.mask)
+        y = min(max(0, round(center + g.dy + jitter)), style.height - g.mask.height)
+        box = (x, y, x + g.mask.width, y + g.mask.height)
+        img.paste(_ink(style, rng), box, g.mask)
 
 
 def _draw_curves(img: Image.Image, style: CaptchaStyle, rng: np.random.Generator) -> None:
@@ -238,7 +184,7 @@ def _draw_curves(img: Image.Image, style: CaptchaStyle, rng: np.random.Generator
         mid = rng.uniform(0.3, 0.7) * style.height
         ys = mid + amp * np.sin(2 * np.pi * xs / period + phase)
         points = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
-        draw.line(points, fill=_ink(style, rng), width=_uniform_int(rng, style.curve_width))
+        draw.line(points, fill=_ink(style, rng), width=uniform_int(rng, style.curve_width))
 
 
 def _draw_dots(img: Image.Image, style: CaptchaStyle, rng: np.random.Generator) -> None:
@@ -263,11 +209,8 @@ def render(text: str, style: CaptchaStyle, rng: np.random.Generator) -> Image.Im
 
 def sample(style: CaptchaStyle, seed: int, index: int) -> tuple[str, bytes]:
     """Sample `index` of the split seeded by `seed`; independent of the split size."""
-    if not style.alphabet:
-        raise ValueError("style.alphabet is unset: resolve it from the charset first")
     rng = np.random.default_rng([seed, index])
-    length = _uniform_int(rng, (style.min_length, style.max_length))
-    label = "".join(style.alphabet[i] for i in rng.integers(len(style.alphabet), size=length))
+    label = draw_label(style, rng)
     return label, png_bytes(render(label, style, rng))
 
 

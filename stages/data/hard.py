@@ -15,20 +15,18 @@ from collections.abc import Callable
 from functools import lru_cache
 from importlib import util
 from pathlib import Path
-from typing import Literal, NamedTuple, Self
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from .dataset import png_bytes
+from .style import Glyph, IntRange, StyleBase, cut_glyph, draw_label, scaled, uniform_int
 
 FontName = Literal[
     "dejavu_sans",
@@ -44,7 +42,6 @@ FontName = Literal[
 ]
 RGB = tuple[int, int, int]
 FloatRange = tuple[float, float]
-IntRange = tuple[int, int]
 
 # Font name -> (package that ships it, path inside the package); pillow_default is built in.
 _FONT_FILES: dict[str, tuple[str, str]] = {
@@ -66,26 +63,14 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _STREAMS = ("background", "text", "strokes", "warp", "dots")
 
 
-class HardStyle(BaseModel):
+class HardStyle(StyleBase):
     """How hard captchas look; the defaults are calibrated against the stock ddddocr beta.
 
     Stock `DdddOcr(beta=True)` reads 57.7 % of them exactly (clean style: 88.0 %; seed
     20261125, indices 0..299), while a person can still read them.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     generator: Literal["hard"] = Field("hard", description="This style's generator.")
-    width: int = Field(160, ge=16, le=2048, description="Image width in pixels.")
-    height: int = Field(60, ge=16, le=1024, description="Image height in pixels.")
-    min_length: int = Field(4, ge=1, description="Shortest label, in characters.")
-    max_length: int = Field(6, ge=1, description="Longest label, in characters.")
-    alphabet: str | None = Field(
-        None,
-        min_length=1,
-        description="Characters labels are drawn from (unique); null = the pipeline's charset "
-        "(params.yaml: charset).",
-    )
     fonts: list[FontName] = Field(
         default_factory=lambda: [
             "dejavu_sans",
@@ -178,16 +163,6 @@ class HardStyle(BaseModel):
         description="Inclusive range of the JPEG re-compression quality; null or (0, 0) = off.",
     )
 
-    @field_validator("alphabet")
-    @classmethod
-    def _unique_alphabet(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        dupes = sorted({c for c in value if value.count(c) > 1})
-        if dupes:
-            raise ValueError(f"alphabet has duplicate characters {dupes}")
-        return value
-
     @field_validator("font_size", "ink_stroke_width", "stroke_width", "background_level")
     @classmethod
     def _int_range(cls, value: IntRange, info: ValidationInfo) -> IntRange:
@@ -218,14 +193,6 @@ class HardStyle(BaseModel):
         if not 1 <= value[0] <= value[1] <= 95:
             raise ValueError(f"{info.field_name}: need 1 <= low <= high <= 95, got {value}")
         return value
-
-    @model_validator(mode="after")
-    def _length_range(self) -> Self:
-        if self.min_length > self.max_length:
-            raise ValueError(
-                f"min_length ({self.min_length}) must be <= max_length ({self.max_length})"
-            )
-        return self
 
 
 # ---------------------------------------------------------------------------- fonts
@@ -261,10 +228,6 @@ def style_fonts(style: HardStyle) -> list[tuple[str, ImageFont.FreeTypeFont]]:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _uniform_int(rng: np.random.Generator, bounds: IntRange) -> int:
-    return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
 def _uniform(rng: np.random.Generator, bounds: FloatRange) -> float:
@@ -379,28 +342,14 @@ def _background(style: HardStyle, rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------------------- text
 
 
-class _Glyph(NamedTuple):
-    mask: Image.Image  # 'L' coverage, cropped to the ink (widened to a minimum cell)
-    dy: float  # top of the mask relative to the text line's vertical center
-
-
-def _glyph(char: str, style: HardStyle, rng: np.random.Generator) -> _Glyph:
-    """One rotated character; `dy` keeps baselines aligned after cropping to the ink."""
-    size = _uniform_int(rng, style.font_size)
+def _glyph(char: str, style: HardStyle, rng: np.random.Generator) -> Glyph:
+    size = uniform_int(rng, style.font_size)
     font = _font(style.fonts[int(rng.integers(len(style.fonts)))], size)
-    ascent, descent = font.getmetrics()
-    pad = size // 2
-    line = Image.new("L", (int(font.getlength(char)) + 2 * pad, ascent + descent + 2 * pad), 0)
-    ImageDraw.Draw(line).text((pad, pad), char, fill=255, font=font)
     angle = _uniform(rng, (-style.rotation_deg, style.rotation_deg))
-    line = line.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
-    left, top, right, bottom = line.getbbox() or (0, 0, 1, 1)
-    extra = max(0, round(size * _MIN_CELL) - (right - left))
-    left, right = left - extra // 2, right + extra - extra // 2
-    return _Glyph(line.crop((left, top, right, bottom)), top - line.height / 2)
+    return cut_glyph(char, font, size, angle, _MIN_CELL)
 
 
-def _layout(glyphs: list[_Glyph], style: HardStyle, rng: np.random.Generator) -> list[int]:
+def _layout(glyphs: list[Glyph], style: HardStyle, rng: np.random.Generator) -> list[int]:
     """Offset of each glyph from the previous one; negative spacing makes them overlap."""
     gaps = rng.uniform(style.spacing[0], style.spacing[1], size=len(glyphs))
     return [0] + [
@@ -409,20 +358,12 @@ def _layout(glyphs: list[_Glyph], style: HardStyle, rng: np.random.Generator) ->
     ]
 
 
-def _fit(glyphs: list[_Glyph], steps: list[int], style: HardStyle) -> float:
+def _fit(glyphs: list[Glyph], steps: list[int], style: HardStyle) -> float:
     """Scale factor that makes the run fit, leaving room for the warp at the edges."""
     run = sum(steps) + glyphs[-1].mask.width
     extent = max(g.dy + g.mask.height for g in glyphs) - min(g.dy for g in glyphs)
     margin = max(2, style.width // 32) + style.warp_amplitude
     return min(1.0, (style.width - 2 * margin) / run, (style.height - 4) / extent)
-
-
-def _scaled(glyph: _Glyph, scale: float) -> _Glyph:
-    if scale >= 1.0:
-        return glyph
-    w, h = glyph.mask.size
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return _Glyph(glyph.mask.resize(size, Image.Resampling.BILINEAR), glyph.dy * scale)
 
 
 def _ink(background: np.ndarray, style: HardStyle, rng: np.random.Generator) -> RGB:
@@ -441,7 +382,7 @@ def _ink(background: np.ndarray, style: HardStyle, rng: np.random.Generator) -> 
 
 
 def _place(
-    glyphs: list[_Glyph], steps: list[int], style: HardStyle, rng: np.random.Generator
+    glyphs: list[Glyph], steps: list[int], style: HardStyle, rng: np.random.Generator
 ) -> list[tuple[int, int]]:
     """Top-left corner of each glyph: horizontally centered, with vertical jitter."""
     top = min(g.dy for g in glyphs)
@@ -465,7 +406,7 @@ def _draw_text(
     glyphs = [_glyph(c, style, rng) for c in text]
     steps = _layout(glyphs, style, rng)
     scale = _fit(glyphs, steps, style)
-    glyphs = [_scaled(g, scale) for g in glyphs]
+    glyphs = [scaled(g, scale) for g in glyphs]
     steps = [round(s * scale) for s in steps]
     corners = _place(glyphs, steps, style, rng)
     colors: list[RGB] = []
@@ -486,8 +427,8 @@ def _draw_text(
 def _stroke(colors: list[RGB], style: HardStyle, rng: np.random.Generator) -> tuple[RGB, int]:
     """Color and width of one line or arc: a character's look, or a random thin stroke."""
     if rng.uniform() < style.stroke_ink_fraction:
-        return colors[int(rng.integers(len(colors)))], _uniform_int(rng, style.ink_stroke_width)
-    return _rgb(rng.uniform(0.0, 255.0, size=3)), _uniform_int(rng, style.stroke_width)
+        return colors[int(rng.integers(len(colors)))], uniform_int(rng, style.ink_stroke_width)
+    return _rgb(rng.uniform(0.0, 255.0, size=3)), uniform_int(rng, style.stroke_width)
 
 
 def _draw_strokes(
@@ -595,12 +536,9 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
 def sample_hard(style: HardStyle, seed: int, index: int) -> tuple[str, bytes]:
     """Sample `index` of the split seeded by `seed`; independent of the split size."""
     rng = np.random.default_rng([seed, index])
-    length = _uniform_int(rng, (style.min_length, style.max_length))
-    if not style.alphabet:
-        raise ValueError("style.alphabet is unset: resolve it from the charset first")
-    label = "".join(style.alphabet[i] for i in rng.integers(len(style.alphabet), size=length))
+    label = draw_label(style, rng)
     img = render_hard(label, style, rng)
     # Drawn after rendering, so switching JPEG off leaves the pixels before it unchanged.
     if style.jpeg_quality:
-        img = _jpeg(img, _uniform_int(rng, style.jpeg_quality))
+        img = _jpeg(img, uniform_int(rng, style.jpeg_quality))
     return label, png_bytes(img)

@@ -37,7 +37,7 @@ from ..contract import Contract
 from ..data.dataset import read_sets
 from ..errors import PipelineError
 from ..evaluate import EvalSets, score_sets
-from ..progress import Progress
+from ..progress import Progress, map_ordered, usable_cores
 from ..recipe import BenchParams, Recipe
 from ..records import (
     BUILD_FILE,
@@ -196,9 +196,10 @@ def core_slots(threads: int, available: Sequence[int] | None = None) -> list[lis
 def long_sessions(
     variants: list[Variant], images: list[Path], params: BenchParams, threads: int, label: str
 ) -> dict[str, dict[str, Any]]:
-    """One long-session run per deployable variant: resident memory after warm-up and after
-    `params.long_session` recognitions in the same process."""
-    todo = [v for v in variants if v.long_session and v.skipped is None]
+    """One long-session run per variant in scope (deployable ones, or every one): resident
+    memory after warm-up and after `params.long_session` recognitions in the same process."""
+    every = params.long_session_scope == "all"
+    todo = [v for v in variants if (every or v.long_session) and v.skipped is None]
     if not params.long_session or not todo:
         return {}
     slots = core_slots(threads)
@@ -353,29 +354,29 @@ def accuracy_table(
     }
 
 
-def bundle_accuracy(bundle: Path, sets: EvalSets, scoring: Any, label: str) -> dict:
+def bundle_accuracy(
+    bundle: Path, sets: EvalSets, scoring: Any, label: str, threads: int
+) -> dict[str, dict[str, SetAccuracy]]:
     """The bundle as an app runs it (primary, then the fallback on unsure images) on every
-    evaluation image: its own accuracy, not final's."""
+    evaluation image: its own accuracy, not final's. bundle+fallback runs the same chain with
+    the fallback loaded up front, which changes memory and timing, never a text
+    (test_runtime checks it), so it shares the record."""
     from ..runtime import Recognizer
 
-    out = {}
-    for load_fallback in (False, True):
-        rec = Recognizer.from_bundle(bundle)
-        if load_fallback and ("fallback" not in rec.spec.models or not rec.load_fallback()):
-            continue
-        bar = Progress(f"{label}: bundle accuracy", sum(sets.sizes.values()))
-        preds = {}
-        for s, paths in sets.images.items():
-            preds[s] = []
-            for p in paths:
-                preds[s].append(rec.predict(p).text)
-                bar.step()
-        bar.close()
-        out["bundle+fallback" if load_fallback else "bundle"] = {
-            s: SetAccuracy(accuracy=r.accuracy, cer=r.cer, agreement=r.agreement)
-            for s, r in score_sets(preds, sets.labels, None, scoring).items()
-        }
-    return out
+    rec = Recognizer.from_bundle(bundle)
+    bar = Progress(f"{label}: bundle accuracy", sum(sets.sizes.values()))
+    workers = max(1, usable_cores() // max(1, threads))  # the Recognizer is thread-safe
+    preds = {
+        s: map_ordered(lambda p: rec.predict(p).text, paths, bar, workers)
+        for s, paths in sets.images.items()
+    }
+    bar.close()
+    acc = {
+        s: SetAccuracy(accuracy=r.accuracy, cer=r.cer, agreement=r.agreement)
+        for s, r in score_sets(preds, sets.labels, None, scoring).items()
+    }
+    with_fallback = "fallback" in rec.spec.models
+    return {"bundle": acc, **({"bundle+fallback": acc} if with_fallback else {})}
 
 
 def variant_record(
@@ -472,6 +473,7 @@ def dataset_info(sets: EvalSets, timed: list[Path], params: BenchParams) -> dict
         "warmup": params.warmup,
         "repeats": params.repeats,
         "long_session": params.long_session,
+        "long_session_scope": params.long_session_scope,
     }
 
 
@@ -506,7 +508,9 @@ def run_bench(
     images, labels = timed_images(sets, params.warm_images)
     acc = accuracy_table(evaluation, base)
     label = f"bench@{inputs.target}"
-    acc |= bundle_accuracy(inputs.bundle, sets, contract.scoring, label)
+    acc |= bundle_accuracy(
+        inputs.bundle, sets, contract.scoring, label, recipe.runtime.intra_op_threads
+    )
     cores = pinned_cores(recipe.runtime.intra_op_threads)
     variants = [
         *baseline_variants(inputs, recipe, contract, list(params.baselines)),
