@@ -87,7 +87,8 @@ class Settings:
 
 
 class ServeError(PipelineError):
-    """The server cannot start (the address is taken or not ours): exit code 2 in the CLI."""
+    """The server cannot start (the address is taken or not ours), or a backend was asked to
+    batch although its model cannot: exit code 2 in the CLI."""
 
 
 class HttpError(Exception):
@@ -125,7 +126,8 @@ class Backend(ABC):
         """One image's answer {text, confidence, status, model, timings_ms}; ImageError if bad."""
 
     def prepare(self, data: bytes) -> Prepared:
-        raise NotImplementedError(f"{type(self).__name__} does not batch")
+        """One image decoded and preprocessed for run_batch; only where `batchable`."""
+        raise self._unbatchable()
 
     def warm(self) -> None:
         """One recognition before the first request, so it pays no lazy imports."""
@@ -133,7 +135,13 @@ class Backend(ABC):
 
     def run_batch(self, items: list[Prepared]) -> tuple[list[dict[str, Any]], list[int]]:
         """Answers in order, and the size of each session run made."""
-        raise NotImplementedError(f"{type(self).__name__} does not batch")
+        raise self._unbatchable()
+
+    def _unbatchable(self) -> ServeError:
+        return ServeError(
+            f"{type(self).__name__} does not batch (its model has a fixed batch of 1); "
+            "check `batchable` before calling prepare or run_batch"
+        )
 
 
 class BundleBackend(Backend):

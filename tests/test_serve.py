@@ -32,6 +32,7 @@ from stages.serve import (
     RECOGNIZE_PATH,
     BundleBackend,
     HttpError,
+    ServeError,
     Settings,
     StockBackend,
     build_app,
@@ -387,6 +388,11 @@ def test_stock_backend_answers_through_the_same_layer():
         assert isinstance(body["text"], str) and body["model"] == "stock"
         assert post(url, b"junk")[1]["code"] == "E_DECODE"
         assert post(url, b"")[1]["code"] == "E_EMPTY"
+    assert backend.batchable is False
+    with pytest.raises(ServeError, match=r"StockBackend does not batch.*check `batchable`"):
+        backend.prepare(png(64, height=24))
+    with pytest.raises(ServeError, match="does not batch"):
+        backend.run_batch([])
 
 
 # ---------------------------------------------------------------------------- the client side
