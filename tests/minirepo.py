@@ -23,7 +23,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: python, dvc
-COPIED = ("stages", "dvc.yaml", "pipeline.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+COPIED = (
+    "stages",
+    "dvc.yaml",
+    "pipeline.yaml",
+    "pyproject.toml",
+    ".dvcignore",
+    ".gitignore",
+    "machine.json",
+)
 TARGETS = ("high", "mid", "low")
 README = "# tiny\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
 

@@ -15,7 +15,7 @@ import tiny
 from onnx import helper, numpy_helper
 
 from stages import modelio
-from stages.measure import bench, floor, metrics
+from stages.measure import bench, floor, machine, metrics
 from stages.recipe import BenchParams, Budgets
 from stages.records import BenchRecord, Ratios, SetAccuracy, VariantMetrics, read_record
 from stages.runtime.decode import decode
@@ -174,6 +174,28 @@ def test_long_session_scope_chooses_the_variants(
     assert sorted(out) == sorted(expected)
     assert sorted(s["variant"] for s in specs) == sorted(expected)
     assert {s["long_session"] for s in specs} == {7}
+
+
+def test_machine_file_holds_the_facts_and_is_rewritten_only_when_they_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "machine.json"
+    out.write_text(json.dumps({**machine.machine_info(), "cpu": "another cpu"}))
+    assert machine.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == machine.machine_info()
+    assert "written: the measuring stages will rerun" in capsys.readouterr().out
+    before = out.stat().st_mtime_ns
+    assert machine.main(["--out", str(out)]) == 0
+    assert out.stat().st_mtime_ns == before and "(unchanged)" in capsys.readouterr().out
+
+
+def test_the_committed_metrics_were_measured_on_the_committed_machine() -> None:
+    """DVC reuses committed figures where machine.json is equal: they must be its figures."""
+    root = Path(__file__).resolve().parents[1]
+    facts = json.loads((root / "machine.json").read_text())
+    for name in ("high", "mid", "low", "serve"):
+        record = json.loads((root / "metrics" / f"{name}.json").read_text())
+        assert record["machine"] == facts, name
 
 
 def test_interleave_runs_every_variant_once_per_round_in_order() -> None:

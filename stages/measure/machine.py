@@ -1,8 +1,15 @@
 """Which machine measured, and which of its cores a measurement may use. Standard library only:
-the server bench and the report use it without loading a model."""
+the server bench and the report use it without loading a model.
+
+`python -m stages.measure.machine --out machine.json` (make build runs it before dvc repro)
+writes these facts where preprocess, bench and serve_bench depend on them: timings belong to a
+machine, so DVC remeasures on another CPU, core count or library version and reuses the
+committed figures only where the facts are equal."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 from collections.abc import Sequence
@@ -43,3 +50,22 @@ def machine_info() -> dict[str, Any]:
         "onnxruntime": metadata.version("onnxruntime"),
         "ddddocr": metadata.version("ddddocr"),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.measure.machine", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="machine.json to write")
+    out = parser.parse_args(argv).out
+    info = machine_info()
+    old = json.loads(out.read_text()) if out.is_file() else None
+    if info != old:  # rewriting equal facts would be harmless, but say what happened
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, out)
+    state = "unchanged" if info == old else "written: the measuring stages will rerun"
+    print(f"machine: {info['cpu']}, {info['usable_cores']} usable cores -> {out} ({state})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
