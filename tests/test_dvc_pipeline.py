@@ -141,6 +141,17 @@ def test_override_reruns_only_that_class(repo: Path) -> None:
     assert quantize["per_channel"] is True, f"the override did not reach the build: {recipe}"
 
 
+def test_another_machines_facts_rerun_only_the_measuring_stages(repo: Path) -> None:
+    """make build rewrites machine.json; timings measured elsewhere are never reused."""
+    facts = json.loads((repo / "machine.json").read_text())
+    other = {**facts, "cpu": "another cpu", "usable_cores": 1}
+    (repo / "machine.json").write_text(json.dumps(other, indent=2) + "\n")
+    ran, out = repro(repo)
+    measuring = {"preprocess", "serve_bench", *(f"bench@{t}" for t in minirepo.TARGETS)}
+    assert ran == measuring | {"report"}, f"repro ran {sorted(ran)}:\n{out}"
+    assert_clean(repo, "after the repro")
+
+
 def test_recipe_edit_reruns_only_that_class(repo: Path) -> None:
     def fewer_chars(recipe: dict[str, Any]) -> None:
         recipe["passes"] = [{"fix_output_shape": {}}, {"prune_charset": {"chars": "abcd"}}]
