@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
+
 ROOT = Path(__file__).resolve().parents[2]  # child processes run `-m stages...` from here
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
@@ -58,10 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = parser.parse_args(argv).out
     info = machine_info()
     old = json.loads(out.read_text()) if out.is_file() else None
-    if info != old:  # rewriting equal facts would be harmless, but say what happened
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, out)
+    if info != old:  # equal facts stay untouched, so the file's time says when they changed
+        write_json(out, info)
     state = "unchanged" if info == old else "written: the measuring stages will rerun"
     print(f"machine: {info['cpu']}, {info['usable_cores']} usable cores -> {out} ({state})")
     return 0
