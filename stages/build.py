@@ -9,8 +9,14 @@ build/<C>/model/           (the DVC output later stages depend on; byte-identica
   stages/NN-<pass>.onnx    every pass's output
   model.onnx, charset.json the final model
   recipe.json              the resolved recipe (what evaluate, bundle and bench read)
-  build.json               records.BuildRecord: divergence and each pass's report
+  build.json               records.BuildRecord: each pass's report (what it decided)
 build/<C>/timings.json     seconds per pass (nothing depends on it)
+build/<C>/checks.json      records.CheckRecord: each stage's divergence from its input, on this
+                           machine's float kernels (the report reads it; nothing else does)
+
+Nothing in model/ depends on the build CPU's float rounding: the decisions come from integer-exact
+int8 kernels and snapped calibration ranges, so an AVX2 and an AVX-512 machine write the same
+bytes; what does carry the CPU's last digits (divergences, seconds) lives beside model/.
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ import onnx
 from . import modelio, registry
 from .atomic import atomic_dir, write_json
 from .errors import PassError
+from .profiles.host import host_cpu, host_isa
 from .recipe import Equivalence, Recipe
 from .records import (
     BUILD_FILE,
+    CHECKS_FILE,
     RECIPE_FILE,
     BuildRecord,
+    CheckRecord,
     RecordError,
+    StageCheck,
     StageRecord,
     write_record,
 )
@@ -217,8 +227,20 @@ def build_record(target: str, results: list[StageResult], folder: Path) -> Build
                 file=f"stages/{r.filename}",
                 size_mb=round(modelio.size_mb(folder / "stages" / r.filename), 3),
                 exact=r.exact,
-                **{k: round(v, 6) for k, v in r.divergence.items()},
                 report=r.report,
+            )
+            for r in results
+        ],
+    )
+
+
+def check_record(target: str, results: list[StageResult]) -> CheckRecord:
+    return CheckRecord(
+        target=target,
+        machine={"cpu": host_cpu(), "isa": host_isa()},
+        stages=[
+            StageCheck(
+                file=f"stages/{r.filename}", **{k: round(v, 6) for k, v in r.divergence.items()}
             )
             for r in results
         ],
@@ -227,7 +249,7 @@ def build_record(target: str, results: list[StageResult], folder: Path) -> Build
 
 def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: str) -> None:
     """Every stage model, the final model and the records into `out` atomically; the pass
-    timings beside it, in `out`'s parent."""
+    timings and divergences beside it, in `out`'s parent."""
     with atomic_dir(out) as tmp:
         for r in results:
             modelio.save(r.model, tmp / "stages" / r.filename)
@@ -243,6 +265,7 @@ def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: s
         out.parent / TIMINGS_FILE,
         {"target": target, "seconds": {r.filename: round(r.seconds, 2) for r in results}},
     )
+    write_record(out.parent / CHECKS_FILE, check_record(target, results))
 
 
 def read_recipe(build_model_dir: Path) -> Recipe:

@@ -325,9 +325,48 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="the class's bundle folder")
+    p.add_argument(
+        "--reference", type=Path, required=True, help="the baselines stage's reference.json"
+    )
+
+
+@verb("verify", "run the class's bundle on every CPU profile it declares (emulated where needed)",
+      _params, _target, _model, _data, _build, _verify_args, _out)  # fmt: skip
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .build import read_recipe
+    from .contract import read_contract
+    from .data.dataset import read_sets
+    from .evaluate import EvalSets, reference_texts
+    from .records import write_record
+    from .verify import verify_bundle
+
+    params = _load_params(args)
+    contract = read_contract(args.model)
+    recipe = read_recipe(args.build)
+    sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
+    record = verify_bundle(
+        args.target, args.bundle, sets, reference_texts(args.reference, sets, contract.input),
+        {p: _named(params.profiles, p, args.params, "profiles") for p in recipe.profiles},
+        params.verify.images, contract.scoring,
+        recipe.budgets.max_accuracy_drop_pts,
+    )  # fmt: skip
+    write_record(args.out, record)
+    for name, run in record.profiles.items():
+        shown = ", ".join(
+            f"{s} {r.accuracy:.3f} (agree ref {r.agreement_reference:.3f}, "
+            f"build {r.agreement_build:.3f})"
+            for s, r in run.sets.items()
+        )
+        print(f"verify@{args.target} {name} ({run.how}): {shown or run.reason}")
+    return 0
+
+
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="the class's bundle folder")
     p.add_argument("--baselines", type=Path, required=True, help="the baselines stage's folder")
+    p.add_argument("--verify", type=Path, required=True, help="the class's verify/<C>.json")
 
 
 @verb("bench", "measure every variant of a class in fresh pinned processes, interleaved",
@@ -348,6 +387,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         data=args.data,
         sets=params.data.sources(),
+        verify=args.verify,
     )
     result = run_bench(inputs, read_recipe(args.build), read_contract(args.model), params.bench)
     write_record(args.out, result)
@@ -427,7 +467,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _named(table: dict, name: str, params_file: Path, field: str):
     if name not in table:
         raise recipes.RecipeError(
-            str(params_file), field, f"has no source '{name}'; it has {sorted(table)}"
+            str(params_file), field, f"has no '{name}'; it has {sorted(table)}"
         )
     return table[name]
 

@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "PassError",
     "PipelineError",
+    "ProfileError",
     "RecipeError",
     "UnknownNameError",
 ]
@@ -44,6 +45,10 @@ class PassError(PipelineError):
     def __init__(self, pass_name: str, message: str) -> None:
         self.pass_name = pass_name
         super().__init__(f"pass '{pass_name}': {message}")
+
+
+class ProfileError(PipelineError):
+    """A model could not run on a CPU profile (emulator missing or its worker failed)."""
 
 
 class UnknownNameError(PipelineError, KeyError):

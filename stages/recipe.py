@@ -33,6 +33,7 @@ from .contract import ModelParams
 from .data.folder import FolderSource
 from .data.sources import SyntheticSource
 from .errors import FieldValueError, RecipeError, UnknownNameError
+from .profiles.profile import CpuProfile
 from .runtime.preprocess import Preprocess
 from .runtime.session import Runtime
 
@@ -147,6 +148,11 @@ class Recipe(Strict):
     equivalence: Equivalence = Field(default_factory=Equivalence)
     budgets: Budgets = Field(default_factory=Budgets)
     bundle: BundleOptions = Field(default_factory=BundleOptions)
+    profiles: list[str] = Field(
+        default_factory=list,
+        description="the CPU profiles (params.yaml profiles) this class's devices have; the "
+        "verify stage runs the bundle on each",
+    )
 
     def resolved(self) -> dict[str, Any]:
         """Plain data of the whole recipe, options included (written next to each model);
@@ -235,6 +241,17 @@ class ServeParams(Strict):
         return value
 
 
+class VerifyParams(Strict):
+    """The verify stage: each bundle on each CPU profile its class declares."""
+
+    images: int = Field(
+        100,
+        ge=1,
+        description="first images of each evaluation set run per profile (a fixed subset: "
+        "emulation costs 55-165x native time); one image is 100/images points",
+    )
+
+
 class PreprocessBench(Strict):
     images: int = Field(
         600, ge=1, description="evaluation images per set each candidate is scored on"
@@ -253,6 +270,10 @@ class Params(Strict):
     bench: BenchParams = Field(default_factory=BenchParams)
     preprocess: PreprocessBench = Field(default_factory=PreprocessBench)
     serve: ServeParams = Field(default_factory=ServeParams)
+    profiles: dict[str, CpuProfile] = Field(
+        default_factory=dict, description="named CPU profiles recipes declare (data, not code)"
+    )
+    verify: VerifyParams = Field(default_factory=VerifyParams)
     versions: dict[str, str] = Field(description="pinned library versions the builds depend on")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-class patches of recipe fields"
@@ -502,10 +523,21 @@ def load_class(
             "",
             f"no recipe for device class '{target}'; known classes: {', '.join(known)}",
         )
-    return load_recipe(
+    override = params.overrides.get(target)
+    recipe = load_recipe(
         path,
         pipeline.defaults,
-        params.overrides.get(target),
+        override,
         f"{params_file}: overrides.{target}",
         contract_input or params.model.input,
     )
+    unknown = [p for p in recipe.profiles if p not in params.profiles]
+    if unknown:
+        where = f"{params_file}: overrides.{target}" if "profiles" in (override or {}) else path
+        raise RecipeError(
+            str(where),
+            "profiles",
+            f"{unknown} are not CPU profiles of params.yaml; known: {sorted(params.profiles)} "
+            "(add one under params.yaml profiles)",
+        )
+    return recipe

@@ -19,7 +19,7 @@ from .errors import PipelineError
 R = TypeVar("R", bound=BaseModel)
 
 # file names inside build/<C>/model that later stages read
-RECIPE_FILE, BUILD_FILE = "recipe.json", "build.json"
+RECIPE_FILE, BUILD_FILE, CHECKS_FILE = "recipe.json", "build.json", "checks.json"
 
 
 class Record(BaseModel):
@@ -98,10 +98,6 @@ class StageRecord(Record):
     file: str  # stages/NN-<pass>.onnx, relative to the build folder
     size_mb: float
     exact: bool  # checked against its input within the recipe's equivalence tolerance
-    max_abs_diff: float
-    max_rel_diff: float
-    argmax_agreement: float  # on the classes both models share
-    dropped_best: float = 0.0  # steps whose best input class the pass removed (pruning)
     report: dict[str, Any] = Field(default_factory=dict)  # what the pass chose and why
 
     @property
@@ -114,11 +110,34 @@ class StageRecord(Record):
 
 
 class BuildRecord(Record):
-    """build/<C>/model/build.json (no timings: those go to build/<C>/timings.json, which no
-    stage depends on, so an unchanged rebuild changes no dependency)."""
+    """build/<C>/model/build.json: only what the build decided, so the model folder is the
+    same bytes on any build CPU (timings and divergences go beside it, in build/<C>/)."""
 
     target: str
     stages: list[StageRecord]
+
+
+class StageCheck(Record):
+    """One stage's outputs against its input's, on the build machine's float kernels (their
+    last digits differ between CPUs, hence outside the model folder)."""
+
+    file: str  # as StageRecord.file
+    max_abs_diff: float
+    max_rel_diff: float
+    argmax_agreement: float  # on the classes both models share
+    dropped_best: float = 0.0  # steps whose best input class the pass removed (pruning)
+
+
+class CheckRecord(Record):
+    """build/<C>/checks.json: every stage's divergence (the report shows it; no stage that
+    builds or ships a model depends on it)."""
+
+    target: str
+    machine: dict[str, Any]  # cpu and ISA flags of the machine whose kernels measured it
+    stages: list[StageCheck]
+
+    def of(self, file: str) -> StageCheck | None:
+        return next((c for c in self.stages if c.file == file), None)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -233,6 +252,44 @@ class Budget(Record):
     set: str | None = None  # the evaluation set an accuracy budget was judged on
 
 
+# ---------------------------------------------------------------------------- verify
+
+
+class ProfileSet(Record):
+    """One evaluation set's fixed subset read on one CPU profile."""
+
+    images: int
+    accuracy: float  # exact match (0..1)
+    reference_accuracy: float  # the float reference on the same images (0..1)
+    accuracy_drop_pts: float  # reference_accuracy - accuracy
+    agreement_reference: float  # texts equal to the float reference's (0..1)
+    agreement_build: float  # texts equal to the build machine's, same model (0..1)
+    max_abs_diff: float  # largest output difference from the build machine's, same model
+
+
+class ProfileRun(Record):
+    """The shipped model on one CPU profile (verify/<C>.json, metrics/<C>.json `profiles`)."""
+
+    how: str  # native | emulated | unavailable
+    note: str  # what the profile's int8 kernels do differently
+    emulator: str | None = None  # the command prefix, where emulated
+    reason: str | None = None  # why it did not run, where unavailable
+    sets: dict[str, ProfileSet] = Field(default_factory=dict)
+    within_budget: bool | None = None  # every set's drop <= the class's max_accuracy_drop_pts
+
+
+class VerifyRecord(Record):
+    """verify/<C>.json: what each declared CPU profile reads through the bundle."""
+
+    target: str
+    model_file: str  # the bundle file an app runs (model.ort or model.onnx)
+    images_per_set: int
+    resolution_pts: float  # one image of a set, in accuracy points
+    max_accuracy_drop_pts: float | None  # the class's budget, applied per profile and set
+    build_machine: dict[str, Any]  # cpu and ISA flags of the machine that ran this stage
+    profiles: dict[str, ProfileRun]
+
+
 class BenchRecord(Record):
     """metrics/<C>.json"""
 
@@ -253,3 +310,4 @@ class BenchRecord(Record):
     budgets: dict[str, Budget]
     memory_settings: list[dict[str, Any]] = Field(default_factory=list)
     compute_floor: dict[str, Any] = Field(default_factory=dict)
+    profiles: dict[str, ProfileRun] = Field(default_factory=dict)  # verify/<C>.json's runs

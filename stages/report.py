@@ -22,9 +22,11 @@ from .errors import PipelineError
 from .measure.serve_bench import serve_table
 from .records import (
     BUILD_FILE,
+    CHECKS_FILE,
     RECIPE_FILE,
     BenchRecord,
     BuildRecord,
+    CheckRecord,
     EvalRecord,
     Ratios,
     VariantMetrics,
@@ -251,18 +253,19 @@ def floor_section(m: BenchRecord) -> str:
     return "\n".join(lines)
 
 
-def stages_section(build: BuildRecord, evaluation: EvalRecord) -> str:
+def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalRecord) -> str:
     sets = list(evaluation.sets)
     rows = []
     for st in build.stages:
         v = evaluation.variants.get(st.stem)
+        c = checks.of(st.file)
         rows.append(
             [
                 st.stem,
                 "exact" if st.exact else "lossy",
                 fmt(st.size_mb, 2),
-                f"{st.max_abs_diff:.3g}",
-                fmt(st.argmax_agreement, 4),
+                f"{c.max_abs_diff:.3g}" if c else DASH,
+                fmt(c.argmax_agreement, 4) if c else DASH,
                 *[
                     f"{pct(v.sets[s].accuracy)} ({pct(v.sets[s].agreement)})" if v else DASH
                     for s in sets
@@ -331,7 +334,53 @@ def by_length_section(evaluation: EvalRecord) -> str:
     return table(["set", "label length", "images", "reference %", "final %"], rows)
 
 
-def class_report(m: BenchRecord, build: BuildRecord, evaluation: EvalRecord) -> str:
+def runs_on_section(m: BenchRecord) -> str:
+    """What each declared CPU profile reads through the shipped model (verify/<C>.json)."""
+    if not m.profiles:
+        return "The class declares no CPU profile (recipe `profiles:`)."
+    sets = sorted({s for run in m.profiles.values() for s in run.sets})
+    rows = []
+    for name, run in m.profiles.items():
+        if run.how == "unavailable":
+            rows.append([name, f"not run: {run.reason}", *[DASH] * len(sets), DASH])
+            continue
+        how = "native" if run.how == "native" else f"emulated (`{run.emulator}`)"
+        rows.append(
+            [
+                name,
+                how,
+                *[
+                    f"{pct(r.accuracy)} ({fmt(r.accuracy_drop_pts, 1)} pts; ref "
+                    f"{fmt(r.agreement_reference, 3)}, here {fmt(r.agreement_build, 3)}; "
+                    f"max diff {r.max_abs_diff:.2g})"
+                    if (r := run.sets.get(s))
+                    else DASH
+                    for s in sets
+                ],
+                fmt(run.within_budget),
+            ]
+        )
+    first = next((r for run in m.profiles.values() for r in run.sets.values()), None)
+    n = first.images if first else 0
+    notes = [f"- `{name}`: {run.note}" for name, run in m.profiles.items()]
+    return "\n".join(
+        [
+            f"The shipped model on each CPU profile the class declares, on the first {n} images "
+            f"of each evaluation set (one image = {100 / max(1, n):.2g} points). Each cell: "
+            "accuracy (drop against the float reference on the same images; agreement with the "
+            "reference's texts and with this machine's texts; largest output difference from "
+            "this machine's). Emulation checks numerics only: no time is measured there.",
+            "",
+            table(["profile", "ran", *sets, "within budget"], rows),
+            "",
+            *notes,
+        ]
+    )
+
+
+def class_report(
+    m: BenchRecord, build: BuildRecord, checks: CheckRecord, evaluation: EvalRecord
+) -> str:
     parts = [
         f"# Device class `{m.target}`",
         m.description,
@@ -344,8 +393,10 @@ def class_report(m: BenchRecord, build: BuildRecord, evaluation: EvalRecord) -> 
         memory_section(m),
         "## Compute floor",
         floor_section(m),
-        "## Stages (divergence from build.json, accuracy from eval.json)",
-        stages_section(build, evaluation),
+        "## Runs on (CPU profiles)",
+        runs_on_section(m),
+        "## Stages (divergence from checks.json, accuracy from eval.json)",
+        stages_section(build, checks, evaluation),
     ]
     sens = sensitivity_sections(build)
     if sens:
@@ -631,8 +682,9 @@ def to_csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 def load_class(metrics_dir: Path, builds: Path, target: str) -> tuple:
     m = read_record(metrics_dir / f"{target}.json", BenchRecord)
     b = read_record(builds / target / "model" / BUILD_FILE, BuildRecord)
+    c = read_record(builds / target / CHECKS_FILE, CheckRecord)
     e = read_record(builds / target / "eval.json", EvalRecord)
-    return m, b, e
+    return m, b, c, e
 
 
 def write_reports(
@@ -640,9 +692,9 @@ def write_reports(
 ) -> str:
     """Write every report, picture and plot file; returns the summary markdown."""
     loaded = {t: load_class(metrics_dir, builds, t) for t in targets}
-    metrics = {t: m for t, (m, _, _) in loaded.items()}
-    for t, (m, b, e) in loaded.items():
-        write_text(reports_dir / f"{t}.md", class_report(m, b, e))
+    metrics = {t: m for t, (m, _, _, _) in loaded.items()}
+    for t, (m, b, c, e) in loaded.items():
+        write_text(reports_dir / f"{t}.md", class_report(m, b, c, e))
     pre_path = metrics_dir / "preprocess.json"
     preprocess = json.loads(pre_path.read_text()) if pre_path.is_file() else None
     choices = {

@@ -14,12 +14,15 @@ from stages.atomic import write_json
 from stages.baselines import build_baselines
 from stages.build import read_recipe
 from stages.data.dataset import read_sets
-from stages.evaluate import EvalSets
+from stages.evaluate import EvalSets, reference_texts
 from stages.measure.bench import BenchInputs, run_bench
 from stages.preprocess_bench import run as run_preprocess
+from stages.profiles.host import host_arch
+from stages.profiles.profile import CpuProfile
 from stages.recipe import BenchParams
 from stages.records import write_record
 from stages.runtime.preprocess import Preprocess
+from stages.verify import verify_bundle
 
 SOURCES = ("clean", "hard")
 CLASSES: dict[str, dict[str, Any]] = {
@@ -45,6 +48,11 @@ CLASSES: dict[str, dict[str, Any]] = {
         "budgets": {"max_size_mb": 1.0, "max_cpu_ratio": 5.0, "max_attributable_rss_ratio": 0.0001},
     },
 }
+# this machine (no flags asked: it always matches) and a CPU QEMU cannot emulate
+PROFILES = {
+    "here": CpuProfile(arch=host_arch(), note="the machine running the tests"),  # type: ignore[arg-type]
+    "far": CpuProfile(arch="aarch64", requires=["sve2"], note="an ARM CPU with no QEMU model"),
+}
 PARAMS = BenchParams(
     repeats=2, warm_images=6, warmup=1, long_session=30, baselines=["stock", "naive_int8"]
 )
@@ -69,7 +77,12 @@ def measure_project(root: Path) -> dict[str, Any]:
     sets = EvalSets(read_sets(root / "data", list(SOURCES), "eval"))
     build_baselines(source, origin, contract, sets, root / "baselines", list(PARAMS.baselines))
     metrics = root / "metrics"
+    reference = reference_texts(root / "baselines" / "reference.json", sets, contract.input)
     for target in CLASSES:
+        verify = verify_bundle(
+            target, root / "bundles" / target, sets, reference, PROFILES, 5, contract.scoring, 0.5
+        )
+        write_record(root / "verify" / f"{target}.json", verify)
         inputs = BenchInputs(
             target=target,
             source=source,
@@ -79,6 +92,7 @@ def measure_project(root: Path) -> dict[str, Any]:
             baselines=root / "baselines",
             data=root / "data",
             sets=list(SOURCES),
+            verify=root / "verify" / f"{target}.json",
         )
         record = run_bench(inputs, read_recipe(inputs.build), contract, PARAMS, floor_sizes=(32,))
         write_record(metrics / f"{target}.json", record)

@@ -20,7 +20,7 @@ from stages.errors import PassError
 from stages.passes.fix_output_shape import FixOutputShapeOptions
 from stages.passes.prune_charset import PruneCharsetOptions
 from stages.recipe import Equivalence, PassStep, Recipe
-from stages.records import BuildRecord, read_record
+from stages.records import BuildRecord, CheckRecord, read_record
 
 
 class ScaleOptions(BaseModel):
@@ -240,8 +240,8 @@ def test_write_build_writes_every_record(tmp_path):
         "recipe.json",
         "build.json",
     }
-    # no temp folder left next to it; timings beside the model folder, never inside it
-    assert sorted(p.name for p in out.parent.iterdir()) == ["model", "timings.json"]
+    # no temp folder left next to it; timings and divergences beside the model folder
+    assert sorted(p.name for p in out.parent.iterdir()) == ["checks.json", "model", "timings.json"]
     timings = json.loads((out.parent / "timings.json").read_text())["seconds"]
     assert set(timings) == {r.filename for r in results}
     assert (out / "model.onnx").read_bytes() == (out / "stages/02-prune_charset.onnx").read_bytes()
@@ -262,9 +262,17 @@ def test_write_build_writes_every_record(tmp_path):
         assert s.file == f"stages/{r.filename}"
         assert (out / s.file).is_file()
         assert s.size_mb == round(modelio.size_mb(out / s.file), 3)
-        assert s.argmax_agreement == round(r.divergence["argmax_agreement"], 6)
         assert s.exact is True  # both passes are exact
-    assert "seconds" not in (out / "build.json").read_text()  # timings stay out of the record
+    # what carries this CPU's float rounding stays out of the model folder
+    assert "seconds" not in (out / "build.json").read_text()
+    assert "max_abs_diff" not in (out / "build.json").read_text()
+    checks = read_record(out.parent / "checks.json", CheckRecord)
+    assert checks.target == "low" and checks.machine["cpu"]
+    for r in results:
+        c = checks.of(f"stages/{r.filename}")
+        assert c is not None
+        assert c.argmax_agreement == round(r.divergence["argmax_agreement"], 6)
+        assert c.max_abs_diff == round(r.divergence["max_abs_diff"], 6)
     assert Recipe.from_resolved(rec["recipe"]).resolved() == recipe.resolved()
 
 
@@ -286,7 +294,7 @@ def test_write_build_replaces_a_previous_build(tmp_path):
     assert not (out / "stale.txt").exists()
     assert not (out / "stages" / "02-prune_charset.onnx").exists()
     assert json.loads((out / "build.json").read_text())["target"] == "b"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "timings.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checks.json", "model", "timings.json"]
 
 
 def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
@@ -309,8 +317,8 @@ def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
         write_build(out, recipe, new_results, "new")
     assert len(calls) == 2
     assert _snapshot(out) == before
-    # temp folder removed; the old timings stay with the old build
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "timings.json"]
+    # temp folder removed; the old timings and checks stay with the old build
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checks.json", "model", "timings.json"]
 
 
 def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypatch):

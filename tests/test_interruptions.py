@@ -234,7 +234,8 @@ recipe = Recipe(description="tiny", passes=[], preprocess=Preprocess(height=tiny
 write_build(out, recipe, results, "tiny")
 print("done", flush=True)
 """.format(root=str(ROOT), tests=str(ROOT / "tests"))
-FINALS = ("model", "timings.json")  # build/<C>/: the model folder and the timings beside it
+# build/<C>/: the model folder, the timings and the divergences beside it
+FINALS = ("model", "timings.json", "checks.json")
 
 
 def start_build(out: Path, variant: str, pause: str = "none") -> subprocess.Popen:
@@ -249,7 +250,7 @@ def start_build(out: Path, variant: str, pause: str = "none") -> subprocess.Pope
 
 
 def run_build(out: Path, variant: str) -> dict[str, bytes]:
-    """build/<C>/ after an uninterrupted write: the model folder and timings.json."""
+    """build/<C>/ after an uninterrupted write: the model folder, timings and checks."""
     proc = start_build(out, variant)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0 and stdout.strip() == "done", stderr
@@ -287,7 +288,10 @@ def test_build_killed_keeps_the_old_build_or_nothing(tmp_path: Path, builds, pau
         assert not out.exists()
         (aside,) = out.parent.glob(".model.old-*")
         assert tree(aside) == model_part(builds["old"])
-        assert tree(out.parent) == {"timings.json": builds["old"]["timings.json"]}
+        assert tree(out.parent) == {
+            "timings.json": builds["old"]["timings.json"],
+            "checks.json": builds["old"]["checks.json"],
+        }
     hidden_leftovers_only(out.parent, FINALS)
     assert run_build(out, "new") == builds["new"]
     hidden_leftovers_only(out.parent, FINALS)

@@ -553,3 +553,41 @@ def test_params_preprocess_candidate_errors_name_the_candidate(tmp_path):
 def test_params_model_file_source_needs_a_path(tmp_path):
     err = _params_error(tmp_path, _params(model={"source": "file"}))
     assert err.field.startswith("model") and "path" in str(err)
+
+
+def test_shipped_recipes_declare_profiles_params_defines():
+    params = recipes.load_params(ROOT / "params.yaml")
+    pipeline = recipes.load_pipeline(ROOT / "pipeline.yaml")
+    for target in params.targets:
+        r = recipes.load_class(target, params, pipeline, ROOT / "configs")
+        assert r.profiles and set(r.profiles) <= set(params.profiles), target
+    # low-end phones are ARM without dot product: the class is judged on that CPU
+    assert "arm64" in recipes.load_class("low", params, pipeline, ROOT / "configs").profiles
+
+
+def test_a_recipe_naming_an_unknown_profile_names_the_field_and_the_known_ones(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    recipe = {"description": "low", "passes": [{"fix_output_shape": {}}], "profiles": ["zx81"]}
+    _write(configs / "low.yaml", recipe)
+    profile = {"arch": "aarch64", "qemu_cpu": "cortex-a53", "note": "a53"}
+    params = recipes.Params.model_validate(_params(profiles={"arm64": profile}))
+    with pytest.raises(RecipeError) as info:
+        recipes.load_class("low", params, recipes.Pipeline(stages=[]), configs)
+    assert (info.value.file, info.value.field) == (str(configs / "low.yaml"), "profiles")
+    assert "['zx81'] are not CPU profiles of params.yaml; known: ['arm64']" in str(info.value)
+    # the same name given by an override is reported at the override
+    _write(configs / "low.yaml", {**recipe, "profiles": ["arm64"]})
+    params = recipes.Params.model_validate(
+        _params(profiles={"arm64": profile}, overrides={"low": {"profiles": ["zx81"]}})
+    )
+    with pytest.raises(RecipeError) as info:
+        recipes.load_class("low", params, recipes.Pipeline(stages=[]), configs)
+    assert info.value.file == "params.yaml: overrides.low"
+
+
+def test_a_profile_entry_with_an_unknown_field_is_refused(tmp_path):
+    bad = {"arch": "aarch64", "note": "x", "qemu_model": "cortex-a53"}
+    path = _write(tmp_path / "params.yaml", _params(profiles={"arm64": bad}))
+    with pytest.raises(RecipeError, match=r"profiles\.arm64\.qemu_model"):
+        recipes.load_params(path)

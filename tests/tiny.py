@@ -7,6 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from stages import modelio
+from stages.runtime.session import Runtime, make_session
 
 HEIGHT = 8
 
@@ -134,12 +135,10 @@ def inputs(n: int = 4, seed: int = 1, widths: tuple[int, ...] = (16, 24, 32)) ->
     return [rng.random((1, 1, HEIGHT, w), dtype=np.float32) for w in shapes]
 
 
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+def run(model: onnx.ModelProto, x: np.ndarray, rt: Runtime | None = None) -> np.ndarray:
+    """`model`'s first output for `x` in a session as the pipeline makes it (default `rt`:
+    exact int8 kernels, so int8 tolerances hold on x86 with or without VNNI, and on ARM)."""
+    sess = make_session(model.SerializeToString(), rt or Runtime())
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 

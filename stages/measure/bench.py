@@ -48,6 +48,7 @@ from ..records import (
     SetAccuracy,
     VariantEval,
     VariantMetrics,
+    VerifyRecord,
     read_record,
 )
 from ..runtime.manifest import sizes_mb
@@ -76,6 +77,7 @@ class BenchInputs:
     baselines: Path
     data: Path
     sets: list[str]
+    verify: Path  # verify/<C>.json: what each CPU profile of the class reads
 
 
 @dataclass(frozen=True)
@@ -566,4 +568,5 @@ def run_bench(
         budgets=check_budgets(recipe.budgets, bundle, records["reference"], vs(bundle)),
         memory_settings=memory_table(records),
         compute_floor=compute,
+        profiles=read_record(inputs.verify, VerifyRecord).profiles,
     )

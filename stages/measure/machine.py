@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
+from ..profiles.host import host_cpu, host_isa
 
 ROOT = Path(__file__).resolve().parents[2]  # child processes run `-m stages...` from here
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 def pinned_cores(threads: int, available: Sequence[int] | None = None) -> list[int]:
@@ -32,20 +32,9 @@ def pinned_cores(threads: int, available: Sequence[int] | None = None) -> list[i
 def machine_info() -> dict[str, Any]:
     """The CPU (with the ISA flags that decide int8 speed), cores and library versions: ratios
     differ between machines, so every figure says which one measured it."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (
-                platform.processor() or platform.machine()
-            ):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass  # not Linux: platform's answer stands
     return {
-        "cpu": cpu,
-        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cpu": host_cpu(),
+        "isa": host_isa(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),

@@ -5,7 +5,9 @@ After:  qdq:       x -> QuantizeLinear -> DequantizeLinear -> Conv(DQ(W_int8), D
                    -> QuantizeLinear -> DequantizeLinear (onnxruntime fuses the pattern into an
                    int8 conv when the session loads).
         qoperator: QuantizeLinear -> QLinearConv -> DequantizeLinear.
-        Activation ranges come from running the calibration tensors through the float model.
+        Activation ranges come from running the calibration tensors through the float model,
+        rounded outward to 8 mantissa bits (`snap`) so the build CPU's float noise cannot
+        change the scales the model file holds.
 Exact: no; ddddocr's model, Conv-only: ~96 % of frames keep their argmax class on captchas.
 
 Not done here:
@@ -21,11 +23,13 @@ opset-12 model (ddddocr's) it is refused before calibrating, naming convert_opse
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Self
 
 import numpy as np
 import onnx
 import onnxruntime.quantization as ort_quant
+from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -135,7 +139,7 @@ def quantize_static(
     out = q.run_quantizer(
         NAME,
         work,
-        lambda src, dst: ort_quant.quantize_static(src, dst, **args),
+        lambda src, dst: _quantize(src, dst, args),
         fix=_failure_advice(options, samples),
     )
     if not q.quantized_ops(out):
@@ -166,6 +170,37 @@ def _ort_arguments(options: QuantizeStaticOptions, reader: _Reader) -> dict[str,
         "calibrate_method": _METHODS[options.calibrate_method],
         "extra_options": extra,
     }
+
+
+RANGE_BITS = 8  # mantissa bits activation ranges keep: steps of 0.4-0.8 %, far above float noise
+
+
+def snap(values: np.ndarray, outward_up: bool) -> np.ndarray:
+    """`values` rounded outward (up for a range's top, down for its bottom) to RANGE_BITS
+    mantissa bits, so the build CPU's float rounding (1e-6 relative) almost never moves a
+    range, and never narrows one (no new clipping)."""
+    mantissa, exponent = np.frexp(np.asarray(values, np.float64))
+    steps = mantissa * 2.0**RANGE_BITS
+    steps = np.ceil(steps) if outward_up else np.floor(steps)
+    return np.ldexp(steps / 2.0**RANGE_BITS, exponent).astype(np.asarray(values).dtype)
+
+
+def _quantize(src: str, dst: str, args: dict[str, Any]) -> None:
+    """quantize_static with its activation ranges snapped: calibrate (onnxruntime writes the
+    ranges to its calibration cache), snap the cache, quantize again from the cache alone.
+
+    The ranges come from float runs on the build machine's kernels; unsnapped, AVX2 and
+    AVX-512 builds would write scales differing in the last bits."""
+    cache = Path(dst).with_name("ranges.json")
+    ort_quant.quantize_static(src, dst, calibration_cache_path=cache, **args)
+    ranges = load_tensors_data(cache)
+    for data in ranges.data.values():
+        data.lowest = snap(data.lowest, outward_up=False)
+        data.highest = snap(data.highest, outward_up=True)
+    cache.unlink()
+    save_tensors_data(ranges, cache)
+    again = {**args, "calibration_data_reader": None}
+    ort_quant.quantize_static(src, dst, calibration_cache_path=cache, **again)
 
 
 class _Reader(ort_quant.CalibrationDataReader):

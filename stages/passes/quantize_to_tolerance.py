@@ -307,13 +307,15 @@ def _dynamic(
 def _rel_mse(
     plan: _Plan, model: onnx.ModelProto, context: PassContext, options: QuantizeToToleranceOptions
 ) -> float:
+    """Output error relative to the input model's, to 3 significant digits: the ranking and
+    the report then do not move with the build CPU's float rounding (1e-6 relative)."""
     session = make_session(model.SerializeToString(), context.runtime)
     err = ref = 0.0
     for x, want in zip(_probe(context, options), plan.ref_outputs, strict=True):
         got = run(session, x)
         err += float(np.sum((got.astype(np.float64) - want) ** 2))
         ref += float(np.sum(want.astype(np.float64) ** 2))
-    return err / max(ref, 1e-30)
+    return float(f"{err / max(ref, 1e-30):.3g}")
 
 
 def _rank(plan: _Plan, options: QuantizeToToleranceOptions, context: PassContext) -> list[str]:
@@ -332,7 +334,7 @@ def _rank(plan: _Plan, options: QuantizeToToleranceOptions, context: PassContext
     if options.sensitivity == "keep_one" and scores:
         # keeping the most harmful node float leaves the least error behind
         scores = {n: -s for n, s in scores.items()}
-    order = sorted(scores, key=lambda n: -scores[n])
+    order = sorted(scores, key=lambda n: -scores[n])  # stable: ties keep graph order
     ops = {n.name: n.op_type for n in plan.work.graph.node}
     for node in order:
         plan.sensitivity.append(

@@ -41,6 +41,11 @@ class Runtime:
     enable_mem_pattern: bool = True
     # .ort loads only: initializers point into the model bytes instead of being copied
     ort_bytes_for_initializers: bool = False
+    # exact: on x86 CPUs without VNNI, onnxruntime's U8U8 int8 kernel instead of the U8S8 one,
+    # whose 16-bit pair sums saturate (session.x64quantprecision); int8 results then equal
+    # VNNI's and ARM's integer arithmetic, so a build decides the same on every CPU. No effect
+    # on VNNI, ARM or float models. fast: the saturating kernel (measured in the bench)
+    int8_kernels: Literal["exact", "fast"] = "exact"
 
     def __post_init__(self) -> None:
         if not self.providers or not all(isinstance(p, str) and p for p in self.providers):
@@ -68,22 +73,47 @@ class Runtime:
         return cls(**{**data, "providers": tuple(providers)})
 
 
+def session_plan(rt: Runtime, ort_format: bool = False) -> dict[str, Any]:
+    """`rt` as onnxruntime SessionOptions attributes and config entries, plain data, so a
+    process that imports only onnxruntime (a CPU profile's worker) builds the same session;
+    `ort_format` adds the settings only .ort model bytes support."""
+    config = {
+        "session.intra_op.allow_spinning": "1" if rt.allow_spinning else "0",
+        "session.x64quantprecision": "1" if rt.int8_kernels == "exact" else "0",
+    }
+    if ort_format and rt.ort_bytes_for_initializers:
+        config["session.use_ort_model_bytes_directly"] = "1"
+        config["session.use_ort_model_bytes_for_initializers"] = "1"
+    return {
+        "attributes": {
+            "intra_op_num_threads": rt.intra_op_threads,
+            "graph_optimization_level": _LEVELS[rt.graph_optimization_level].name,
+            "execution_mode": "ORT_SEQUENTIAL",  # one run at a time: no inter-op pool
+            "log_severity_level": 3,  # ddddocr's model declares a wrong output shape
+            "enable_cpu_mem_arena": rt.enable_cpu_mem_arena,
+            "enable_mem_pattern": rt.enable_mem_pattern,
+        },
+        "config": config,
+    }
+
+
+def options_from_plan(plan: dict[str, Any]) -> ort.SessionOptions:
+    """SessionOptions from `session_plan`'s data (enum members given by name)."""
+    so = ort.SessionOptions()
+    enums = {
+        "graph_optimization_level": ort.GraphOptimizationLevel,
+        "execution_mode": ort.ExecutionMode,
+    }
+    for key, value in plan["attributes"].items():
+        setattr(so, key, getattr(enums[key], value) if key in enums else value)
+    for key, value in plan["config"].items():
+        so.add_session_config_entry(key, value)
+    return so
+
+
 def session_options(rt: Runtime, ort_format: bool = False) -> ort.SessionOptions:
     """Options for `rt`; `ort_format` applies the settings only .ort model bytes support."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = rt.intra_op_threads
-    so.graph_optimization_level = _LEVELS[rt.graph_optimization_level]
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one run at a time: no inter-op pool
-    so.log_severity_level = 3  # ddddocr's model declares a wrong output shape; ORT warns per run
-    so.enable_cpu_mem_arena = rt.enable_cpu_mem_arena
-    so.enable_mem_pattern = rt.enable_mem_pattern
-    so.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if rt.allow_spinning else "0"
-    )
-    if ort_format and rt.ort_bytes_for_initializers:
-        so.add_session_config_entry("session.use_ort_model_bytes_directly", "1")
-        so.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
-    return so
+    return options_from_plan(session_plan(rt, ort_format))
 
 
 def choose_providers(wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -1,0 +1,151 @@
+"""The verification stage: each bundle as shipped, on each CPU profile its class declares.
+
+For every profile the model an app runs (the manifest's first format) reads the first
+`verify.images` images of every evaluation set, preprocessed once on this machine (the same
+tensors everywhere, so every difference comes from the CPU's kernels), natively where this
+machine is such a CPU and under QEMU where it is not. Per profile and set: accuracy, agreement
+with the float reference, agreement with this machine's texts and the largest output
+difference from this machine's. Emulation says nothing about speed: no time is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import EvalSets, eval_runtime
+from .profiles.host import host_cpu, host_isa
+from .profiles.profile import CpuProfile, Placement, place
+from .profiles.run import run_on
+from .progress import usable_cores
+from .records import ProfileRun, ProfileSet, VerifyRecord
+from .runtime.decode import decode
+from .runtime.manifest import BundleSpec, find_bundle, parse_bundle
+from .runtime.session import session_plan
+from .scoring import Scoring, agreement, score
+
+BUILD_MACHINE = "this machine"
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    """The fixed images every profile reads: tensors, labels and the reference's texts."""
+
+    tensors: dict[str, list[np.ndarray]]
+    labels: dict[str, list[str]]
+    reference: dict[str, list[str]]
+
+
+def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n: int) -> Subset:
+    tensors = sets.tensors(spec.preprocess)
+    return Subset(
+        tensors={s: xs[:n] for s, xs in tensors.items()},
+        labels={s: ts[:n] for s, ts in sets.labels.items()},
+        reference={s: ts[:n] for s, ts in reference.items()},
+    )
+
+
+def primary_file(spec: BundleSpec) -> tuple[str, str]:
+    """(format, file name) of the model every app call starts with."""
+    fmt = spec.manifest["formats"][0]
+    return fmt, spec.models["primary"].files[fmt]
+
+
+def outputs_on(
+    placement: Placement, spec: BundleSpec, data: Subset, label: str
+) -> dict[str, list[np.ndarray]]:
+    """The model's outputs for every subset tensor, computed where `placement` says."""
+    fmt, name = primary_file(spec)
+    plan = session_plan(eval_runtime(spec.runtime), ort_format=fmt == "ort")
+    flat = [x for xs in data.tensors.values() for x in xs]
+    out = iter(run_on(placement, spec.root / name, plan, flat, label))
+    return {s: [next(out) for _ in xs] for s, xs in data.tensors.items()}
+
+
+def texts(spec: BundleSpec, outputs: list[np.ndarray]) -> list[str]:
+    return [
+        decode(y, spec.charset, spec.layout, spec.blank, kind=spec.kind).text  # type: ignore[arg-type]
+        for y in outputs
+    ]
+
+
+def score_profile(
+    spec: BundleSpec,
+    data: Subset,
+    outputs: dict[str, list[np.ndarray]],
+    build: dict[str, list[np.ndarray]],
+    scoring: Scoring,
+) -> dict[str, ProfileSet]:
+    out = {}
+    for s, ys in outputs.items():
+        got, here = texts(spec, ys), texts(spec, build[s])
+        acc = score(got, data.labels[s], scoring)["accuracy"]
+        ref = score(data.reference[s], data.labels[s], scoring)["accuracy"]
+        out[s] = ProfileSet(
+            images=len(ys),
+            accuracy=round(acc, 5),
+            reference_accuracy=round(ref, 5),
+            accuracy_drop_pts=round(100 * (ref - acc), 3),
+            agreement_reference=agreement(got, data.reference[s], scoring),
+            agreement_build=agreement(got, here, scoring),
+            max_abs_diff=float(
+                max(
+                    np.abs(a.astype(np.float64) - b).max()
+                    for a, b in zip(ys, build[s], strict=True)
+                )
+            ),
+        )
+    return out
+
+
+def verify_bundle(
+    target: str,
+    bundle: Path,
+    sets: EvalSets,
+    reference: dict[str, list[str]],
+    profiles: dict[str, CpuProfile],
+    images: int,
+    scoring: Scoring,
+    max_drop_pts: float | None,
+) -> VerifyRecord:
+    """Run the bundle on this machine and on every profile; score each against both."""
+    spec = parse_bundle(find_bundle(bundle))
+    data = subset(sets, spec, reference, images)
+    places = {name: place(p) for name, p in profiles.items()}
+    jobs = {BUILD_MACHINE: Placement("native", (sys.executable,))}
+    jobs |= {n: pl for n, pl in places.items() if pl.how != "unavailable"}
+    with ThreadPoolExecutor(max_workers=max(1, usable_cores())) as pool:
+        futures = {
+            n: pool.submit(outputs_on, pl, spec, data, f"verify@{target} {n} ({pl.how})")
+            for n, pl in jobs.items()
+        }
+        results = {n: f.result() for n, f in futures.items()}
+    runs = {}
+    for name, profile in profiles.items():
+        pl = places[name]
+        run = ProfileRun(
+            how=pl.how,
+            note=profile.note,
+            emulator=" ".join(pl.command[:3]) if pl.how == "emulated" else None,
+            reason=pl.reason or None,
+        )
+        if pl.how != "unavailable":
+            run.sets = score_profile(spec, data, results[name], results[BUILD_MACHINE], scoring)
+            if max_drop_pts is not None:
+                run.within_budget = all(
+                    r.accuracy_drop_pts <= max_drop_pts + 1e-9 for r in run.sets.values()
+                )
+        runs[name] = run
+    return VerifyRecord(
+        target=target,
+        model_file=primary_file(spec)[1],
+        images_per_set=images,
+        resolution_pts=round(100 / images, 3),
+        max_accuracy_drop_pts=max_drop_pts,
+        build_machine={"cpu": host_cpu(), "isa": host_isa()},
+        profiles=runs,
+    )

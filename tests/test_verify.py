@@ -1,0 +1,47 @@
+"""The verify stage on the tiny measured project: the shipped model on each declared profile,
+scored against the float reference and against this machine; carried into metrics and report."""
+
+from __future__ import annotations
+
+import json
+
+from stages.records import BenchRecord, VerifyRecord, read_record
+from stages.report import runs_on_section
+
+
+def test_this_machine_as_a_profile_reads_exactly_what_this_machine_reads(measured: dict):
+    rec = read_record(measured["root"] / "verify" / "low.json", VerifyRecord)
+    assert rec.model_file == "model.ort"  # low ships .ort: what its app runs
+    assert rec.images_per_set == 5 and rec.resolution_pts == 20.0
+    here = rec.profiles["here"]
+    assert here.how == "native" and set(here.sets) == {"clean", "hard"}
+    for s in here.sets.values():
+        assert s.images == 5
+        assert s.agreement_build == 1.0 and s.max_abs_diff == 0.0
+        assert s.accuracy_drop_pts == round(100 * (s.reference_accuracy - s.accuracy), 3)
+    assert here.within_budget == all(s.accuracy_drop_pts <= 0.5 for s in here.sets.values())
+
+
+def test_a_profile_this_machine_cannot_run_is_recorded_with_why(measured: dict):
+    rec = read_record(measured["root"] / "verify" / "low.json", VerifyRecord)
+    far = rec.profiles["far"]
+    assert far.how == "unavailable" and far.sets == {} and far.within_budget is None
+    assert "QEMU cannot emulate" in (far.reason or "")
+
+
+def test_reference_agreement_is_against_the_float_reference_texts(measured: dict):
+    """high ships the pruned float model: it reads what the reference reads."""
+    rec = read_record(measured["root"] / "verify" / "high.json", VerifyRecord)
+    assert rec.model_file == "model.onnx"
+    for s in rec.profiles["here"].sets.values():
+        assert s.agreement_reference == 1.0 and s.accuracy == s.reference_accuracy
+
+
+def test_metrics_carry_every_profile_and_the_report_shows_them(measured: dict):
+    verify = json.loads((measured["root"] / "verify" / "low.json").read_text())
+    bench = read_record(measured["metrics"] / "low.json", BenchRecord)
+    assert {n: p.model_dump(mode="json") for n, p in bench.profiles.items()} == verify["profiles"]
+    text = runs_on_section(bench)
+    assert "| here | native |" in text and "| far | not run: needs an aarch64 CPU" in text
+    assert "first 5 images" in text and "one image = 20 points" in text
+    assert "- `far`: an ARM CPU with no QEMU model" in text
