@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: build test install
+.PHONY: build test install emulators
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,13 +12,18 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
+# QEMU user-mode emulators and an arm64 Python with onnxruntime, cached in .emu/: the verify
+# stage and the profile tests run models on CPUs this machine is not (stages/profiles/).
+emulators:
+	bash stages/profiles/emulators.sh "$(CURDIR)"
+
 # Builds every device class in params.yaml: models, metrics, reports (dvc repro).
 # machine.json first: timings depend on the machine, so a different one remeasures.
-build: install
+build: install emulators
 	$(BIN)/python -m stages.measure.machine --out machine.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # Lint and the whole test suite.
-test: install
+test: install emulators
 	$(BIN)/ruff check stages tests
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q

@@ -334,6 +334,33 @@ def by_length_section(evaluation: EvalRecord) -> str:
     return table(["set", "label length", "images", "reference %", "final %"], rows)
 
 
+def _isa_words(m: BenchRecord) -> str:
+    isa = m.machine.get("isa", [])
+    vnni = {"avx512_vnni", "avx_vnni"} & set(isa)
+    kind = "with VNNI" if vnni else "without VNNI" if "avx2" in isa else "no x86 int8 extension"
+    return f"{m.machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"
+
+
+def profiles_table(metrics: dict[str, BenchRecord]) -> str:
+    rows = []
+    for target, m in metrics.items():
+        for name, run in m.profiles.items():
+            if run.how == "unavailable":
+                rows.append([target, name, "not run here", DASH, DASH, DASH])
+                continue
+            cells = [
+                f"{s} {pct(r.accuracy)} ({signed(-r.accuracy_drop_pts)} pts), ref "
+                f"{fmt(r.agreement_reference, 3)}, here {fmt(r.agreement_build, 3)}"
+                for s, r in run.sets.items()
+            ]
+            images = next(iter(run.sets.values())).images if run.sets else 0
+            rows.append(
+                [target, name, run.how, str(images), "; ".join(cells), fmt(run.within_budget)]
+            )
+    header = ["class", "profile", "ran", "images / set", "accuracy vs reference, agreement", "ok"]
+    return table(header, rows) if rows else "No class declares a CPU profile."
+
+
 def runs_on_section(m: BenchRecord) -> str:
     """What each declared CPU profile reads through the shipped model (verify/<C>.json)."""
     if not m.profiles:
@@ -363,6 +390,14 @@ def runs_on_section(m: BenchRecord) -> str:
     first = next((r for run in m.profiles.values() for r in run.sets.values()), None)
     n = first.images if first else 0
     notes = [f"- `{name}`: {run.note}" for name, run in m.profiles.items()]
+    native = [name for name, run in m.profiles.items() if run.how == "native"]
+    speed = (
+        f"- Speed and memory figures above are {', '.join(native)}'s: measured on this machine."
+        if native
+        else f"- Speed and memory figures above come from this machine, {_isa_words(m)}, which is "
+        "none of the class's profiles: they say nothing of the speed on its devices."
+    )
+    notes.append(speed)
     return "\n".join(
         [
             f"The shipped model on each CPU profile the class declares, on the first {n} images "
@@ -420,8 +455,11 @@ def summary(
     parts = [
         "### Results per device class (the bundle an app ships)",
         results_table(metrics),
-        "### Against stock, same run (median ratio, [min–max] over interleaved rounds)",
+        f"### Against stock, same run on {_isa_words(first)} (median ratio, [min–max] over "
+        "interleaved rounds)",
         ratios_table(metrics),
+        "### What each CPU profile reads (verify stage: the shipped model, fixed subset)",
+        profiles_table(metrics),
         "### Accuracy per evaluation set",
         accuracy_table(metrics),
         "### Baselines",

@@ -21,6 +21,8 @@ from typing import Any
 import onnx
 import yaml
 
+from stages.profiles.host import host_arch
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: python, dvc
 COPIED = (
@@ -148,6 +150,9 @@ def params() -> dict[str, Any]:
             "baselines": ["stock"],
         },
         "serve": {"target": "high", "clients": [1], "requests": 8, "batching": [False]},
+        # the machine running the tests, natively: verify@C does real work in seconds
+        "profiles": {"here": {"arch": host_arch(), "note": "the test machine"}},
+        "verify": {"images": 4},
         "versions": real["versions"],
         # per_channel exists in the baseline so `dvc exp run -S` can set it without new keys
         "overrides": {
@@ -164,6 +169,7 @@ def recipe(target: str) -> dict[str, Any]:
         "passes": CLASS_PASSES[target],
         "runtime": {"intra_op_threads": 1},
         "bundle": BUNDLES[target],
+        "profiles": ["here"],
     }
 
 

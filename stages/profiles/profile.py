@@ -21,6 +21,7 @@ from .host import host_arch, host_flags
 ROOT = Path(__file__).resolve().parents[2]
 EMU = ROOT / ".emu"  # what `make emulators` installs (stages/profiles/emulators.sh)
 Arch = Literal["x86_64", "aarch64"]
+EMU_FOLDER = {"aarch64": "arm64", "x86_64": "amd64"}  # Debian's names, as emulators.sh uses
 How = Literal["native", "emulated", "unavailable"]
 
 
@@ -84,14 +85,16 @@ def place(profile: CpuProfile, emu: Path = EMU) -> Placement:
         )
     if profile.arch == host_arch():  # another x86 CPU model: this venv's own interpreter
         return Placement("emulated", (qemu, "-cpu", profile.qemu_cpu, sys.executable))
-    sysroot, site = emu / profile.arch / "sysroot", emu / profile.arch / "site"
+    folder = emu / EMU_FOLDER[profile.arch]
+    sysroot, site = folder / "sysroot", folder / "site"
     python = sysroot / "usr" / "bin" / "python3.11"
     if not python.is_file() or not site.is_dir():
         return Placement(
             "unavailable",
             reason=f"no {profile.arch} Python at {python}: run `make emulators`",
         )
-    command = (qemu, "-cpu", profile.qemu_cpu, "-L", str(sysroot), str(python))
+    # -s: the host user's site-packages would hold x86 wheels
+    command = (qemu, "-cpu", profile.qemu_cpu, "-L", str(sysroot), str(python), "-s")
     return Placement("emulated", command, (("PYTHONPATH", str(site)),))
 
 

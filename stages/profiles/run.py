@@ -33,6 +33,8 @@ def run_on(
         plan_file.write_text(json.dumps(plan))
         argv = [*placement.command, str(WORKER), str(model), str(plan_file), str(inputs)]
         env = {**os.environ, **dict(placement.env)}
+        if placement.how == "emulated":
+            env.pop("PYTHONHOME", None)  # the host's would be fatal to an arm64 interpreter
         done = subprocess.run(
             [*argv, str(outputs), label],
             env=env,
