@@ -87,6 +87,11 @@ def argv(root: Path, verb: str, target: str = "low", source: str = "clean") -> l
         "bench": [
             *["--target", target, *model, *data, *build, "--eval", str(root / "no-eval.json")],
             *["--bundle", str(root / "no-bundle"), "--baselines", str(root / "no-baselines")],
+            *["--verify", str(root / "no-verify.json")],
+        ],
+        "verify": [
+            *["--target", target, *model, *data, *build, "--bundle", str(root / "no-bundle")],
+            *["--reference", str(root / "no-reference.json")],
         ],
         "report": [
             *["--metrics", str(root / "no-metrics"), "--builds", str(root / "no-builds")],
@@ -453,7 +458,16 @@ def test_params_cross_field_errors_are_refused(project: Path, capsys, verb, old,
     assert_refused(rc, err, before, after, f"{project / 'params.yaml'}: {field}", part)
 
 
-PARAMS_VERBS = ["synthetic", "folder", "model", "preprocess", "evaluate", "baselines", "bench"]
+PARAMS_VERBS = [
+    "synthetic",
+    "folder",
+    "model",
+    "preprocess",
+    "evaluate",
+    "baselines",
+    "verify",
+    "bench",
+]
 
 
 @pytest.mark.parametrize("case", PARAMS_CASES)
@@ -472,7 +486,7 @@ def test_every_params_verb_refuses_bad_params(project: Path, capsys, verb: str, 
 def test_unknown_source_name_is_refused(project: Path, capsys, verb: str, field: str, known):
     rc, err, before, after = run_cli(capsys, project, verb, source="nope")
     where = f"{project / 'params.yaml'}: {field}"
-    assert_refused(rc, err, before, after, where, f"has no source 'nope'; it has {known}")
+    assert_refused(rc, err, before, after, where, f"has no 'nope'; it has {known}")
 
 
 # ------------------------------------------------------------------ data sources
