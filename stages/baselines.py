@@ -3,7 +3,8 @@
 - stock:         what users run today. ddddocr source: `DdddOcr(beta=True)` (common.onnx; plain
                  `DdddOcr()` for ddddocr_model old). File source: the source model run with its
                  own declared contract by plain onnxruntime.
-- stock_default: ddddocr source only: `DdddOcr()` (common_old.onnx, already int8).
+- stock_default: ddddocr source only: `DdddOcr()` (common_old.onnx, already int8); for other
+                 sources Params.applicable_baselines leaves it out.
 - naive_int8:    onnxruntime `quantize_dynamic` with default arguments on the source model (after
                  lift_constants when its weights are Constant nodes), fed by the contract.
 
@@ -45,6 +46,8 @@ def stock_kind(name: str, source: dict) -> str | None:
     """The ddddocr model a stock baseline runs ("beta" | "old"), or None for the source model
     run by onnxruntime (file sources)."""
     if source.get("package") != "ddddocr":
+        if name == "stock_default":  # Params.applicable_baselines drops it: never relabel
+            raise ValueError("stock_default needs the ddddocr source; pass applicable baselines")
         return None
     if name == "stock_default":
         return "old"

@@ -43,6 +43,7 @@ from .records import (
     BuildRecord,
     CheckRecord,
     RecordError,
+    SourceUse,
     StageCheck,
     StageRecord,
     write_record,
@@ -189,6 +190,10 @@ def run_passes(
         t0 = time.perf_counter()
         new, report = pop_reports(spec.fn(current, step.options, context))
         seconds = time.perf_counter() - t0
+        idle = report.get(step.name)
+        if isinstance(idle, dict) and registry.NOTHING_TO_DO in idle:
+            note = f"did nothing: {idle[registry.NOTHING_TO_DO]}"
+            print(f"build: pass {i}/{len(recipe.passes)} {step.name} {note}", flush=True)
         new_out = outputs(new, probe, step.name)
         ref = comparable(current, new, current_out)
         if spec.exact:
@@ -217,9 +222,12 @@ def versions() -> dict[str, str]:
     return {lib: metadata.version(lib) for lib in LIBRARIES}
 
 
-def build_record(target: str, results: list[StageResult], folder: Path) -> BuildRecord:
+def build_record(
+    target: str, results: list[StageResult], folder: Path, sources: dict[str, SourceUse]
+) -> BuildRecord:
     return BuildRecord(
         target=target,
+        sources=sources,
         stages=[
             StageRecord(
                 index=r.index,
@@ -247,9 +255,16 @@ def check_record(target: str, results: list[StageResult]) -> CheckRecord:
     )
 
 
-def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: str) -> None:
-    """Every stage model, the final model and the records into `out` atomically; the pass
-    timings and divergences beside it, in `out`'s parent."""
+def write_build(
+    out: Path,
+    recipe: Recipe,
+    results: list[StageResult],
+    target: str,
+    sources: dict[str, SourceUse] | None = None,
+) -> None:
+    """Every stage model, the final model and the records (with which data sources the
+    decisions used) into `out` atomically; the pass timings and divergences beside it, in
+    `out`'s parent."""
     with atomic_dir(out) as tmp:
         for r in results:
             modelio.save(r.model, tmp / "stages" / r.filename)
@@ -260,7 +275,7 @@ def write_build(out: Path, recipe: Recipe, results: list[StageResult], target: s
             tmp / RECIPE_FILE,
             {"target": target, "recipe": recipe.resolved(), "versions": versions()},
         )
-        write_record(tmp / BUILD_FILE, build_record(target, results, tmp))
+        write_record(tmp / BUILD_FILE, build_record(target, results, tmp, sources or {}))
     write_json(
         out.parent / TIMINGS_FILE,
         {"target": target, "seconds": {r.filename: round(r.seconds, 2) for r in results}},

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import charset as charsets
 from . import recipe as recipes
 from . import registry
 from .errors import PipelineError
@@ -56,6 +57,15 @@ def _target(p: argparse.ArgumentParser) -> None:
 
 def _model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="the model stage's folder")
+
+
+def _dictionary(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/source"),
+        help="the model stage's folder, read only for charset 'model' (its charset.json)",
+    )
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -111,6 +121,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     "synthetic",
     "generate one synthetic data source's calib/val/eval splits",
     _params,
+    _dictionary,
     _source,
     _out,
 )
@@ -119,31 +130,37 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
     params = _load_params(args)
     source = _named(params.data.synthetic, args.source, args.params, "data.synthetic")
+    whole = params.charset == charsets.MODEL  # a dictionary no font covers: draw what they can
     summary = write_synthetic(
-        args.source, source, params.allowed_chars(), args.out, str(args.params)
+        args.source, source, _allowed_chars(params, args.model), args.out, str(args.params), whole
     )
-    print(f"synthetic@{args.source}: {summary['splits']} -> {args.out}")
+    print(f"synthetic@{args.source}: {summary.splits} -> {args.out}")
+    if whole:
+        print(
+            f"synthetic@{args.source}: labels draw {len(summary.alphabet or '')} of the model's "
+            f"{summary.allowed} characters (those every font of the style has a glyph for)"
+        )
     return 0
 
 
-@verb(
-    "folder", "check, split and copy one folder of your own labeled images", _params, _source, _out
-)
+@verb("folder", "check, split and copy one folder of your own labeled images",
+      _params, _dictionary, _source, _out)  # fmt: skip
 def cmd_folder(args: argparse.Namespace) -> int:
     from .data.sources import write_folder
 
     params = _load_params(args)
     source = _named(params.data.folders, args.source, args.params, "data.folders")
     scoring = params.model.scoring
+    allowed = _allowed_chars(params, args.model)
     summary = write_folder(
-        args.source, source, params.allowed_chars(), scoring.normalize, args.out, str(args.params)
+        args.source, source, allowed, scoring.normalize, args.out, str(args.params)
     )
     print(
-        f"folder@{args.source}: {summary['splits']} -> {args.out}; skipped "
-        f"{len(summary['skipped'])} unreadable, {len(summary['duplicates'])} duplicate, "
-        f"{len(summary['ignored'])} unlabeled/other files"
+        f"folder@{args.source}: {summary.splits} -> {args.out}; skipped "
+        f"{len(summary.skipped)} unreadable, {len(summary.duplicates)} duplicate, "
+        f"{len(summary.ignored)} unlabeled/other files"
     )
-    for item in summary["skipped"][:10]:
+    for item in summary.skipped[:10]:
         print(f"  skipped {item['name']}: {item['code']} {item['detail']}", file=sys.stderr)
     return 0
 
@@ -175,29 +192,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from . import modelio
     from .build import run_passes, write_build
-    from .data.dataset import interleave, read_sets
-    from .runtime.preprocess import preprocess_all
+    from .decision_data import decision_context
 
     params, contract, recipe = _load_class(args)
-
     model = modelio.load(args.model / "model.onnx")
-    sources = params.data.sources()
-    calib = read_sets(args.data, sources, "calib")
-    val = read_sets(args.data, sources, "val")
-    pre = recipe.preprocess
-    context = registry.PassContext(
-        calibration=interleave([preprocess_all([p for p, _ in v], pre) for v in calib.values()]),
-        validation={
-            s: list(zip(preprocess_all([p for p, _ in v], pre), [t for _, t in v], strict=True))
-            for s, v in val.items()
-        },
-        allowed_chars=params.allowed_chars(),
-        runtime=recipe.runtime,
-        input=pre,
-        scoring=contract.scoring,
-    )
+    context, sources = decision_context(
+        model, args.data, params.data.sources(), recipe, _allowed_chars(params, args.model),
+        contract.scoring, params.data.min_accuracy, str(args.params),
+    )  # fmt: skip
     results = run_passes(model, recipe, context)
-    write_build(args.out, recipe, results, args.target)
+    write_build(args.out, recipe, results, args.target, sources)
     for r in results:
         print(
             f"build@{args.target}: {r.filename} {modelio.size_mb(r.model):.2f} MB "
@@ -314,10 +318,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from .evaluate import EvalSets
 
     params = _load_params(args)
+    _print_notes(args, params)
     sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
     origin = json.loads((args.model / "source.json").read_text())
     record = build_baselines(
-        args.model, origin, read_contract(args.model), sets, args.out, params.bench.baselines
+        args.model, origin, read_contract(args.model), sets, args.out, params.applicable_baselines()
     )
     for name, row in record.variants.items():
         acc = ", ".join(f"{s} {r.accuracy:.4f}" for s, r in row.sets.items())
@@ -389,7 +394,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sets=params.data.sources(),
         verify=args.verify,
     )
-    result = run_bench(inputs, read_recipe(args.build), read_contract(args.model), params.bench)
+    bench = params.bench_as_run()  # only the baselines that apply to model.source
+    result = run_bench(inputs, read_recipe(args.build), read_contract(args.model), bench)
     write_record(args.out, result)
     print(f"bench@{args.target}: vs stock {result.ratios.model_dump() if result.ratios else None}")
     return 0
@@ -408,7 +414,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import embed_file, write_reports
 
     params = _load_params(args)
-    text = write_reports(params.targets, args.metrics, args.builds, args.out, args.plots)
+    _print_notes(args, params)
+    notes = params.notes()
+    text = write_reports(params.targets, args.metrics, args.builds, args.out, args.plots, notes)
     if args.readme:
         embed_file(args.readme, text)
     print(f"report: {len(params.targets)} classes -> {args.out}, pictures -> {args.plots}")
@@ -478,6 +486,12 @@ def _load_params(args: argparse.Namespace) -> recipes.Params:
     return params
 
 
+def _print_notes(args: argparse.Namespace, params: recipes.Params) -> None:
+    """What params.yaml sets aside (stderr: stdout is the stage's report)."""
+    for note in params.notes():
+        print(f"note: {args.params}: {note}", file=sys.stderr)
+
+
 def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, Contract, recipes.Recipe]:
     """Params, the model's contract and the class's recipe, checked in that order: the cheap
     checks of what the user typed come before anything read from earlier stages."""
@@ -497,6 +511,14 @@ def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, Contract, rec
         args.target, params, pipeline, args.configs, args.params, contract.input
     )
     return params, contract, recipe
+
+
+def _allowed_chars(params: recipes.Params, model_dir: Path) -> str:
+    """params.yaml's charset as characters; 'model' reads the model stage's dictionary."""
+    from .contract import read_model_charset
+
+    whole = params.charset == charsets.MODEL
+    return params.allowed_chars(read_model_charset(model_dir) if whole else None)
 
 
 def _load_passes() -> None:

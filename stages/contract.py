@@ -134,6 +134,23 @@ def read_contract(model_dir: Path) -> Contract:
         raise ModelError(f"{path}: invalid ({e}); rerun the model stage") from e
 
 
+CHARSET_FILE = "charset.json"
+
+
+def read_model_charset(model_dir: Path) -> list[str]:
+    """models/source/charset.json: the source model's class strings, index = class."""
+    path = Path(model_dir) / CHARSET_FILE
+    try:
+        charset = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; run the model stage first (dvc repro model)") from None
+    except ValueError as e:
+        raise ModelError(f"{path}: invalid JSON ({e}); rerun the model stage") from e
+    if not isinstance(charset, list) or not all(isinstance(c, str) for c in charset):
+        raise ModelError(f"{path}: not a list of class strings; rerun the model stage")
+    return charset
+
+
 def resolve_blank(blank: int | str, classes: int, params_file: str = "params.yaml") -> int:
     """The blank's class index: `blank` as given, 0 for 'first', classes - 1 for 'last'."""
     index = {"first": 0, "last": classes - 1}.get(blank, blank) if isinstance(blank, str) else blank

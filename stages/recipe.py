@@ -4,7 +4,7 @@ name the file and the field. Everything is validated before any model is loaded.
 A class's recipe is merged from: the model's input contract (preprocessing) < pipeline.yaml
 `defaults` < configs/<class>.yaml < params.yaml `overrides.<class>`; an override of a pass's
 options patches only the fields it names, and `overrides.<class>.passes.<name>: null` drops
-the pass.
+the pass. Overrides of classes not in `targets` are ignored (Params.notes says so).
 """
 
 from __future__ import annotations
@@ -178,6 +178,15 @@ class DataParams(Strict):
         default_factory=dict, description="folders of your own labeled images, by source name"
     )
 
+    min_accuracy: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="a source the source model reads below this (share of its first val "
+        "images) is left out of calibration and validation: decisions on it would follow "
+        "noise; 0 keeps every source",
+    )
+
     @model_validator(mode="after")
     def _names(self) -> Self:
         both = sorted(set(self.synthetic) & set(self.folders))
@@ -196,6 +205,8 @@ class DataParams(Strict):
 
 
 Baseline = Literal["stock", "stock_default", "naive_int8"]
+# baselines only one model source has: name -> (that source, what the baseline is)
+SOURCE_ONLY: dict[str, tuple[str, str]] = {"stock_default": ("ddddocr", "ddddocr's own int8 model")}
 
 
 class BenchParams(Strict):
@@ -214,7 +225,8 @@ class BenchParams(Strict):
     baselines: list[Baseline] = Field(
         default_factory=lambda: ["stock", "stock_default", "naive_int8"],
         description="measured beside every class in the same run: stock (what users run "
-        "today), stock_default (ddddocr's int8 model; ddddocr source only), naive_int8",
+        "today), stock_default (ddddocr's int8 model; skipped unless model.source is ddddocr), "
+        "naive_int8",
     )
 
 
@@ -265,7 +277,9 @@ class PreprocessBench(Strict):
 class Params(Strict):
     targets: list[str] = Field(min_length=1, description="device classes to build")
     model: ModelParams = Field(default_factory=ModelParams)
-    charset: str = Field("lower_digits", description="allowed characters: preset or 'chars:...'")
+    charset: str = Field(
+        "lower_digits", description="allowed characters: a preset, 'chars:...' or 'model'"
+    )
     data: DataParams = Field(description="data sources")
     bench: BenchParams = Field(default_factory=BenchParams)
     preprocess: PreprocessBench = Field(default_factory=PreprocessBench)
@@ -288,25 +302,12 @@ class Params(Strict):
     def cross_check(self, file: str) -> None:
         """Rules spanning fields, each reported at the field to change."""
         try:
-            charsets.resolve(self.charset)
+            charsets.resolve(self.charset, [] if self.charset == charsets.MODEL else None)
         except ValueError as e:
             raise RecipeError(file, "charset", str(e)) from None
-        unknown = sorted(set(self.overrides) - set(self.targets))
-        if unknown:
-            raise RecipeError(
-                file,
-                "overrides",
-                f"classes {unknown} are not in targets "
-                f"{self.targets}; add them to targets or remove their overrides",
-            )
-        if "stock_default" in self.bench.baselines and self.model.source != "ddddocr":
-            raise RecipeError(
-                file,
-                "bench.baselines",
-                "stock_default is ddddocr's own int8 model and only applies to model.source "
-                "ddddocr; remove it",
-            )
         for name, src in self.data.synthetic.items():
+            if self.charset == charsets.MODEL:  # the model's dictionary: the stage checks
+                break
             outside = sorted(set(src.style.alphabet or "") - set(self.allowed_chars()))
             if outside:
                 raise RecipeError(
@@ -320,6 +321,45 @@ class Params(Strict):
                 self.preprocess_for(cand)
             except (TypeError, ValueError) as e:
                 raise RecipeError(file, f"preprocess.candidates.{name}", str(e)) from None
+
+    # Overrides of non-targets and baselines the source lacks are set aside, not refused, so
+    # that changing targets or model.source leaves params.yaml valid; notes() says what.
+
+    def ignored_overrides(self) -> list[str]:
+        """Classes with an override that are not targets: never read (see override_for)."""
+        return [name for name in self.overrides if name not in self.targets]
+
+    def override_for(self, target: str) -> dict[str, Any] | None:
+        """`overrides.<target>`, only for a target."""
+        return self.overrides.get(target) if target in self.targets else None
+
+    def skipped_baselines(self) -> dict[str, str]:
+        """Listed baselines that do not apply to model.source, with why."""
+        out = {}
+        for name in self.bench.baselines:
+            source, what = SOURCE_ONLY.get(name, (self.model.source, ""))
+            if source != self.model.source:
+                out[name] = f"{what} applies only to model.source {source}"
+        return out
+
+    def applicable_baselines(self) -> list[Baseline]:
+        """The baselines the baselines and bench stages run, in params order."""
+        skipped = self.skipped_baselines()
+        return [name for name in self.bench.baselines if name not in skipped]
+
+    def bench_as_run(self) -> BenchParams:
+        """`bench` with only the applicable baselines (what the bench stage measures)."""
+        return self.bench.model_copy(update={"baselines": self.applicable_baselines()})
+
+    def notes(self) -> list[str]:
+        """One line per setting that is set aside, naming its field."""
+        targets = ", ".join(self.targets)
+        out = [
+            f"overrides.{name} ignored: {name} is not in targets [{targets}]"
+            for name in self.ignored_overrides()
+        ]
+        skipped = self.skipped_baselines().items()
+        return out + [f"bench.baselines {n} skipped: {why}" for n, why in skipped]
 
     def preprocess_for(self, changes: dict[str, Any]) -> Preprocess:
         """The model's input contract with `changes` applied."""
@@ -337,8 +377,9 @@ class Params(Strict):
                     "installed; reinstall the project (pip install -e .)",
                 )
 
-    def allowed_chars(self) -> str:
-        return charsets.resolve(self.charset)
+    def allowed_chars(self, model_charset: list[str] | None = None) -> str:
+        """The allowed characters; charset 'model' needs the model stage's dictionary."""
+        return charsets.resolve(self.charset, model_charset)
 
 
 class Pipeline(Strict):
@@ -523,7 +564,7 @@ def load_class(
             "",
             f"no recipe for device class '{target}'; known classes: {', '.join(known)}",
         )
-    override = params.overrides.get(target)
+    override = params.override_for(target)
     recipe = load_recipe(
         path,
         pipeline.defaults,

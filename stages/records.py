@@ -56,6 +56,10 @@ class SourceSummary(Record):
     name: str
     kind: str  # synthetic | folder
     generator: str | None = None
+    # a synthetic source's label characters, and how many the charset allows: with charset
+    # 'model' only those the fonts draw, so accuracy on it says nothing of the others
+    alphabet: str | None = None
+    allowed: int | None = None
     path: str | None = None
     splits: dict[str, int]
     skipped: list[dict[str, str]] = Field(default_factory=list)  # name, code, detail
@@ -64,6 +68,18 @@ class SourceSummary(Record):
 
 
 # ---------------------------------------------------------------------------- build
+
+
+class SourceUse(Record):
+    """Whether a build's decisions used a data source: the source model's accuracy on its
+    first val images, and whether that reached data.min_accuracy."""
+
+    accuracy: float | None  # None: no val images to judge by (kept)
+    images: int
+    used: bool
+    kind: str | None = None  # synthetic | folder (from the source's summary.json)
+    alphabet: str | None = None  # a synthetic source's label characters
+    allowed: int | None = None  # how many characters the charset allows
 
 
 class SensitivityRow(Record):
@@ -115,6 +131,9 @@ class BuildRecord(Record):
 
     target: str
     stages: list[StageRecord]
+    # per data source: whether the decisions used it (data.min_accuracy); empty from tests
+    # that build without the check
+    sources: dict[str, SourceUse] = Field(default_factory=dict)
 
 
 class StageCheck(Record):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,6 +18,7 @@ from .scoring import Scoring
 
 Kind = Literal["cleanup", "prune", "fuse", "quantize", "convert"]
 PassFn = Callable[..., onnx.ModelProto]
+NOTHING_TO_DO = "nothing_to_do"  # the report key of a pass that returned its input unchanged
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,10 @@ _PASSES: dict[str, PassSpec] = {}
 def register(name: str, options: type[BaseModel], kind: Kind, exact: bool):
     """Decorator: register `fn(model, options, context) -> ModelProto` as pass `name`.
 
-    The function must not mutate `model` and must raise PassError rather than return its input
-    unchanged when it cannot do what the options ask."""
+    The function must not mutate `model`. It raises PassError when it cannot do what its options
+    ask (an unrecognized graph, an unreachable target), and returns `unchanged(model, name,
+    reason)` when the model already is what the pass would make it, so a recipe fits every model
+    and the build record still says the pass did nothing, and why."""
 
     def wrap(fn: PassFn) -> PassFn:
         if name in _PASSES:
@@ -70,6 +74,20 @@ def register(name: str, options: type[BaseModel], kind: Kind, exact: bool):
         return fn
 
     return wrap
+
+
+def unchanged(model: onnx.ModelProto, pass_name: str, reason: str) -> onnx.ModelProto:
+    """A copy of `model` whose only change is metadata `report.<pass_name>` saying the pass had
+    nothing to do and why; build.pop_reports moves it into the build record, leaving the input's
+    bytes. The entry goes last (replacing any earlier one) so that popping restores the order."""
+    key = f"report.{pass_name}"
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [p for p in out.metadata_props if p.key != key]
+    del out.metadata_props[:]
+    out.metadata_props.extend(kept)
+    out.metadata_props.add(key=key, value=json.dumps({NOTHING_TO_DO: reason}))
+    return out
 
 
 def get(name: str) -> PassSpec:

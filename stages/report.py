@@ -29,6 +29,7 @@ from .records import (
     CheckRecord,
     EvalRecord,
     Ratios,
+    SourceUse,
     VariantMetrics,
     read_record,
 )
@@ -449,8 +450,12 @@ def summary(
     choices: dict[str, dict[str, Any]],
     pictures: dict[str, str],
     serve: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    builds: dict[str, BuildRecord] | None = None,
 ) -> str:
-    """Across classes: the bundle of each against stock measured the same way."""
+    """Across classes: the bundle of each against stock measured the same way; `notes`: what
+    params.yaml set aside (Params.notes), so a missing baseline or class is explained;
+    `builds`: which data sources each class's decisions used and what their labels cover."""
     first = next(iter(metrics.values()))
     parts = [
         "### Results per device class (the bundle an app ships)",
@@ -474,9 +479,39 @@ def summary(
             f"### Recognition server ({target} bundle) against stock ddddocr served the same way",
             serve_table(serve).strip(),
         ]
+    if builds:
+        parts += ["### Data the decisions used (build.json: sources)", data_table(builds)]
+    if notes:
+        parts += ["### Notes (params.yaml)", "\n".join(f"- {n}" for n in notes)]
     parts += [f"![{name}]({path})" for name, path in pictures.items()]
     parts.append(_machine_line(first))
     return "\n\n".join(parts) + "\n"
+
+
+def data_table(builds: dict[str, BuildRecord]) -> str:
+    """Per source: what its labels draw from, how well the source model reads it, and which
+    classes decided on it; a synthetic set's accuracy says nothing of characters it never draws."""
+    names = list(dict.fromkeys(s for b in builds.values() for s in b.sources))
+    rows = []
+    for name in names:
+        uses = {t: b.sources[name] for t, b in builds.items() if name in b.sources}
+        first = next(iter(uses.values()))
+        read = sorted({pct(u.accuracy) for u in uses.values()})  # per class preprocessing
+        used = [t for t, u in uses.items() if u.used]
+        rows.append([
+            f"`{name}`", first.kind or "–", _coverage(first), " / ".join(read) + " %",
+            ", ".join(used) or "none (below data.min_accuracy)",
+        ])  # fmt: skip
+    header = ["source", "kind", "label characters", "source model reads (val)", "decided on by"]
+    return table(header, rows)
+
+
+def _coverage(use: SourceUse) -> str:
+    if use.alphabet is None or use.allowed is None:
+        return "the folder's labels"
+    shown = use.alphabet if len(use.alphabet) <= 40 else use.alphabet[:40] + "…"
+    shown = shown.replace("|", "\\|").replace("`", "'")  # table cell, code span
+    return f"{len(use.alphabet)} of {use.allowed} allowed (`{shown}`)"
 
 
 def results_table(metrics: dict[str, BenchRecord]) -> str:
@@ -726,7 +761,12 @@ def load_class(metrics_dir: Path, builds: Path, target: str) -> tuple:
 
 
 def write_reports(
-    targets: Sequence[str], metrics_dir: Path, builds: Path, reports_dir: Path, plots_dir: Path
+    targets: Sequence[str],
+    metrics_dir: Path,
+    builds: Path,
+    reports_dir: Path,
+    plots_dir: Path,
+    notes: Sequence[str] = (),
 ) -> str:
     """Write every report, picture and plot file; returns the summary markdown."""
     loaded = {t: load_class(metrics_dir, builds, t) for t in targets}
@@ -743,7 +783,8 @@ def write_reports(
     rel = {n: f"{plots_dir.name}/{p.name}" for n, p in pictures.items()}
     serve_path = metrics_dir / "serve.json"
     serve = json.loads(serve_path.read_text()) if serve_path.is_file() else None
-    text = summary(metrics, preprocess, choices, rel, serve)
+    builds_read = {t: b for t, (_, b, _, _) in loaded.items()}
+    text = summary(metrics, preprocess, choices, rel, serve, notes, builds_read)
     inside = text.replace("](plots/", "](../plots/").replace("](reports/", "](")
     write_text(reports_dir / "summary.md", inside)
     sections = [("Summary", _html_ready(text))]

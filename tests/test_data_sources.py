@@ -99,9 +99,9 @@ def test_read_split_names_missing_image(tmp_path: Path) -> None:
 def test_synthetic_source_writes_every_split_and_a_summary(tmp_path: Path) -> None:
     source = SyntheticSource(seed=3, calib=2, val=3, eval=4, style={"generator": "hard"})
     summary = write_synthetic("hard", source, "abc", tmp_path / "hard")
-    assert summary["splits"] == {"calib": 2, "val": 3, "eval": 4}
+    assert summary.splits == {"calib": 2, "val": 3, "eval": 4}
     record = read_record(tmp_path / "hard" / dataset.SUMMARY_FILE, SourceSummary)
-    assert record.generator == "hard" and record.splits == summary["splits"]
+    assert record.generator == "hard" and record.splits == summary.splits
     labels = [
         t for split in ("calib", "val", "eval") for _, t in read_split(tmp_path / "hard" / split)
     ]
@@ -152,8 +152,8 @@ def test_split_by_name_hash_is_stable_as_the_folder_grows() -> None:
 def test_folder_with_file_name_labels(tmp_path: Path) -> None:
     root = folder(tmp_path, {**many(40), "README.txt": b"notes"})
     summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
-    assert sum(summary["splits"].values()) == 40
-    assert summary["ignored"] == ["README.txt"]
+    assert sum(summary.splits.values()) == 40
+    assert summary.ignored == ["README.txt"]
     for split in ("calib", "val", "eval"):
         for path, label in read_split(tmp_path / "out" / split):
             assert path.name.split("_")[0] == label
@@ -189,15 +189,15 @@ def test_casefold_scoring_accepts_upper_case_labels(tmp_path: Path) -> None:
     root = folder(tmp_path, {"AB12_1.png": png("ab", 1), **many(3)})
     norm = Scoring(casefold=True).normalize
     summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, norm, tmp_path / "out")
-    assert sum(summary["splits"].values()) == 4
+    assert sum(summary.splits.values()) == 4
 
 
 def test_unreadable_images_are_skipped_with_their_code(tmp_path: Path) -> None:
     files = {**many(5), "bad_1.png": b"not an image", "empty_2.png": b""}
     root = folder(tmp_path, files)
     summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
-    assert sum(summary["splits"].values()) == 5
-    skipped = {s["name"]: s["code"] for s in summary["skipped"]}
+    assert sum(summary.splits.values()) == 5
+    skipped = {s["name"]: s["code"] for s in summary.skipped}
     assert skipped == {"bad_1.png": "E_DECODE", "empty_2.png": "E_EMPTY"}
 
 
@@ -210,9 +210,9 @@ def test_duplicate_images_keep_one_copy_so_eval_never_holds_a_calibration_image(
     conflict = {"zz_9.png": images[first]}  # same bytes, another label
     root = folder(tmp_path, {**images, **dupes, **conflict})
     summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
-    assert sum(summary["splits"].values()) == 30
-    assert len(summary["duplicates"]) == 21
-    assert [d["label_conflict"] for d in summary["duplicates"] if d["name"] == "zz_9.png"] == [True]
+    assert sum(summary.splits.values()) == 30
+    assert len(summary.duplicates) == 21
+    assert [d["label_conflict"] for d in summary.duplicates if d["name"] == "zz_9.png"] == [True]
     blobs = [
         p.read_bytes()
         for s in ("calib", "val", "eval")
@@ -277,4 +277,4 @@ def test_images_are_decoded_by_the_runtime(tmp_path: Path) -> None:
     Image.fromarray((np.arange(64 * 16).reshape(16, 64) * 40).astype(np.uint16)).save(buf, "PNG")
     root = folder(tmp_path, {"ab_1.png": buf.getvalue()})
     summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
-    assert summary["skipped"] == []
+    assert summary.skipped == []

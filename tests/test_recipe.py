@@ -369,9 +369,43 @@ def test_params_unknown_charset_preset_lists_presets(tmp_path):
         assert preset in str(err)
 
 
-def test_params_overrides_for_a_class_not_in_targets(tmp_path):
-    err = _params_error(tmp_path, _params(overrides={"ultra": {}}))
-    assert "overrides" in str(err) and "ultra" in str(err)
+def test_params_overrides_for_classes_not_in_targets_are_ignored_with_a_note(tmp_path):
+    """Narrowing targets leaves params.yaml valid: high's override (and one for a class with
+    no recipe at all) is set aside, never read, and named in the notes; mid's still applies."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    recipe = {"description": "a class", "passes": [{"fix_output_shape": {}}]}
+    for name in ("high", "mid"):
+        _write(configs / f"{name}.yaml", recipe)
+    data = _params(
+        targets=["mid", "low"],
+        overrides={
+            "high": {"passes": {"no_such_pass": {}}},  # an error if it were read
+            "ultra": {},
+            "mid": {"preprocess": {"width_scale": 0.5}},
+        },
+    )
+    p = recipes.load_params(_write(tmp_path / "params.yaml", data))
+    assert p.ignored_overrides() == ["high", "ultra"]
+    assert p.notes() == [
+        "overrides.high ignored: high is not in targets [mid, low]",
+        "overrides.ultra ignored: ultra is not in targets [mid, low]",
+    ]
+    pipeline = recipes.Pipeline(stages=["build"], defaults=DEFAULTS)
+    assert recipes.load_class("mid", p, pipeline, configs).preprocess.width_scale == 0.5
+    assert p.override_for("high") is None
+    assert recipes.load_class("high", p, pipeline, configs).passes[0].name == "fix_output_shape"
+
+
+def test_params_an_ignored_override_must_still_be_a_mapping(tmp_path):
+    err = _params_error(tmp_path, _params(targets=["mid"], overrides={"high": "fast"}))
+    assert err.field == "overrides.high", err.field
+
+
+def test_params_with_every_override_a_target_has_no_notes(tmp_path):
+    p = recipes.load_params(_write(tmp_path / "params.yaml", _params()))
+    assert p.ignored_overrides() == [] and p.notes() == []
+    assert p.override_for("low") == {}
 
 
 def test_params_alphabet_outside_charset(tmp_path):
@@ -535,13 +569,33 @@ def test_params_data_errors_name_the_field(tmp_path, data, field, words):
     assert words in str(err)
 
 
-def test_params_stock_default_needs_the_ddddocr_source(tmp_path):
+def test_params_baselines_a_file_source_lacks_are_skipped_with_a_note(tmp_path):
+    """stock_default is ddddocr's own int8 model: with a file source it is skipped (stock is
+    then the source model run plainly, so it stays), and the notes say why."""
     data = _params(
         model={"source": "file", "path": "models/input/m.onnx"},
-        bench={"baselines": ["stock", "stock_default"]},
+        bench={"baselines": ["stock", "stock_default", "naive_int8"]},
     )
-    err = _params_error(tmp_path, data)
-    assert err.field == "bench.baselines" and "ddddocr" in str(err)
+    p = recipes.load_params(_write(tmp_path / "params.yaml", data))
+    assert p.applicable_baselines() == ["stock", "naive_int8"]
+    assert p.skipped_baselines() == {
+        "stock_default": "ddddocr's own int8 model applies only to model.source ddddocr"
+    }
+    assert p.notes() == [
+        "bench.baselines stock_default skipped: ddddocr's own int8 model applies only to "
+        "model.source ddddocr"
+    ]
+    # what the bench stage measures; params.yaml's own list is left as written
+    assert p.bench_as_run().baselines == ["stock", "naive_int8"]
+    assert p.bench_as_run().repeats == p.bench.repeats
+    assert p.bench.baselines == ["stock", "stock_default", "naive_int8"]
+
+
+def test_params_every_baseline_applies_to_the_ddddocr_source(tmp_path):
+    p = recipes.load_params(_write(tmp_path / "params.yaml", _params()))
+    assert p.model.source == "ddddocr"
+    assert p.applicable_baselines() == ["stock", "stock_default", "naive_int8"]
+    assert p.skipped_baselines() == {} and p.notes() == []
 
 
 def test_params_preprocess_candidate_errors_name_the_candidate(tmp_path):

@@ -422,10 +422,10 @@ def test_override_dropping_one_pass_is_accepted(project: Path, capsys):
 CROSS_CASES = [
     ("charset: lower_digits", "charset: klingon", "charset", "unknown charset 'klingon'"),
     (
-        "{mid: {}, low: {}}",
-        "{mid: {}, low: {}, tiny: {}}",
-        "overrides",
-        "classes ['tiny'] are not in targets",
+        "versions:",
+        "  min_accuracy: 1.5\nversions:",
+        "data.min_accuracy",
+        "less than or equal to 1",
     ),
     (
         "eval: 4",
@@ -439,15 +439,8 @@ CROSS_CASES = [
         "preprocess.candidates.tiny",
         "height must be in 8..1024, got 2",
     ),
-    (
-        "charset:",
-        "model: {source: file, path: models/input/m.onnx, charset: {source: file, path: c.txt}}\n"
-        "charset:",
-        "bench.baselines",
-        "stock_default is ddddocr's own int8 model",
-    ),
 ]
-CROSS_IDS = ["charset", "override_class", "alphabet", "candidate", "baseline"]
+CROSS_IDS = ["charset", "min_accuracy", "alphabet", "candidate"]
 
 
 @pytest.mark.parametrize(("old", "new", "field", "part"), CROSS_CASES, ids=CROSS_IDS)

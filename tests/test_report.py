@@ -180,3 +180,47 @@ def test_the_server_bench_gets_its_own_section(measured: dict, tmp_path: Path) -
         tmp_path / "p",
     )
     assert "Recognition server" not in text
+
+
+NOTES = [
+    "overrides.mid ignored: mid is not in targets [high, low]",
+    "bench.baselines stock_default skipped: ddddocr's own int8 model applies only to "
+    "model.source ddddocr",
+]
+
+
+def test_the_notes_of_params_get_a_section_only_when_there_are_some(
+    written: dict, tmp_path: Path
+) -> None:
+    assert "### Notes" not in written["text"]
+    assert "### Notes" not in page(written, "summary.md")
+    args = (written["targets"], written["metrics"], written["builds"], tmp_path / "r")
+    text = report.write_reports(*args, tmp_path / "p", NOTES)
+    section = "### Notes (params.yaml)\n\n" + "\n".join(f"- {n}" for n in NOTES) + "\n\n"
+    assert section in text
+    assert section in (tmp_path / "r" / "summary.md").read_text(encoding="utf-8")
+    assert "<h3>Notes (params.yaml)</h3>" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_the_report_verb_passes_and_prints_the_notes_of_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """targets narrowed to [high, low] with mid's override left in place: noted, not refused."""
+    from stages import cli
+
+    params = {
+        "targets": ["high", "low"],
+        "model": {"source": "file", "path": "models/input/m.onnx"},
+        "data": {"synthetic": {"clean": {"seed": 1}}},
+        "bench": {"baselines": ["stock", "stock_default"]},
+        "versions": {},
+        "overrides": {"high": {}, "mid": {}, "low": {}},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps(params))  # JSON is YAML
+    got: list[list[str]] = []
+    monkeypatch.setattr(report, "write_reports", lambda *a: got.append(list(a[-1])) or "")
+    argv = ["report", "--params", str(path), "--metrics", "m", "--builds", "b", "--plots", "p"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert got == [NOTES]
+    assert capsys.readouterr().err == "".join(f"note: {path}: {n}\n" for n in NOTES)

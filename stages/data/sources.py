@@ -15,9 +15,10 @@ from typing import Annotated, Any
 from PIL import Image, ImageChops, ImageDraw
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir
 from ..errors import DataError
 from ..progress import Progress
+from ..records import SourceSummary, write_record
 from . import clean, hard
 from . import folder as folders
 from .dataset import SPLITS, SUMMARY_FILE, Sample, image_name, write_split
@@ -54,10 +55,44 @@ class SyntheticSource(BaseModel):
         return {"calib": self.calib, "val": self.val, "eval": self.eval}
 
 
-def resolved_style(source: SyntheticSource, allowed: str) -> clean.CaptchaStyle | hard.HardStyle:
-    """The style with its alphabet: its own, or the pipeline's charset."""
+def resolved_style(
+    source: SyntheticSource, allowed: str, drawable_only: bool = False, where: str = "style"
+) -> clean.CaptchaStyle | hard.HardStyle:
+    """The style with its alphabet: its own, or the pipeline's charset; with `drawable_only`
+    (charset 'model': a dictionary no font covers) only the characters every font draws."""
     style = source.style
-    return style if style.alphabet else style.model_copy(update={"alphabet": allowed})
+    if style.alphabet:
+        return style
+    alphabet = drawable(style, allowed) if drawable_only else allowed
+    if not alphabet:
+        raise DataError(
+            f"{where}: no character of the model's dictionary has a glyph in every font of this "
+            "style; bring your own labeled images (data.folders) and drop this source"
+        )
+    return style.model_copy(update={"alphabet": alphabet})
+
+
+def drawable(style: Any, chars: str) -> str:
+    """The characters of `chars` that every font of `style` draws as a glyph of its own (not
+    the box a missing code point gets, not nothing); whitespace is no captcha character."""
+    fonts = [font for _, font in style_fonts(style)]
+    missing = [_mask(font, "\U0010fffd") for font in fonts]
+    return "".join(
+        ch
+        for ch in chars
+        if not ch.isspace()
+        and all(_inks(f, ch) and _mask(f, ch) != m for f, m in zip(fonts, missing, strict=True))
+    )
+
+
+def _mask(font: Any, ch: str) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(ch)
+    return mask.size, bytes(mask)
+
+
+def _inks(font: Any, ch: str) -> bool:
+    left, top, right, bottom = font.getbbox(ch)
+    return right > left and bottom > top
 
 
 def synthetic_samples(
@@ -73,11 +108,17 @@ def synthetic_samples(
 
 
 def write_synthetic(
-    name: str, source: SyntheticSource, allowed: str, out: Path, params_file: str = "params.yaml"
-) -> dict[str, Any]:
-    """Generate every split of `name` into `out` atomically; returns its summary."""
+    name: str,
+    source: SyntheticSource,
+    allowed: str,
+    out: Path,
+    params_file: str = "params.yaml",
+    drawable_only: bool = False,
+) -> SourceSummary:
+    """Generate every split of `name` into `out` atomically; returns its summary, which says
+    which of the allowed characters its labels draw from (the report states the coverage)."""
     where = f"{params_file}: data.synthetic.{name}"
-    style = resolved_style(source, allowed)
+    style = resolved_style(source, allowed, drawable_only, f"{where}.style")
     check_glyphs(style, where)
     bar = Progress(f"synthetic@{name}", sum(source.sizes().values()))
     with atomic_dir(out) as tmp:
@@ -85,16 +126,15 @@ def write_synthetic(
             split: write_split(tmp / split, synthetic_samples(source, style, split, bar))
             for split in SPLITS
         }
-        summary = {
-            "name": name,
-            "kind": "synthetic",
-            "generator": style.generator,
-            "splits": sizes,
-            "skipped": [],
-            "duplicates": [],
-            "ignored": [],
-        }
-        write_json(tmp / SUMMARY_FILE, summary)
+        summary = SourceSummary(
+            name=name,
+            kind="synthetic",
+            generator=style.generator,
+            alphabet=style.alphabet,
+            allowed=len(allowed),
+            splits=sizes,
+        )
+        write_record(tmp / SUMMARY_FILE, summary)
     bar.close()
     return summary
 
@@ -106,22 +146,22 @@ def write_folder(
     normalize: Callable[[str], str],
     out: Path,
     params_file: str = "params.yaml",
-) -> dict[str, Any]:
+) -> SourceSummary:
     """Check, split and copy the folder `name` into `out` atomically; returns its summary."""
     scan = folders.scan(source, f"{params_file}: data.folders.{name}", normalize, allowed)
     parts = folders.split(scan.samples, source)
     with atomic_dir(out) as tmp:
         sizes = {split: write_split(tmp / split, parts[split]) for split in SPLITS}
-        summary = {
-            "name": name,
-            "kind": "folder",
-            "path": source.path,
-            "splits": sizes,
-            "skipped": scan.skipped,
-            "duplicates": scan.duplicates,
-            "ignored": scan.ignored,
-        }
-        write_json(tmp / SUMMARY_FILE, summary)
+        summary = SourceSummary(
+            name=name,
+            kind="folder",
+            path=source.path,
+            splits=sizes,
+            skipped=scan.skipped,
+            duplicates=scan.duplicates,
+            ignored=scan.ignored,
+        )
+        write_record(tmp / SUMMARY_FILE, summary)
     return summary
 
 

@@ -1,10 +1,13 @@
-"""Convert the model to another ONNX opset with onnx's version converter.
+"""Raise the model's default-domain opset to at least `opset` with onnx's version converter.
 
 Before: ddddocr's common.onnx declares opset 12, where DequantizeLinear has no `axis`, so a
         per-channel QDQ quantization of its Conv weights is an invalid graph.
 After:  the same graph at `opset` (13 by default): ops whose signature changed are rewritten
         by onnx.version_converter (e.g. Squeeze/Unsqueeze axes become inputs, Split's sizes
         an input); the model's metadata and declared outputs are kept.
+A model already at `opset` or newer is returned unchanged, recorded as nothing to do: `opset`
+is the lowest the later passes need, and lowering a newer export could only fail (onnx has no
+down-adapter for many ops) or give up ops it uses; so one recipe fits old and new exports.
 Exact: the converter's rewrites keep values; the build checks outputs after this pass.
 """
 
@@ -16,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import modelio
 from ..errors import PassError
-from ..registry import PassContext, register
+from ..registry import PassContext, register, unchanged
 
 NAME = "convert_opset"
 
@@ -28,7 +31,8 @@ class ConvertOpsetOptions(BaseModel):
         13,
         ge=7,
         le=onnx.defs.onnx_opset_version(),
-        description="target default-domain opset; 13 is the lowest with per-axis "
+        description="the lowest default-domain opset the model may have: an older one is "
+        "converted to it, a newer one kept (never lowered); 13 is the lowest with per-axis "
         "(per-channel) QuantizeLinear/DequantizeLinear",
     )
 
@@ -37,10 +41,14 @@ class ConvertOpsetOptions(BaseModel):
 def convert_opset(
     model: onnx.ModelProto, options: ConvertOpsetOptions, context: PassContext
 ) -> onnx.ModelProto:
-    """Rewrite the graph for the target opset."""
+    """Raise the graph's opset to at least the target one."""
     current = default_opset(model)
-    if current == options.opset:
-        raise PassError(NAME, f"the model already uses opset {current}; drop the pass")
+    if current >= options.opset:
+        return unchanged(
+            model,
+            NAME,
+            f"the model uses opset {current} >= {options.opset}: nothing to convert; never lowered",
+        )
     try:
         out = version_converter.convert_version(model, options.opset)
         onnx.checker.check_model(modelio.checkable(out))

@@ -4,8 +4,11 @@ Before: Constant(value=W[6625, 120]) -> MatMul(x, W), as some exporters (e.g. Pa
         write weights.
 After:  MatMul(x, W) with W an initializer of the same name; the Constant node is gone.
 Exact: the tensors are moved, not changed. Only tensor-valued Constants are lifted (value_ints
-       and friends stay, as do Constants inside subgraphs, which cannot reach initializers).
+       and friends stay, as do Constants inside subgraphs, which cannot reach initializers);
+       `floats_only` lifts the weights and leaves integer shape constants as they were.
 Why: onnxruntime's quantizers, prune_charset and size accounting only see initializers.
+Nothing to lift (weights already initializers, as in ddddocr's export): the input unchanged,
+recorded as nothing to do, so the shipped recipes fit either kind of export.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import onnx
 from onnx import helper
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import PassError
-from ..registry import PassContext, register
+from .. import modelio
+from ..registry import PassContext, register, unchanged
 
 NAME = "lift_constants"
+FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, *modelio.HALF_TYPES})
 
 
 class LiftConstantsOptions(BaseModel):
@@ -28,6 +32,12 @@ class LiftConstantsOptions(BaseModel):
         ge=1,
         description="lift only tensors with at least this many elements (1: every tensor; "
         "raise it to keep small shape constants as nodes)",
+    )
+    floats_only: bool = Field(
+        False,
+        description="lift only floating-point tensors (weights, biases: what the quantizers "
+        "need as initializers); integer ones (shapes, axes, indices) stay nodes, which "
+        "simplify folds anyway",
     )
 
 
@@ -43,7 +53,7 @@ def lift_constants(
     kept, lifted = [], 0
     for node in graph.node:
         tensor = _tensor(node)
-        if tensor is None or _elements(tensor) < options.min_elements or node.output[0] in outputs:
+        if tensor is None or not _wanted(tensor, options) or node.output[0] in outputs:
             kept.append(node)
             continue
         lifted_tensor = onnx.TensorProto()
@@ -58,10 +68,11 @@ def lift_constants(
             )
         lifted += 1
     if not lifted:
-        raise PassError(
+        return unchanged(
+            model,
             NAME,
-            f"the model has no tensor-valued Constant node with at least {options.min_elements} "
-            "elements; drop the pass",
+            f"no {'float ' if options.floats_only else ''}tensor-valued Constant node with >= "
+            f"{options.min_elements} elements: weights are already initializers",
         )
     del graph.node[:]
     graph.node.extend(kept)
@@ -73,6 +84,12 @@ def _tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
         return None
     attrs = {a.name: a for a in node.attribute}
     return attrs["value"].t if set(attrs) == {"value"} else None
+
+
+def _wanted(tensor: onnx.TensorProto, options: LiftConstantsOptions) -> bool:
+    if options.floats_only and tensor.data_type not in FLOATS:
+        return False
+    return _elements(tensor) >= options.min_elements
 
 
 def _elements(tensor: onnx.TensorProto) -> int:

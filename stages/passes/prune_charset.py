@@ -14,6 +14,8 @@ Exact on the kept classes: the output equals the original logits restricted to t
 [blank] + allowed (ddddocr's `set_ranges` semantics); characters outside the set are gone.
 Behind a Softmax the output is those columns renormalized to sum to 1 (a LogSoftmax: the same
 in log space), so the best class of every frame among the kept ones is unchanged.
+Allowed characters covering every class: the input unchanged, recorded as nothing to do (the
+site's charset may be the model's whole charset).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import modelio
 from ..errors import ModelError, PassError
-from ..registry import PassContext, register
+from ..registry import PassContext, register, unchanged
 from .convert_opset import default_opset
 
 NAME = "prune_charset"
@@ -85,6 +87,15 @@ def prune_charset(
     except ModelError as e:
         raise PassError(NAME, str(e)) from e
     keep, missing = _kept_classes(spec, options, context)
+    if len(keep) == len(spec.charset):
+        # the model keeps no record here, so the skipped characters go into the reason
+        skipped = f" (skipped, not in the model's charset: {missing})" if missing else ""
+        return unchanged(
+            model,
+            NAME,
+            f"the allowed characters cover all {len(spec.charset)} classes: nothing to prune"
+            + skipped,
+        )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     head = _find_head(out, spec.output_name, len(spec.charset), spec.layout)
@@ -115,12 +126,6 @@ def _kept_classes(
     rest = [i for i, c in enumerate(spec.charset) if c in wanted and i != spec.blank]
     if not rest:
         raise PassError(NAME, f"none of {chars} is in the model's charset; nothing would be kept")
-    if len(rest) + 1 == len(spec.charset):
-        raise PassError(
-            NAME,
-            f"the allowed characters cover all {len(spec.charset)} classes, nothing to prune; "
-            "narrow 'chars' or drop the pass",
-        )
     return [spec.blank, *rest], missing
 
 

@@ -2,9 +2,10 @@ import numpy as np
 import onnx
 import pytest
 import tiny
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from stages import modelio, registry
+from stages.build import pop_reports
 from stages.errors import PassError
 from stages.passes.convert_opset import ConvertOpsetOptions, convert_opset, default_opset
 from stages.passes.fix_output_shape import FixOutputShapeOptions, fix_output_shape
@@ -76,18 +77,51 @@ def test_shapeless_output_stays_shapeless():
     _assert_same_outputs(out, model)
 
 
-def test_already_at_the_target_opset_is_an_error():
-    with pytest.raises(PassError, match="already uses opset 13; drop the pass") as err:
-        convert_opset(tiny.tiny_ctc(), ConvertOpsetOptions(), CTX)
-    assert err.value.pass_name == "convert_opset"
+def at_opset(opset: int) -> onnx.ModelProto:
+    """The tiny model (opset 13) as an exporter writing `opset` would give it."""
+    model = tiny.tiny_ctc(wrong_output_shape=False)
+    out = model if opset == 13 else version_converter.convert_version(model, opset)
+    assert default_opset(out) == opset
+    return out
+
+
+@pytest.mark.parametrize(
+    ("model_opset", "target"), [(13, 13), (17, 13), (17, 17), (21, 14), (12, 7)]
+)
+def test_at_or_above_the_target_is_returned_unchanged_never_lowered(model_opset, target):
+    model = opset12(tiny.tiny_ctc()) if model_opset == 12 else at_opset(model_opset)
+    before = model.SerializeToString()
+    out = convert_opset(model, ConvertOpsetOptions(opset=target), CTX)
+    assert out is not model
+    assert model.SerializeToString() == before
+    popped, report = pop_reports(out)
+    assert popped.SerializeToString() == before  # no node, opset or metadata touched
+    assert default_opset(popped) == model_opset
+    assert report == {
+        "convert_opset": {
+            "nothing_to_do": f"the model uses opset {model_opset} >= {target}: nothing to "
+            "convert; never lowered"
+        }
+    }
+
+
+def test_only_an_older_opset_converts():
+    # the boundary the shipped low recipe relies on: 12 (ddddocr) -> 13 converts, 13 does not
+    old = convert_opset(opset12(tiny.tiny_ctc()), ConvertOpsetOptions(opset=13), CTX)
+    assert default_opset(old) == 13
+    assert pop_reports(old)[1] == {}
+    assert default_opset(convert_opset(at_opset(13), ConvertOpsetOptions(opset=14), CTX)) == 14
 
 
 def test_unconvertible_opset_is_an_error_naming_the_pass():
-    # onnx has no adapter taking Sigmoid from opset 13 down to 12
+    # an op onnx has no schema for cannot be carried to a newer opset
+    model = opset12(tiny.tiny_ctc())
+    model.graph.node.append(helper.make_node("Sharpen", ["input1"], ["sharpened"]))
+    model.graph.output.append(helper.make_tensor_value_info("sharpened", TensorProto.FLOAT, None))
     with pytest.raises(
-        PassError, match=r"cannot convert opset 13 -> 12 .*Sigmoid.*choose another opset"
+        PassError, match=r"cannot convert opset 12 -> 13 .*Sharpen.*choose another opset"
     ) as err:
-        convert_opset(tiny.tiny_ctc(), ConvertOpsetOptions(opset=12), CTX)
+        convert_opset(model, ConvertOpsetOptions(), CTX)
     assert err.value.pass_name == "convert_opset"
     assert str(err.value).startswith("pass 'convert_opset': ")
 

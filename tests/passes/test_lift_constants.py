@@ -5,8 +5,10 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from stages import modelio, registry
-from stages.errors import PassError
+from stages.build import pop_reports, run_passes
+from stages.passes.fix_output_shape import FixOutputShapeOptions
 from stages.passes.lift_constants import LiftConstantsOptions, lift_constants
+from stages.recipe import PassStep, Recipe
 
 CTX = registry.PassContext()
 # exact: the tensors move from nodes to initializers, the values are the same bytes
@@ -45,6 +47,21 @@ def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
+def _assert_nothing_to_do(model: onnx.ModelProto, options: LiftConstantsOptions) -> str:
+    """The pass returns a copy that is the input byte for byte once the build pops its report;
+    returns the recorded reason."""
+    before = model.SerializeToString()
+    out = lift_constants(model, options, CTX)
+    assert out is not model
+    assert model.SerializeToString() == before
+    assert out.SerializeToString() != before  # the report rides on the copy until popped
+    popped, report = pop_reports(out)
+    assert popped.SerializeToString() == before
+    assert list(report) == ["lift_constants"]
+    assert list(report["lift_constants"]) == ["nothing_to_do"]
+    return report["lift_constants"]["nothing_to_do"]
+
+
 def test_lifts_every_tensor_constant_and_keeps_value_ints():
     reference = tiny.tiny_ctc(wrong_output_shape=False)
     model = _as_constants(reference, HELD)
@@ -80,10 +97,9 @@ def test_constant_that_is_a_graph_output_stays_a_node():
     model = _as_constants(tiny.tiny_ctc(wrong_output_shape=False), ["head_b"])
     model.graph.output.append(helper.make_tensor_value_info("head_b", TensorProto.FLOAT, [7]))
     # head_b is read by the Gemm and is an output: a node output, it cannot be an initializer
-    with pytest.raises(
-        PassError, match=r"lift_constants.*no tensor-valued Constant.*drop the pass"
-    ):
-        lift_constants(model, LiftConstantsOptions(), CTX)
+    reason = _assert_nothing_to_do(model, LiftConstantsOptions())
+    assert reason.startswith("no tensor-valued Constant node with >= 1 elements")
+    assert tiny.op_counts(model)["Constant"] == 2
 
 
 def test_old_ir_lists_lifted_initializers_as_inputs():
@@ -105,19 +121,61 @@ def test_old_ir_lists_lifted_initializers_as_inputs():
 
 
 @pytest.mark.parametrize(
-    ("held", "options", "match"),
+    ("held", "options", "minimum"),
     [
-        ([], LiftConstantsOptions(), "at least 1 elements"),
-        (HELD, LiftConstantsOptions(min_elements=10**6), "at least 1000000 elements"),
+        ([], LiftConstantsOptions(), 1),
+        (HELD, LiftConstantsOptions(min_elements=10**6), 1000000),
     ],
     ids=["no_constant", "all_too_small"],
 )
-def test_nothing_to_lift_is_an_error(held, options, match):
+def test_nothing_to_lift_returns_the_input_recorded(held, options, minimum):
     model = _as_constants(tiny.tiny_ctc(), held) if held else tiny.tiny_ctc()
-    with pytest.raises(PassError, match=match) as err:
-        lift_constants(model, options, CTX)
-    assert err.value.pass_name == "lift_constants"
-    assert "drop the pass" in str(err.value)
+    assert _assert_nothing_to_do(model, options) == (
+        f"no tensor-valued Constant node with >= {minimum} elements: weights are already "
+        "initializers"
+    )
+
+
+def test_floats_only_lifts_weights_and_keeps_integer_constants():
+    # the shipped recipes' setting: float weights move whatever their size (head_b: 7 elements,
+    # as a small head's bias), the int64 Squeeze axes stays a node, as ddddocr's shape values do
+    model = _as_constants(tiny.tiny_ctc(), HELD)
+    out = lift_constants(model, LiftConstantsOptions(floats_only=True), CTX)
+    constants = sorted(n.output[0] for n in out.graph.node if n.op_type == "Constant")
+    assert constants == ["flat_shape", "sq_axes"]
+    assert {"lstm_w", "head_w", "head_b"} <= set(_inits(out))
+    assert modelio.constant_weights(out) == []  # nothing left the quantizers would refuse
+    assert pop_reports(out)[1] == {}  # it did something: no report
+    _assert_same_outputs(out, model)
+
+
+def test_floats_only_on_integer_constants_alone_is_nothing_to_do():
+    # ddddocr's export: weights are initializers, its Constants int64 indices and shapes
+    model = _as_constants(tiny.tiny_ctc(), ["sq_axes", "out_shape"])
+    assert _assert_nothing_to_do(model, LiftConstantsOptions(floats_only=True)) == (
+        "no float tensor-valued Constant node with >= 1 elements: weights are already "
+        "initializers"
+    )
+
+
+def test_build_notes_and_records_a_pass_that_did_nothing(capsys):
+    model = tiny.tiny_ctc()
+    recipe = Recipe(
+        description="test",
+        passes=[
+            PassStep("fix_output_shape", FixOutputShapeOptions()),
+            PassStep("lift_constants", LiftConstantsOptions()),
+        ],
+    )
+    results = run_passes(model, recipe, registry.PassContext(calibration=tiny.inputs(4)))
+    reason = "no tensor-valued Constant node with >= 1 elements: weights are already initializers"
+    assert results[1].report == {"lift_constants": {"nothing_to_do": reason}}
+    assert results[0].report == {}
+    # the stage model is its input's bytes: the report went to the record, not the model
+    assert results[1].model.SerializeToString() == results[0].model.SerializeToString()
+    lines = capsys.readouterr().out.splitlines()
+    assert f"build: pass 2/2 lift_constants did nothing: {reason}" in lines
+    assert not any("fix_output_shape did nothing" in line for line in lines)
 
 
 def test_options_are_checked():

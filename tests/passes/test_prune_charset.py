@@ -8,6 +8,7 @@ import tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from stages import modelio, registry
+from stages.build import pop_reports
 from stages.errors import PassError
 from stages.passes.prune_charset import PruneCharsetOptions, prune_charset
 
@@ -125,17 +126,44 @@ def test_skip_drops_missing_and_records_them():
     _assert_contract(model, out, [0, 1, 2], tiny.inputs(2))
 
 
+def test_nothing_to_keep_is_an_error():
+    ctx = registry.PassContext(allowed_chars="")
+    with pytest.raises(PassError, match="no characters to keep"):
+        prune_charset(tiny.tiny_ctc(classes=7), PruneCharsetOptions(), ctx)
+
+
 @pytest.mark.parametrize(
-    ("chars", "ctx_chars", "match"),
+    ("options", "ctx_chars", "skipped"),
     [
-        (None, "", "no characters to keep"),
-        ("abcdef", "", "cover all 7 classes"),
+        (PruneCharsetOptions(chars="abcdef"), "", ""),
+        (PruneCharsetOptions(), "fedcba", ""),  # the site's charset is the model's whole one
+        (
+            PruneCharsetOptions(chars="abcZdef", on_missing="skip"),
+            "",
+            " (skipped, not in the model's charset: ['Z'])",
+        ),
     ],
+    ids=["chars", "context", "skipped"],
 )
-def test_nothing_to_keep_or_prune(chars, ctx_chars, match):
-    ctx = registry.PassContext(allowed_chars=ctx_chars)
-    with pytest.raises(PassError, match=match):
-        prune_charset(tiny.tiny_ctc(classes=7), PruneCharsetOptions(chars=chars), ctx)
+def test_covering_every_class_returns_the_input_recorded(options, ctx_chars, skipped):
+    model = tiny.tiny_ctc(classes=7)
+    before = model.SerializeToString()
+    out = prune_charset(model, options, registry.PassContext(allowed_chars=ctx_chars))
+    assert out is not model
+    assert model.SerializeToString() == before
+    popped, report = pop_reports(out)
+    assert popped.SerializeToString() == before  # no row, dim or charset entry touched
+    reason = "the allowed characters cover all 7 classes: nothing to prune" + skipped
+    assert report == {"prune_charset": {"nothing_to_do": reason}}
+
+
+def test_covering_every_class_but_whitespace_still_prunes():
+    # keep_whitespace off: the space class is not allowed, so there is something to prune
+    chars = ["", "a", "b", " ", "c", "d", "e"]
+    model = modelio.with_spec(tiny.tiny_ctc(classes=7), chars, "TBC", 0)
+    out = prune_charset(model, PruneCharsetOptions(chars="abcde", keep_whitespace=False), CTX)
+    assert pop_reports(out)[1] == {}
+    assert modelio.spec(out).charset == ["", "a", "b", "c", "d", "e"]
 
 
 def test_all_skipped_is_an_error():
