@@ -18,6 +18,8 @@ from .scoring import Scoring
 
 
 class Strict(BaseModel):
+    """Params, recipes and contracts refuse unknown fields (a typo fails, naming the field)."""
+
     model_config = ConfigDict(extra="forbid")
 
 

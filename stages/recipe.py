@@ -29,7 +29,7 @@ from pydantic import (
 
 from . import charset as charsets
 from . import registry
-from .contract import ModelParams
+from .contract import ModelParams, Strict
 from .data.folder import FolderSource
 from .data.sources import SyntheticSource
 from .errors import FieldValueError, RecipeError, UnknownNameError
@@ -38,10 +38,6 @@ from .runtime.preprocess import Preprocess
 from .runtime.session import Runtime
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # source and class names: folder- and DVC-safe
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Equivalence(Strict):

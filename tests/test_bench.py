@@ -199,7 +199,7 @@ def test_the_committed_metrics_were_measured_on_the_committed_machine() -> None:
 
 
 def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
-    assert bench.interleave(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    assert bench.run_order(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
 
 
 # ---------------------------------------------------------------------------- floors
@@ -400,3 +400,17 @@ def test_ratios_budgets_memory_table_and_facts(low: BenchRecord) -> None:
     assert low.stock.startswith("the source model")
     assert low.threads == 1 and low.affinity == [sorted(os.sched_getaffinity(0))[0]]
     assert low.compute_floor["final"]["mmacs"]["total"] > 0
+
+
+def test_timed_accuracy_compares_texts_by_the_contract_s_scoring():
+    from stages.measure.bench import Variant, variant_record
+    from stages.scoring import Scoring
+
+    run = {"total_ms": [1.0, 1.0, 1.0], "cold_start_ms": 9.0, "peak_rss_mb": 50.0,
+           "texts": [" ab", "CD ", "ef"], "ort_threads": 1, "os_threads": 1,
+           "escaped_threads": 0, "imported": []}  # fmt: skip
+    v = Variant("x", "onnx", 1.0)
+    labels = ["ab", "cd"]  # the worker cycles through them: ab, cd, ab
+    plain = variant_record(v, [run], None, None, labels, Scoring(strip=True))
+    folded = variant_record(v, [run], None, None, labels, Scoring(strip=True, casefold=True))
+    assert (plain.timed_accuracy, folded.timed_accuracy) == (0.3333, 0.6667)

@@ -90,7 +90,7 @@ def test_exact_pass_records_zero_divergence():
         "argmax_agreement": 1.0,
         "dropped_best": 0.0,
     }
-    assert r.seconds >= 0
+    assert r.seconds > 0  # measured around the pass, not left at a default
     assert isinstance(r.model, onnx.ModelProto)
 
 

@@ -330,11 +330,8 @@ DUPLICATES = Case(
 def test_a_dictionary_with_a_duplicate_entry_prunes_and_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    CASES["duplicates"] = DUPLICATES
-    try:
-        test_reader_reads_its_string_through_the_whole_chain("duplicates", tmp_path, monkeypatch)
-    finally:
-        del CASES["duplicates"]
+    monkeypatch.setitem(CASES, "duplicates", DUPLICATES)  # undone after the test
+    test_reader_reads_its_string_through_the_whole_chain("duplicates", tmp_path, monkeypatch)
 
 
 def read(source: Path, image: bytes, pre: Preprocess) -> list[str]:

@@ -185,6 +185,17 @@ def test_labels_outside_the_charset_name_the_files_and_the_setting(tmp_path: Pat
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_a_space_class_the_charset_allows_is_allowed_inside_labels(tmp_path: Path) -> None:
+    # text lines: the model's dictionary ends in a space class and labels hold words
+    files = {"a.png": png("ab"), "b.png": png("c1")}
+    root = folder(tmp_path, files, labels={"a.png": "ab cd", "b.png": "c 1"})
+    source = FolderSource(path=str(root), calib=0, val=0)
+    summary = write_folder("lines", source, ALLOWED + " ", NORM, tmp_path / "o")
+    assert sum(summary.splits.values()) == 2
+    with pytest.raises(DataError, match=r"characters \[' '\] outside the charset"):
+        write_folder("lines", source, ALLOWED, NORM, tmp_path / "p")
+
+
 def test_casefold_scoring_accepts_upper_case_labels(tmp_path: Path) -> None:
     root = folder(tmp_path, {"AB12_1.png": png("ab", 1), **many(3)})
     norm = Scoring(casefold=True).normalize

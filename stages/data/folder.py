@@ -147,7 +147,8 @@ def _read_image(path: Path, name: str, out: Scan) -> bytes | None:
 def _check_charset(
     samples: list[Sample], normalize: Callable[[str], str], allowed: str, where: str
 ) -> None:
-    charset = {normalize(c) for c in allowed}
+    # one character at a time: stripping would turn an allowed space into nothing
+    charset = {ch for c in allowed for ch in (normalize(c) or c)}
     bad = {s.name: sorted(set(normalize(s.label)) - charset) for s in samples}
     bad = {name: chars for name, chars in bad.items() if chars}
     if not bad:

@@ -52,6 +52,7 @@ from ..records import (
     read_record,
 )
 from ..runtime.manifest import sizes_mb
+from ..scoring import Scoring, score
 from . import floor as floors
 from .machine import ROOT, machine_info, pinned_cores
 from .metrics import attributable, check_budgets, ratio_spread, ratios, round_stats, summarize
@@ -97,7 +98,7 @@ class Variant:
 # ---------------------------------------------------------------------------- workers
 
 
-def interleave(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
+def run_order(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
     """(round, variant) in run order: every variant once per round, rounds one after another."""
     return [(r, name) for r in range(repeats) for name in names]
 
@@ -177,7 +178,7 @@ def measure(
     live = [v for v in variants if v.skipped is None]
     by_name = {v.name: v for v in live}
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in live}
-    order = interleave([v.name for v in live], params.repeats)
+    order = run_order([v.name for v in live], params.repeats)
     bar = Progress(f"{label}: timing rounds ({len(live)} variants x {params.repeats})", len(order))
     for _, name in order:
         runs[name].append(spawn(worker_spec(by_name[name], images, params, cores, 0)))
@@ -381,14 +382,22 @@ def bundle_accuracy(
     return {"bundle": acc, **({"bundle+fallback": acc} if with_fallback else {})}
 
 
+def _cycled(labels: list[str], n: int) -> list[str]:
+    """The labels of n timed recognitions: the workers cycle through the images."""
+    return [labels[i % len(labels)] for i in range(n)]
+
+
 def variant_record(
     v: Variant,
     runs: list[dict[str, Any]],
     long: dict[str, Any] | None,
     acc: dict[str, SetAccuracy] | None,
     labels: list[str],
+    scoring: Scoring,
 ) -> VariantMetrics:
-    """Size, accuracy, median timings and memory growth of one variant (or why skipped)."""
+    """Size, accuracy, median timings and memory growth of one variant (or why skipped);
+    the timed texts are compared with their labels as every accuracy is (the contract's
+    scoring)."""
     rec = VariantMetrics(kind=v.kind, size_mb=v.size_mb, floor=v.floor, **v.record)
     if v.skipped:
         return rec.model_copy(update={"skipped": v.skipped})
@@ -398,9 +407,7 @@ def variant_record(
     update: dict[str, Any] = {
         **stats,
         "sets": acc or {},
-        "timed_accuracy": round(
-            sum(t == labels[i % len(labels)] for i, t in enumerate(texts)) / len(texts), 4
-        ),
+        "timed_accuracy": round(score(texts, _cycled(labels, len(texts)), scoring)["accuracy"], 4),
         "ort_threads": runs[0]["ort_threads"],
         "os_threads": runs[0]["os_threads"],
         "escaped_threads": max(r["escaped_threads"] for r in runs),
@@ -529,7 +536,12 @@ def run_bench(
     records = with_attributable(
         {
             v.name: variant_record(
-                v, runs.get(v.name, []), long.get(v.name), acc.get(v.name), labels
+                v,
+                runs.get(v.name, []),
+                long.get(v.name),
+                acc.get(v.name),
+                labels,
+                contract.scoring,
             )
             for v in variants
         }

@@ -17,6 +17,7 @@ the domains the graph uses are kept.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,8 @@ from ..errors import PassError
 from ..registry import PassContext, register
 from ..runtime.session import quiet_cpu_session
 
+NAME = "ort_optimize"
+REPORT_KEY = f"report.{NAME}"
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -48,15 +51,44 @@ class OrtOptimizeOptions(BaseModel):
         "layout ops whose block size is that of the CPU that built the model, so the file "
         "is fit only for machines like the one it was built on",
     )
+    step_down: bool = Field(
+        True,
+        description="when the graph saved at `level` does not check or run (onnxruntime fuses "
+        "LayerNormalization into models older than opset 17, which lack it), try the next "
+        "lower level and record why; false fails instead",
+    )
 
 
 @register("ort_optimize", OrtOptimizeOptions, kind="fuse", exact=True)
 def ort_optimize(
     model: onnx.ModelProto, options: OrtOptimizeOptions, context: PassContext
 ) -> onnx.ModelProto:
-    """Save onnxruntime's optimized graph at `level` and return it."""
+    """Save onnxruntime's optimized graph at `level` (or the highest lower level that checks)."""
+    levels = list(_LEVELS)[: list(_LEVELS).index(options.level) + 1][::-1]
+    failed: dict[str, str] = {}
+    for level in levels if options.step_down else levels[:1]:
+        out = _optimized(model, level, context)
+        try:
+            _check_loads(out, context)
+        except Exception as e:  # the checker and onnxruntime raise their own types
+            failed[level] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            continue
+        if failed:  # say which level was baked in, and why the higher ones were not
+            report = {"level": level, "failed": failed}
+            out.metadata_props.add(key=REPORT_KEY, value=json.dumps(report))
+        return out
+    tried = "; ".join(f"'{lv}': {why}" for lv, why in failed.items())
+    raise PassError(
+        NAME,
+        f"the model onnxruntime saved does not check, load or run at {tried}; "
+        + ("drop the pass" if options.step_down else "choose a lower level or set step_down"),
+    )
+
+
+def _optimized(model: onnx.ModelProto, level: str, context: PassContext) -> onnx.ModelProto:
+    """onnxruntime's graph optimized at `level`, with the input's metadata."""
     so = _session_options()
-    so.graph_optimization_level = _LEVELS[options.level]
+    so.graph_optimization_level = _LEVELS[level]
     # onnxruntime only writes the optimized graph to a path
     with tempfile.TemporaryDirectory() as tmp:
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
@@ -65,18 +97,15 @@ def ort_optimize(
                 model.SerializeToString(), so, providers=["CPUExecutionProvider"]
             )
         except Exception as e:
-            raise PassError("ort_optimize", f"onnxruntime cannot load the input model ({e})") from e
+            raise PassError(NAME, f"onnxruntime cannot load the input model ({e})") from e
         out = onnx.load(so.optimized_model_filepath)
     # a calibration image the input model itself rejects says nothing about the level
     try:
         _run_first(session, context)
     except Exception as e:
-        raise PassError(
-            "ort_optimize", f"the input model fails on the first calibration image ({e})"
-        ) from e
+        raise PassError(NAME, f"the input model fails on the first calibration image ({e})") from e
     _drop_unused_domains(out, model)
     modelio.copy_metadata(out, model)
-    _check_loads(out, options.level, context)
     return out
 
 
@@ -99,14 +128,7 @@ def _drop_unused_domains(out: onnx.ModelProto, original: onnx.ModelProto) -> Non
     out.opset_import.extend(kept)
 
 
-def _check_loads(out: onnx.ModelProto, level: str, context: PassContext) -> None:
+def _check_loads(out: onnx.ModelProto, context: PassContext) -> None:
     """onnxruntime's saved graph must pass the checker, load and run one calibration image."""
-    try:
-        onnx.checker.check_model(modelio.checkable(out))
-        _run_first(quiet_cpu_session(out.SerializeToString()), context)
-    except Exception as e:
-        raise PassError(
-            "ort_optimize",
-            f"the model onnxruntime saved at level '{level}' does not check, load or run "
-            f"({type(e).__name__}: {e}); choose a lower level",
-        ) from e
+    onnx.checker.check_model(modelio.checkable(out))
+    _run_first(quiet_cpu_session(out.SerializeToString()), context)

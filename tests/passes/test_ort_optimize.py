@@ -4,9 +4,10 @@ import numpy as np
 import onnx
 import pytest
 import tiny
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from stages import modelio, registry
+from stages.build import pop_reports
 from stages.errors import PassError
 from stages.passes import ort_optimize as ort_optimize_module
 from stages.passes.ort_optimize import OrtOptimizeOptions, ort_optimize
@@ -81,8 +82,56 @@ def test_saved_model_that_does_not_load_names_the_level(monkeypatch):
 
     # stands in for onnxruntime writing a model it cannot read back
     monkeypatch.setattr(ort_optimize_module, "_drop_unused_domains", lose_contrib_domain)
-    with pytest.raises(PassError, match=r"(?s)saved at level 'extended'.*choose a lower level"):
-        ort_optimize(tiny.tiny_ctc(), OrtOptimizeOptions(), CTX)
+    with pytest.raises(PassError, match=r"(?s)at 'extended'.*choose a lower level"):
+        ort_optimize(tiny.tiny_ctc(), OrtOptimizeOptions(step_down=False), CTX)
+    # stepping down: 'basic' writes no contrib op, so losing the domain costs nothing there
+    out, report = pop_reports(ort_optimize(tiny.tiny_ctc(), OrtOptimizeOptions(), CTX))
+    assert report["ort_optimize"]["level"] == "basic"
+    assert list(report["ort_optimize"]["failed"]) == ["extended"]
+    assert not [n for n in out.graph.node if n.domain == "com.microsoft"]
+
+
+def layer_norm_model(opset: int) -> onnx.ModelProto:
+    """x [1, 4, 8] -> the exported LayerNorm pattern (ReduceMean, Sub, Pow, ..., Add) -> y."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        numpy_helper.from_array(rng.normal(1, 0.1, 8).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "beta"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["d2"]),
+        helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["n"]),
+        helper.make_node("Mul", ["n", "gamma"], ["g"]),
+        helper.make_node("Add", ["g", "beta"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "ln",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8])],
+        inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_a_fusion_the_model_s_opset_lacks_steps_down_and_says_why():
+    # onnxruntime fuses the pattern into LayerNormalization, an op of opset 17: in an
+    # opset-12 model (PP-OCRv4's export) the saved graph fails the checker
+    x = np.random.default_rng(1).normal(size=(1, 4, 8)).astype(np.float32)
+    ctx = registry.PassContext(calibration=[x])
+    out, report = pop_reports(ort_optimize(layer_norm_model(12), OrtOptimizeOptions(), ctx))
+    assert report["ort_optimize"]["level"] == "basic"
+    assert "LayerNormalization" in report["ort_optimize"]["failed"]["extended"]
+    np.testing.assert_allclose(tiny.run(out, x), tiny.run(layer_norm_model(12), x), atol=1e-5)
+    # at opset 17 the fused op is standard: extended holds, nothing recorded
+    out, report = pop_reports(ort_optimize(layer_norm_model(17), OrtOptimizeOptions(), ctx))
+    assert report == {} and "LayerNormalization" in tiny.op_counts(out)
 
 
 def test_level_is_validated():
