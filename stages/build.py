@@ -46,6 +46,7 @@ from .records import (
     SourceUse,
     StageCheck,
     StageRecord,
+    read_record,
     write_record,
 )
 from .runtime.session import quiet_cpu_session, run
@@ -293,3 +294,10 @@ def read_recipe(build_model_dir: Path) -> Recipe:
     except FileNotFoundError:
         raise RecordError(f"{path}: missing; run the build stage first") from None
     return Recipe.from_resolved(data["recipe"], str(path))
+
+
+def decided_on(build_model_dir: Path) -> list[str] | None:
+    """The data sources the build's decisions used: the sets accuracy budgets judge (None: the
+    build recorded no readability check, so every set)."""
+    sources = read_record(Path(build_model_dir) / BUILD_FILE, BuildRecord).sources
+    return [s for s, use in sources.items() if use.used] if sources else None

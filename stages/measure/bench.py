@@ -33,6 +33,7 @@ from typing import Any
 
 from .. import modelio
 from ..baselines import ACCURACY_FILE, NAIVE_FILE, stock_kind, stock_model_file
+from ..build import decided_on
 from ..contract import Contract
 from ..data.dataset import read_sets
 from ..errors import PipelineError
@@ -577,7 +578,9 @@ def run_bench(
         vs_stock_default=(
             ratios(bundle, records["stock_default"]) if "stock_default" in records else None
         ),
-        budgets=check_budgets(recipe.budgets, bundle, records["reference"], vs(bundle)),
+        budgets=check_budgets(
+            recipe.budgets, bundle, records["reference"], vs(bundle), decided_on(inputs.build)
+        ),
         memory_settings=memory_table(records),
         compute_floor=compute,
         profiles=read_record(inputs.verify, VerifyRecord).profiles,

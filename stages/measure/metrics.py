@@ -6,7 +6,7 @@ anyone reading metrics) needs neither numpy nor onnxruntime.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ..records import Budget, Ratios, VariantMetrics
@@ -143,10 +143,12 @@ def check_budgets(
     shipped: VariantMetrics,
     reference: VariantMetrics,
     vs_stock: Ratios | None,
+    judged_sets: Collection[str] | None = None,
 ) -> dict[str, Budget]:
     """Each recipe budget with the shipped variant's value and whether it holds (ok None: no
-    limit set, or nothing measured to judge). The accuracy budget is judged on every set; its
-    entry is the worst set."""
+    limit set, or nothing measured to judge). The accuracy budget is judged on every set the
+    build decided on (`judged_sets`; None: every set): a set the source model cannot read was
+    left out of the decisions, and its drop is noise. Its entry is the worst set."""
 
     def judged(
         limit: float | None, value: float | None, set_: str | None = None, floor: bool = False
@@ -159,7 +161,7 @@ def check_budgets(
     drops = {
         s: round((reference.sets[s].accuracy - r.accuracy) * 100, 2)
         for s, r in shipped.sets.items()
-        if s in reference.sets
+        if s in reference.sets and (judged_sets is None or s in judged_sets)
     }
     worst = max(drops, key=lambda s: drops[s]) if drops else None
     size = shipped.ships_mb if shipped.ships_mb is not None else shipped.size_mb
