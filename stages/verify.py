@@ -102,6 +102,20 @@ def score_profile(
     return out
 
 
+def within_budget(
+    sets: dict[str, ProfileSet], max_drop_pts: float | None, judged_sets: list[str] | None
+) -> bool | None:
+    """Whether every set the build decided on (None: every set) stays within the class's
+    accuracy budget on this profile, as bench judges the build machine; None: no budget."""
+    if max_drop_pts is None:
+        return None
+    return all(
+        r.accuracy_drop_pts <= max_drop_pts + 1e-9
+        for s, r in sets.items()
+        if judged_sets is None or s in judged_sets
+    )
+
+
 def verify_bundle(
     target: str,
     bundle: Path,
@@ -136,12 +150,7 @@ def verify_bundle(
         )
         if pl.how != "unavailable":
             run.sets = score_profile(spec, data, results[name], results[BUILD_MACHINE], scoring)
-            if max_drop_pts is not None:  # on the sets the build decided on, as bench judges
-                run.within_budget = all(
-                    r.accuracy_drop_pts <= max_drop_pts + 1e-9
-                    for s, r in run.sets.items()
-                    if judged_sets is None or s in judged_sets
-                )
+            run.within_budget = within_budget(run.sets, max_drop_pts, judged_sets)
         runs[name] = run
     return VerifyRecord(
         target=target,

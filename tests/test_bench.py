@@ -140,6 +140,19 @@ def test_accuracy_budget_is_judged_on_the_worst_set() -> None:
     assert out["min_warm_speedup"].ok is None
 
 
+def test_accuracy_budget_skips_sets_the_build_left_out_of_its_decisions() -> None:
+    # a text-line model reads captchas at 4 %: its int8 build reads 0 %, which is noise
+    shipped = variant(sets={"clean": 0.0, "lines": 0.955})
+    ref = variant(sets={"clean": 0.045, "lines": 0.957})
+    budgets = Budgets(max_accuracy_drop_pts=0.5)
+    every = metrics.check_budgets(budgets, shipped, ref, None)["max_accuracy_drop_pts"]
+    decided = metrics.check_budgets(budgets, shipped, ref, None, ["lines"])
+    assert (every.set, every.ok) == ("clean", False)
+    assert decided["max_accuracy_drop_pts"].model_dump() == {
+        "limit": 0.5, "value": 0.2, "ok": True, "set": "lines"
+    }
+
+
 def test_speedup_budget_is_a_floor() -> None:
     shipped = variant(ships_mb=5.0, warm_p50_ms=3.0, peak_rss_mb=70.0, sets={"clean": 0.9})
     budgets = Budgets(min_warm_speedup=3.0)

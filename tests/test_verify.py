@@ -45,3 +45,19 @@ def test_metrics_carry_every_profile_and_the_report_shows_them(measured: dict):
     assert "| here | native |" in text and "| far | not run: needs an aarch64 CPU" in text
     assert "first 5 images" in text and "one image = 20 points" in text
     assert "- `far`: an ARM CPU with no QEMU model" in text
+
+
+def test_a_profile_is_judged_on_the_sets_the_build_decided_on():
+    from stages.records import ProfileSet
+    from stages.verify import within_budget
+
+    def one(drop: float) -> ProfileSet:
+        return ProfileSet(
+            images=20, accuracy=0.5, reference_accuracy=0.5 + drop / 100, accuracy_drop_pts=drop,
+            agreement_reference=0.9, agreement_build=1.0, max_abs_diff=0.1,
+        )  # fmt: skip
+
+    sets = {"clean": one(5.0), "lines": one(0.0)}  # clean: read at 4 %, left out of decisions
+    assert within_budget(sets, 0.5, None) is False
+    assert within_budget(sets, 0.5, ["lines"]) is True
+    assert within_budget(sets, None, ["lines"]) is None
