@@ -122,6 +122,21 @@ def commit_all(repo: Path, message: str) -> None:
         git(repo, "commit", "-q", "-m", message)
 
 
+def init_and_commit(dest: Path, message: str, exclude: tuple[str, ...] = ()) -> None:
+    """Make `dest` a git + DVC repository (no analytics, autostage) and commit all of it;
+    `exclude`: paths git must not see (written to .git/info/exclude)."""
+    git(dest, "init", "-q", "-b", "main")
+    if exclude:
+        (dest / ".git" / "info" / "exclude").write_text("".join(f"{e}\n" for e in exclude))
+    git(dest, "config", "user.name", "dvc tests")
+    git(dest, "config", "user.email", "dvc-tests@example.invalid")
+    git(dest, "config", "commit.gpgsign", "false")
+    dvc(dest, "init", "-q")
+    dvc(dest, "config", "core.analytics", "false")
+    dvc(dest, "config", "core.autostage", "true")
+    commit_all(dest, message)
+
+
 def params() -> dict[str, Any]:
     real = yaml.safe_load((ROOT / "params.yaml").read_text())
     synthetic = {"calib": 6, "val": 6, "eval": 10}
@@ -216,12 +231,5 @@ def make_repo(dest: Path) -> Path:
     onnx.save(model, str(inputs / "tiny.onnx"))
     (inputs / "charset.json").write_text(json.dumps(modelio.spec(model).charset))
 
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "config", "user.name", "dvc tests")
-    git(dest, "config", "user.email", "dvc-tests@example.invalid")
-    git(dest, "config", "commit.gpgsign", "false")
-    dvc(dest, "init", "-q")
-    dvc(dest, "config", "core.analytics", "false")
-    dvc(dest, "config", "core.autostage", "true")
-    commit_all(dest, "tiny pipeline")
+    init_and_commit(dest, "tiny pipeline")
     return dest

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import readable
 import yaml
-from minirepo import BIN, commit_all, dvc, git, output
+from minirepo import BIN, dvc, git, init_and_commit, output
 
 from stages import modelio
 from stages.runtime import Recognizer
@@ -88,19 +88,11 @@ def make_repo(dest: Path) -> Path:
     folder.mkdir(parents=True)
     for i, text in enumerate(readable.texts("abcde", 40, seed=3)):
         (folder / f"{text}_{i:03d}.png").write_bytes(READER.image(f" {text} "))
-    git(dest, "init", "-q", "-b", "main")
     emu = ROOT / ".emu"  # the emulators `make test` installed: verify runs the ARM profiles
     if emu.is_dir():
         (dest / ".emu").symlink_to(emu)
-        with (dest / ".git" / "info" / "exclude").open("a") as f:
-            f.write(".emu\n")  # a link: .gitignore's /.emu/ matches only a folder
-    git(dest, "config", "user.name", "dvc tests")
-    git(dest, "config", "user.email", "dvc-tests@example.invalid")
-    git(dest, "config", "commit.gpgsign", "false")
-    dvc(dest, "init", "-q")
-    dvc(dest, "config", "core.analytics", "false")
-    dvc(dest, "config", "core.autostage", "true")
-    commit_all(dest, "another recognizer")
+    # a link: .gitignore's /.emu/ matches only a folder
+    init_and_commit(dest, "another recognizer", exclude=(".emu",))
     return dest
 
 

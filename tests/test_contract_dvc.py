@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import readable
 import yaml
-from minirepo import BIN, commit_all, dvc, git, output, ran_stages
+from minirepo import BIN, commit_all, dvc, init_and_commit, output, ran_stages
 from readable import Reader
 
 from stages import modelio
@@ -98,14 +98,7 @@ def make_repo(dest: Path, reader: Reader) -> Path:
     folder.mkdir(parents=True)
     for i, text in enumerate(readable.texts("abcd", 24, seed=5)):
         (folder / f"{text}_{i:03d}.png").write_bytes(reader.image(f" {text} "))
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "config", "user.name", "dvc tests")
-    git(dest, "config", "user.email", "dvc-tests@example.invalid")
-    git(dest, "config", "commit.gpgsign", "false")
-    dvc(dest, "init", "-q")
-    dvc(dest, "config", "core.analytics", "false")
-    dvc(dest, "config", "core.autostage", "true")
-    commit_all(dest, "a hand-made reader")
+    init_and_commit(dest, "a hand-made reader")
     return dest
 
 
