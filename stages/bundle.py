@@ -6,10 +6,14 @@ bundles/<C>/
   manifest.json             input contract, preprocessing, session settings, CTC contract,
                             confidence threshold, escalation, SHA-256 of every file,
                             ships/optional sizes, provenance, accuracy per set        (ships)
+  conformance.json          conformance-NN.png images with the texts and per-step outputs
+                            every port must reproduce: `check` in each runtime          (ships)
   fallback.ort | .onnx      the recipe's `bundle.fallback` model, loaded on first need (optional)
   required_operators.config operators of the .ort models, for a minimal onnxruntime  (optional)
   manifest.sig              Ed25519 signature, when signed (`python -m stages sign`)
 
+With `bundle.preprocess: graph` the models take decoded uint8 [H, W, C] pixels and preprocess
+in ONNX ops (stages/pixel_graph.py), so an app in any language only decodes the image.
 `stages.runtime.Recognizer` needs only this folder. The core functions are pure; `write_bundle`
 does the I/O atomically (temp folder, self-check with the runtime, rename).
 """
@@ -33,16 +37,31 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import modelio
+from . import conformance_vectors, modelio
 from .atomic import atomic_dir, write_bytes, write_json
+from .build import decided_on
 from .contract import Contract
+from .data.dataset import read_sets
 from .errors import ModelError, PipelineError
 from .recipe import Recipe
 from .records import BUILD_FILE, BuildRecord, EvalRecord, read_record
-from .runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE
-from .runtime.preprocess import MIN_WIDTH
+from .runtime.conformance import FILE as CONFORMANCE
+from .runtime.decode import decode
+from .runtime.manifest import MANIFEST, SIGNATURE
+from .runtime.manifest_record import (
+    FORMAT,
+    FORMAT_VERSION,
+    BundleManifest,
+    EscalationSpec,
+    FileEntry,
+    InputSpec,
+    ModelFiles,
+    OutputSpec,
+    ScoringSpec,
+)
+from .runtime.preprocess import MIN_WIDTH, pixels_feed, preprocess
 from .runtime.recognizer import Recognizer
-from .runtime.session import quiet_cpu_session
+from .runtime.session import make_session, quiet_cpu_session, run
 from .source import batches, probe_inputs
 
 ORT_CONFIG = "required_operators.config"
@@ -157,7 +176,7 @@ def stage_candidates(
     yield "source", source_dir / "model.onnx", modelio.load(source_dir / "model.onnx")
 
 
-def input_spec(model: onnx.ModelProto, contract: Contract, recipe: Recipe) -> dict[str, Any]:
+def input_spec(model: onnx.ModelProto, contract: Contract, recipe: Recipe) -> InputSpec:
     """Name, [N, C, H, "width"] shape and dtype; fixed dims the model declares must agree."""
     pre = recipe.preprocess
     tensor = modelio.input_value(model)
@@ -171,14 +190,23 @@ def input_spec(model: onnx.ModelProto, contract: Contract, recipe: Recipe) -> di
             f"model input '{tensor.name}' is declared {declared} but the recipe's preprocessing "
             f"feeds [1, {pre.channels}, {pre.height}, width]; fix model.input.height/channels"
         )
+    if recipe.bundle.preprocess == "graph":
+        return InputSpec(
+            name="pixels",
+            shape=["height", "width", "channels"],
+            dtype="uint8",
+            feed="pixels",  # decoded uint8 pixels; the graph does `preprocess`
+            channels=[1, 3, 4],  # gray, RGB, RGBA (straight alpha, composited on white)
+            max_pixels=pre.max_pixels,
+        )
     batch = contract.batch and final_batches(model, pre)
-    return {
-        "name": tensor.name,
-        "shape": ["batch" if batch else 1, pre.channels, pre.height, "width"],
-        "dtype": onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name,
-        "min_width": pre.pad_to_width or MIN_WIDTH,
-        "batch": batch,
-    }
+    return InputSpec(
+        name=tensor.name,
+        shape=["batch" if batch else 1, pre.channels, pre.height, "width"],
+        dtype=onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name,
+        min_width=pre.pad_to_width or MIN_WIDTH,
+        batch=batch,
+    )
 
 
 def final_batches(model: onnx.ModelProto, pre: Any) -> bool:
@@ -221,51 +249,46 @@ def manifest(
     source: dict[str, Any],
     metrics: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The manifest.json document (see the module docstring for the folder it describes)."""
+    """The manifest.json document (see the module docstring for the folder it describes),
+    through the typed record every runtime reads."""
     ctc = modelio.spec(final)
     formats = list(recipe.bundle.formats)
     optional = [n for n in files if n.startswith("fallback.") or n == ORT_CONFIG]
     ships = [n for n in files if n not in optional] + [MANIFEST]
-    models: dict[str, Any] = {
-        "primary": {"files": {f: f"model.{f}" for f in formats}, "optional": False}
-    }
+    models = {"primary": ModelFiles({f: f"model.{f}" for f in formats}, optional=False)}
     if fallback is not None:
-        models["fallback"] = {
-            "files": {f: f"fallback.{f}" for f in formats},
-            "optional": True,
-            "origin": fallback.origin,
-            "float": fallback.is_float,
-            "pruned_here": fallback.derived,
-        }
+        models["fallback"] = ModelFiles(
+            {f: f"fallback.{f}" for f in formats},
+            optional=True,
+            origin=fallback.origin,
+            float=fallback.is_float,
+            pruned_here=fallback.derived,
+        )
     esc = recipe.bundle.escalation
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "target": target,
-        "formats": formats,
-        "input": input_spec(final, contract, recipe),
-        "output": {
-            "name": ctc.output_name,
-            "classes": len(ctc.charset),
-            "layout": ctc.layout,
-            "blank": ctc.blank,
-            "kind": ctc.kind,
-        },
-        "preprocess": recipe.preprocess.as_dict(),
-        "runtime": recipe.runtime.as_dict(),
-        "scoring": contract.scoring.as_dict(),
-        "confidence_threshold": recipe.bundle.confidence_threshold,
-        "escalation": {"url": esc.url, "timeout_s": esc.timeout_s},
-        "charset": "charset.json",
-        "models": models,
-        "ships": sorted(ships),
-        "optional": sorted(optional),
-        "files": files,
-        "source": source,
-        "recipe_sha256": recipe_hash(recipe.resolved()),
-        "versions": {"onnxruntime": metadata.version("onnxruntime")},
-        "metrics": metrics,
-    }
+    record = BundleManifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        target=target,
+        formats=formats,  # type: ignore[arg-type]
+        input=input_spec(final, contract, recipe),
+        output=OutputSpec(ctc.output_name, len(ctc.charset), ctc.layout, ctc.blank, ctc.kind),  # type: ignore[arg-type]
+        preprocess=recipe.preprocess,
+        runtime=recipe.runtime,
+        scoring=ScoringSpec(**contract.scoring.as_dict()),
+        confidence_threshold=recipe.bundle.confidence_threshold,
+        escalation=EscalationSpec(esc.url, esc.timeout_s),
+        charset="charset.json",
+        conformance=CONFORMANCE if CONFORMANCE in files else None,
+        models=models,
+        ships=sorted(ships),
+        optional=sorted(optional),
+        files={n: FileEntry(**e) for n, e in files.items()},
+        source=source,
+        recipe_sha256=recipe_hash(recipe.resolved()),
+        versions={"onnxruntime": metadata.version("onnxruntime")},
+        metrics=metrics,
+    )
+    return record.as_dict()
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:
@@ -344,13 +367,63 @@ def converter_env() -> dict[str, str]:
 
 
 def self_check(folder: Path, formats: list[str], pre: Any, has_fallback: bool) -> None:
-    """Load the bundle exactly as an app would and run one blank image through its models."""
+    """Load the bundle exactly as an app would and run one blank image through its models; run
+    its conformance vectors and say whether this machine passes them."""
     blank = np.full((pre.height, pre.height * 4), 255, np.uint8)
     for fmt in formats:
         rec = Recognizer.from_bundle(folder, model_format=fmt)
         rec.predict(blank)
         if rec.model != "primary" or (has_fallback and not rec.load_fallback()):
             raise ModelError(f"the written bundle does not load cleanly ({fmt}): {rec.events}")
+        report = rec.check()  # this CPU's kernels may differ: reported; verify records each
+        verdict = "healthy" if report.ok else f"NOT healthy: {report.reason}"
+        print(f"bundle: conformance vectors on this machine ({rec.model_file}): {verdict}")
+
+
+@dataclass(frozen=True)
+class VectorSources:
+    """Where conformance vectors come from: validation images and the float model."""
+
+    data: Path
+    sources: list[str] | None  # None: every source folder under `data`
+    build_dir: Path
+    source_dir: Path
+
+
+def add_conformance(folder: Path, recipe: Recipe, contract: Contract, where: VectorSources) -> None:
+    """Choose the vectors and write them. Their expected outputs come from the bundle's model
+    as .onnx with exact int8 kernels (VNNI's integers on every x86 build machine), not from
+    this machine's .ort, whose AVX2 int8 kernels saturate: a port is checked against the
+    arithmetic the model was built for, and the verify stage records what each CPU gives."""
+    final = modelio.load(where.build_dir / "model.onnx")
+    ctc = modelio.spec(final)
+    session = make_session((folder / "model.onnx").read_bytes(), recipe.runtime)
+    feed = pixels_feed if recipe.bundle.preprocess == "graph" else preprocess
+    strip = contract.scoring.strip
+
+    def shipped(png: bytes) -> tuple[str, np.ndarray]:
+        out = run(session, feed(png, recipe.preprocess))
+        text = decode(out, ctc.charset, ctc.layout, ctc.blank, kind=ctc.kind).text
+        return (text.strip() if strip else text), out
+
+    float_model = choose_fallback(ctc, stage_candidates(where.build_dir, where.source_dir)).model
+    reference = quiet_cpu_session(float_model.SerializeToString())
+    sources = where.sources or sorted(p.parent.name for p in where.data.glob("*/val"))
+    chosen = conformance_vectors.choose(
+        read_sets(where.data, sources, "val"),
+        shipped=shipped,
+        reference=lambda png: run(reference, preprocess(png, recipe.preprocess)),
+        layout=ctc.layout,
+        scoring=contract.scoring,
+        count=recipe.bundle.conformance,
+    )
+    if not chosen:
+        raise ModelError(f"no validation images under {where.data} for {sources}: none to "
+                         "make conformance vectors from")  # fmt: skip
+    record, pngs = conformance_vectors.vectors(chosen)
+    for name, data in pngs.items():
+        write_bytes(folder / name, data)
+    write_json(folder / CONFORMANCE, record.as_dict())
 
 
 def write_bundle(
@@ -362,6 +435,7 @@ def write_bundle(
     recipe: Recipe,
     eval_json: Path | None,
     out_dir: Path,
+    data: Path,
 ) -> dict[str, Any]:
     """Write bundles/<C> atomically; returns the manifest."""
     final = modelio.load(build_dir / "model.onnx")
@@ -369,21 +443,36 @@ def write_bundle(
         recipe.bundle.fallback, modelio.spec(final), build_dir, builds_root, source_dir
     )
     evaluation = read_record(eval_json, EvalRecord) if eval_json is not None else None
+    where = VectorSources(data, decided_on(build_dir), build_dir, source_dir)
+    input_spec(final, contract, recipe)  # a contract the model does not fit fails before any work
     with atomic_dir(out_dir) as tmp:
-        _fill(tmp, build_dir, final, fallback, recipe.bundle.formats)
-        doc = manifest(
-            target=target,
-            final=final,
-            contract=contract,
-            recipe=recipe,
-            fallback=fallback,
-            files=file_table(tmp),
-            source=json.loads((source_dir / "source.json").read_text()),
-            metrics=metrics_summary(evaluation, fallback) if evaluation else None,
-        )
+        _fill(tmp, build_dir, final, fallback, recipe)
+
+        def document() -> dict[str, Any]:
+            return manifest(
+                target=target,
+                final=final,
+                contract=contract,
+                recipe=recipe,
+                fallback=fallback,
+                files=file_table(tmp),
+                source=json.loads((source_dir / "source.json").read_text()),
+                metrics=metrics_summary(evaluation, fallback) if evaluation else None,
+            )
+
+        add_conformance(tmp, recipe, contract, where)
+        _drop_unshipped(tmp, recipe.bundle.formats)
+        doc = document()
         write_json(tmp / MANIFEST, doc)
         self_check(tmp, recipe.bundle.formats, recipe.preprocess, fallback is not None)
     return doc
+
+
+def _drop_unshipped(folder: Path, formats: list[str]) -> None:
+    """The .onnx files the vectors were computed from, when the bundle ships only .ort."""
+    if "onnx" not in formats:
+        for path in folder.glob("*.onnx"):
+            path.unlink()
 
 
 def _fill(
@@ -391,21 +480,26 @@ def _fill(
     build_dir: Path,
     final: onnx.ModelProto,
     fallback: FallbackChoice | None,
-    formats: list[str],
+    recipe: Recipe,
 ) -> None:
-    shutil.copyfile(build_dir / "model.onnx", tmp / "model.onnx")
+    formats, graph = recipe.bundle.formats, recipe.bundle.preprocess == "graph"
+    if graph:  # the models take pixels: the recipe's preprocessing becomes their first ops
+        from .pixel_graph import attach  # graph building, only for pixel-feed bundles
+
+        modelio.save(attach(final, recipe.preprocess), tmp / "model.onnx")
+    else:
+        shutil.copyfile(build_dir / "model.onnx", tmp / "model.onnx")
     names = ["model"]
     if fallback is not None:
         names.append("fallback")
-        if fallback.derived or fallback.path is None:
+        if graph:
+            modelio.save(attach(fallback.model, recipe.preprocess), tmp / "fallback.onnx")
+        elif fallback.derived or fallback.path is None:
             modelio.save(fallback.model, tmp / "fallback.onnx")
         else:  # a byte copy, so its hash matches the build's (or the source's) file
             shutil.copyfile(fallback.path, tmp / "fallback.onnx")
     if "ort" in formats:
         convert_to_ort(tmp, names)
-    if "onnx" not in formats:
-        for name in names:
-            (tmp / f"{name}.onnx").unlink()
     write_json(tmp / "charset.json", modelio.spec(final).charset)
 
 
@@ -416,8 +510,8 @@ def sign_bundle(folder: Path, private_key_pem: bytes) -> None:
     from .runtime.manifest import parse_bundle, read_verified
 
     spec = parse_bundle(folder)
-    for name in spec.manifest["files"]:
-        if (folder / name).exists() or name not in spec.manifest.get("optional", []):
+    for name in spec.manifest.files:
+        if (folder / name).exists() or name not in spec.manifest.optional:
             read_verified(folder, spec.manifest, name)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key

@@ -251,7 +251,7 @@ def _builds(p: argparse.ArgumentParser) -> None:
 
 
 @verb("bundle", "package a class's final model (and optional fallback) for apps",
-      _target, _model, _build, _builds, _eval, _out)  # fmt: skip
+      _target, _model, _build, _builds, _eval, _data, _out)  # fmt: skip
 def cmd_bundle(args: argparse.Namespace) -> int:
     from .build import read_recipe
     from .bundle import write_bundle
@@ -261,7 +261,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     recipe = read_recipe(args.build)
     doc = write_bundle(
         args.target, args.build, args.builds, args.model, read_contract(args.model), recipe,
-        args.eval, args.out,
+        args.eval, args.out, args.data,
     )  # fmt: skip
     sizes = sizes_mb(args.out, doc)
     fallback = doc["models"].get("fallback", {}).get("origin", "none")
@@ -289,6 +289,21 @@ def cmd_recognize(args: argparse.Namespace) -> int:
 def _sign_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="the bundle folder to sign")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key, PEM")
+
+
+def _schema_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", type=Path, default=Path("runtime/manifest.schema.json"), help="schema file"
+    )
+
+
+@verb("manifest-schema", "write manifest.json's JSON Schema, generated from its typed record",
+      _schema_out)  # fmt: skip
+def cmd_manifest_schema(args: argparse.Namespace) -> int:
+    from .manifest_schema import write_schema
+
+    print(f"manifest-schema: {write_schema(args.out)}")
+    return 0
 
 
 @verb("sign", "sign a bundle's manifest with an Ed25519 private key (writes manifest.sig)",
@@ -355,7 +370,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         args.target, args.bundle, sets, reference_texts(args.reference, sets, contract.input),
         {p: _named(params.profiles, p, args.params, "profiles") for p in recipe.profiles},
         params.verify.images, contract.scoring,
-        recipe.budgets.max_accuracy_drop_pts, decided_on(args.build),
+        recipe.budgets.max_accuracy_drop_pts, decided_on(args.build), params.verify.client_images,
     )  # fmt: skip
     write_record(args.out, record)
     for name, run in record.profiles.items():
@@ -365,6 +380,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for s, r in run.sets.items()
         )
         print(f"verify@{args.target} {name} ({run.how}): {shown or run.reason}")
+    for name, client in record.clients.items():
+        shown = ", ".join(
+            f"{s} {r.accuracy:.3f} (agree python {r.agreement_python:.3f})"
+            for s, r in client.sets.items()
+        )
+        check = {True: "passed", False: "FAILED", None: "-"}[client.conformance]
+        print(f"verify@{args.target} {name} {client.runtime}: {shown or client.reason}; "
+              f"conformance {check}")  # fmt: skip
     return 0
 
 

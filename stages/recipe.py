@@ -105,6 +105,15 @@ class BundleOptions(Strict):
         "the final charset if needed); stage:<stage or pass name>; class:<another class>",
     )
     escalation: Escalation = Field(default_factory=Escalation)
+    preprocess: Literal["host", "graph"] = Field(
+        "host",
+        description="host: the app preprocesses (Python runtime: Pillow); graph: the shipped "
+        "model takes decoded uint8 [H, W, C] pixels and resizes, converts and normalizes in "
+        "ONNX ops (stages/pixel_graph.py), so any language feeds pixels",
+    )
+    conformance: int = Field(
+        8, ge=1, le=64, description="conformance vectors (PNG + expected outputs) in the bundle"
+    )
 
     @field_validator("formats")
     @classmethod
@@ -257,6 +266,12 @@ class VerifyParams(Strict):
         ge=1,
         description="first images of each evaluation set run per profile (a fixed subset: "
         "emulation costs 55-165x native time); one image is 100/images points",
+    )
+    client_images: int = Field(
+        300,
+        ge=1,
+        description="first images of each evaluation set the reference clients (clients/js: "
+        "onnxruntime-node and -web) read per pixel-feed bundle, against the Python runtime",
     )
 
 

@@ -295,6 +295,27 @@ class ProfileRun(Record):
     reason: str | None = None  # why it did not run, where unavailable
     sets: dict[str, ProfileSet] = Field(default_factory=dict)
     within_budget: bool | None = None  # every set's drop <= the class's max_accuracy_drop_pts
+    # the bundle's conformance vectors on this profile (None: not run, or no vectors)
+    conformance: bool | None = None
+    conformance_max_diff: float | None = None  # largest output difference from the vectors'
+    conformance_failure: str | None = None  # the first failing vector and why
+
+
+class ClientSet(Record):
+    images: int
+    accuracy: float
+    agreement_python: float  # texts equal to the Python runtime's primary read of the same files
+
+
+class ClientRun(Record):
+    """The bundle through a reference client in another language (clients/js), on this
+    machine: the client decodes the image files itself, as an app would."""
+
+    runtime: str  # e.g. onnxruntime-node 1.30.0
+    reason: str | None = None  # why it did not run
+    sets: dict[str, ClientSet] = Field(default_factory=dict)
+    conformance: bool | None = None
+    conformance_failure: str | None = None
 
 
 class VerifyRecord(Record):
@@ -307,6 +328,8 @@ class VerifyRecord(Record):
     max_accuracy_drop_pts: float | None  # the class's budget, applied per profile and set
     build_machine: dict[str, Any]  # cpu and ISA flags of the machine that ran this stage
     profiles: dict[str, ProfileRun]
+    clients: dict[str, ClientRun] = Field(default_factory=dict)  # node, wasm
+    client_images_per_set: int | None = None
 
 
 class BenchRecord(Record):
@@ -330,3 +353,4 @@ class BenchRecord(Record):
     memory_settings: list[dict[str, Any]] = Field(default_factory=list)
     compute_floor: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, ProfileRun] = Field(default_factory=dict)  # verify/<C>.json's runs
+    clients: dict[str, ClientRun] = Field(default_factory=dict)  # verify/<C>.json's clients

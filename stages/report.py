@@ -28,6 +28,7 @@ from .records import (
     BuildRecord,
     CheckRecord,
     EvalRecord,
+    ProfileRun,
     Ratios,
     SourceUse,
     VariantMetrics,
@@ -355,11 +356,42 @@ def profiles_table(metrics: dict[str, BenchRecord]) -> str:
                 for s, r in run.sets.items()
             ]
             images = next(iter(run.sets.values())).images if run.sets else 0
-            rows.append(
-                [target, name, run.how, str(images), "; ".join(cells), fmt(run.within_budget)]
-            )
+            ok = fmt(run.within_budget)
+            if run.conformance is not None:
+                ok += f"; vectors {_vectors(run)}"
+            rows.append([target, name, run.how, str(images), "; ".join(cells), ok])
+        rows += client_rows(target, m)
     header = ["class", "profile", "ran", "images / set", "accuracy vs reference, agreement", "ok"]
     return table(header, rows) if rows else "No class declares a CPU profile."
+
+
+def client_rows(target: str, m: BenchRecord) -> list[list[str]]:
+    """The reference clients' rows: their own decoding, this machine's CPU."""
+    rows = []
+    for name, c in m.clients.items():
+        if c.reason:
+            rows.append([target, f"{name} ({c.runtime})", f"not run: {c.reason}", DASH, DASH, DASH])
+            continue
+        cells = [
+            f"{s} {pct(r.accuracy)}, same text as Python {fmt(r.agreement_python, 3)}"
+            for s, r in c.sets.items()
+        ]
+        images = next(iter(c.sets.values())).images if c.sets else 0
+        check = "vectors pass" if c.conformance else f"vectors FAIL: {c.conformance_failure}"
+        rows.append([target, f"{name} ({c.runtime})", "this machine, JS", str(images),
+                     "; ".join(cells), check])  # fmt: skip
+    return rows
+
+
+def _vectors(run: ProfileRun) -> str:
+    if run.conformance is None:
+        return DASH
+    diff = (
+        f" (max diff {run.conformance_max_diff:.2g})"
+        if run.conformance_max_diff is not None
+        else ""
+    )
+    return f"pass{diff}" if run.conformance else f"FAIL: {run.conformance_failure}"
 
 
 def runs_on_section(m: BenchRecord) -> str:
@@ -370,7 +402,7 @@ def runs_on_section(m: BenchRecord) -> str:
     rows = []
     for name, run in m.profiles.items():
         if run.how == "unavailable":
-            rows.append([name, f"not run: {run.reason}", *[DASH] * len(sets), DASH])
+            rows.append([name, f"not run: {run.reason}", *[DASH] * len(sets), DASH, DASH])
             continue
         how = "native" if run.how == "native" else f"emulated (`{run.emulator}`)"
         rows.append(
@@ -386,6 +418,7 @@ def runs_on_section(m: BenchRecord) -> str:
                     for s in sets
                 ],
                 fmt(run.within_budget),
+                _vectors(run),
             ]
         )
     first = next((r for run in m.profiles.values() for r in run.sets.values()), None)
@@ -407,9 +440,27 @@ def runs_on_section(m: BenchRecord) -> str:
             "reference's texts and with this machine's texts; largest output difference from "
             "this machine's). Emulation checks numerics only: no time is measured there.",
             "",
-            table(["profile", "ran", *sets, "within budget"], rows),
+            table(["profile", "ran", *sets, "within budget", "conformance vectors"], rows),
             "",
             *notes,
+            "",
+            clients_section(m),
+        ]
+    )
+
+
+def clients_section(m: BenchRecord) -> str:
+    """The bundle through the JavaScript reference client (clients/js) on this machine."""
+    if not m.clients:
+        return ""
+    rows = client_rows(m.target, m)
+    return "\n".join(
+        [
+            "The JavaScript reference client (clients/js) reads the same image files itself "
+            "(pngjs/jpeg-js decoding, the bundle's in-graph preprocessing, its own CTC decode) "
+            "with onnxruntime-node and with onnxruntime-web (WebAssembly), on this machine:",
+            "",
+            table(["class", "client", "ran", "images / set", "accuracy, agreement", "check"], rows),
         ]
     )
 

@@ -157,10 +157,10 @@ class BundleBackend(Backend):
     def health(self) -> dict[str, Any]:
         spec, rec = self.recognizer.spec, self.recognizer
         return {
-            "target": spec.manifest.get("target"),
+            "target": spec.manifest.target,
             "model": rec.model,
             "model_file": rec.model_file,
-            "formats": list(spec.manifest["formats"]),
+            "formats": list(spec.manifest.formats),
             "confidence_threshold": spec.threshold,
         }
 
@@ -168,10 +168,8 @@ class BundleBackend(Backend):
         return answer_of(self.recognizer.predict(data))
 
     def prepare(self, data: bytes) -> Prepared:
-        from .runtime.preprocess import preprocess
-
         t0 = time.perf_counter()
-        x = preprocess(data, self.recognizer.spec.preprocess)
+        x = self.recognizer.prepare(data)
         return Prepared(data, x, t0, time.perf_counter())
 
     def run_batch(self, items: list[Prepared]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -11,24 +11,58 @@ difference from this machine's. Emulation says nothing about speed: no time is r
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from . import client_runs
 from .evaluate import EvalSets, eval_runtime
 from .profiles.host import host_cpu, host_isa
 from .profiles.profile import CpuProfile, Placement, place
 from .profiles.run import run_on
 from .progress import usable_cores
-from .records import ProfileRun, ProfileSet, VerifyRecord
+from .records import ClientRun, ClientSet, ProfileRun, ProfileSet, VerifyRecord
+from .runtime.conformance import Conformance, VectorResult, compare, steps_of
 from .runtime.decode import decode
-from .runtime.manifest import BundleSpec, find_bundle, parse_bundle
+from .runtime.manifest import BundleSpec, find_bundle, parse_bundle, read_verified
+from .runtime.preprocess import pixels_feed, preprocess
 from .runtime.session import session_plan
 from .scoring import Scoring, agreement, score
 
 BUILD_MACHINE = "this machine"
+VECTORS = "conformance vectors"  # not an evaluation set: checked, never scored
+
+
+def conformance_of(spec: BundleSpec) -> Conformance | None:
+    if spec.conformance is None:
+        return None
+    raw = read_verified(spec.root, spec.manifest, spec.conformance)
+    return Conformance.from_dict(json.loads(raw))
+
+
+def feed_of(spec: BundleSpec, image: bytes) -> np.ndarray:
+    if spec.feed == "pixels":
+        return pixels_feed(image, spec.preprocess)
+    return preprocess(image, spec.preprocess)
+
+
+def check_vectors(spec: BundleSpec, outputs: list[np.ndarray]) -> list[VectorResult]:
+    """conformance.py's rule on one profile's outputs for the bundle's vectors."""
+    vectors = conformance_of(spec)
+    assert vectors is not None
+    return [
+        compare(
+            v, _stripped(spec, texts(spec, [y])[0]), steps_of(y, spec.layout), vectors.tolerance
+        )
+        for v, y in zip(vectors.vectors, outputs, strict=True)
+    ]
+
+
+def _stripped(spec: BundleSpec, text: str) -> str:
+    return text.strip() if spec.strip else text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +75,20 @@ class Subset:
 
 
 def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n: int) -> Subset:
-    tensors = sets.tensors(spec.preprocess)
+    """The first `n` images of every set, fed as the bundle's model takes them; the bundle's
+    conformance vectors ride along as the set VECTORS."""
+    if spec.feed == "pixels":
+        feeds = {
+            s: [pixels_feed(p, spec.preprocess) for p in ps[:n]] for s, ps in sets.images.items()
+        }
+    else:
+        feeds = {s: xs[:n] for s, xs in sets.tensors(spec.preprocess).items()}
+    vectors = conformance_of(spec)
+    if vectors is not None:
+        feeds[VECTORS] = [feed_of(spec, read_verified(spec.root, spec.manifest, v.image))
+                          for v in vectors.vectors]  # fmt: skip
     return Subset(
-        tensors={s: xs[:n] for s, xs in tensors.items()},
+        tensors=feeds,
         labels={s: ts[:n] for s, ts in sets.labels.items()},
         reference={s: ts[:n] for s, ts in reference.items()},
     )
@@ -51,7 +96,7 @@ def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n:
 
 def primary_file(spec: BundleSpec) -> tuple[str, str]:
     """(format, file name) of the model every app call starts with."""
-    fmt = spec.manifest["formats"][0]
+    fmt = spec.manifest.formats[0]
     return fmt, spec.models["primary"].files[fmt]
 
 
@@ -82,6 +127,8 @@ def score_profile(
 ) -> dict[str, ProfileSet]:
     out = {}
     for s, ys in outputs.items():
+        if s == VECTORS:
+            continue
         got, here = texts(spec, ys), texts(spec, build[s])
         acc = score(got, data.labels[s], scoring)["accuracy"]
         ref = score(data.reference[s], data.labels[s], scoring)["accuracy"]
@@ -100,6 +147,14 @@ def score_profile(
             ),
         )
     return out
+
+
+def _conformance(run: ProfileRun, results: list[VectorResult]) -> None:
+    failed = next((r for r in results if not r.ok), None)
+    diffs = [r.max_value_diff for r in results if r.max_value_diff is not None]
+    run.conformance = failed is None
+    run.conformance_max_diff = round(max(diffs), 4) if diffs else None
+    run.conformance_failure = f"{failed.image}: {failed.reason}" if failed else None
 
 
 def within_budget(
@@ -126,6 +181,7 @@ def verify_bundle(
     scoring: Scoring,
     max_drop_pts: float | None,
     judged_sets: list[str] | None = None,
+    client_images: int = 0,
 ) -> VerifyRecord:
     """Run the bundle on this machine and on every profile; score each against both."""
     spec = parse_bundle(find_bundle(bundle))
@@ -151,6 +207,8 @@ def verify_bundle(
         if pl.how != "unavailable":
             run.sets = score_profile(spec, data, results[name], results[BUILD_MACHINE], scoring)
             run.within_budget = within_budget(run.sets, max_drop_pts, judged_sets)
+            if VECTORS in results[name]:
+                _conformance(run, check_vectors(spec, results[name][VECTORS]))
         runs[name] = run
     return VerifyRecord(
         target=target,
@@ -160,4 +218,40 @@ def verify_bundle(
         max_accuracy_drop_pts=max_drop_pts,
         build_machine={"cpu": host_cpu(), "isa": host_isa()},
         profiles=runs,
+        clients=clients_on(spec, sets, client_images, scoring) if client_images else {},
+        client_images_per_set=client_images or None,
     )
+
+
+def clients_on(spec: BundleSpec, sets: EvalSets, n: int, scoring: Scoring) -> dict[str, ClientRun]:
+    """The first `n` images of every set through each reference client, text for text against
+    the Python runtime's primary read of the same files, and the conformance check."""
+    why = client_runs.unavailable()
+    if why is None and spec.feed != "pixels":
+        why = "the bundle feeds a host-preprocessed tensor (bundle.preprocess: host)"
+    if why is not None:
+        return {
+            b: ClientRun(runtime=client_runs.BACKENDS[b], reason=why) for b in client_runs.BACKENDS
+        }
+    from .runtime import Recognizer
+
+    rec = Recognizer.from_bundle(spec.root)
+    images = {s: ps[:n] for s, ps in sets.images.items()}
+    python = {s: [rec.first_read(p)[0] for p in ps] for s, ps in images.items()}
+    out = {}
+    for backend in client_runs.BACKENDS:
+        ok, failure = client_runs.check(spec.root, backend)
+        run = ClientRun(runtime=client_runs.runtime_name(backend), conformance=ok,
+                        conformance_failure=failure)  # fmt: skip
+        for s, ps in images.items():
+            got = [
+                t if t is not None else "\0unread"
+                for t in client_runs.read_texts(spec.root, backend, ps)
+            ]
+            run.sets[s] = ClientSet(
+                images=len(ps),
+                accuracy=round(score(got, sets.labels[s][:n], scoring)["accuracy"], 5),
+                agreement_python=agreement(got, python[s], scoring),
+            )
+        out[backend] = run
+    return out

@@ -134,6 +134,7 @@ def bundle_class(root: Path, target: str) -> Path:
         read_recipe(build),
         root / "build" / target / "eval.json",
         out,
+        root / "data",
     )
     return out
 

@@ -33,6 +33,7 @@ COPIED = (
     ".dvcignore",
     ".gitignore",
     "machine.json",
+    "clients/js",  # without node_modules: linked to this checkout's (make js)
 )
 TARGETS = ("high", "mid", "low")
 README = "# tiny\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
@@ -168,7 +169,7 @@ def params() -> dict[str, Any]:
         "serve": {"target": "high", "clients": [1], "requests": 8, "batching": [False]},
         # the machine running the tests, natively: verify@C does real work in seconds
         "profiles": {"here": {"arch": host_arch(), "note": "the test machine"}},
-        "verify": {"images": 4},
+        "verify": {"images": 4, "client_images": 4},
         "versions": real["versions"],
         # per_channel exists in the baseline so `dvc exp run -S` can set it without new keys
         "overrides": {
@@ -206,6 +207,21 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def copy_pipeline(dest: Path, names: tuple[str, ...]) -> None:
+    """This checkout's `names` into `dest`; the JavaScript client's node_modules (`make js`) is
+    linked, not copied (445 MB)."""
+    for name in names:
+        src = ROOT / name
+        if src.is_dir():
+            skip = shutil.ignore_patterns("__pycache__", "*.pyc", "node_modules")
+            shutil.copytree(src, dest / name, ignore=skip)
+        else:
+            shutil.copy2(src, dest / name)
+    modules = ROOT / "clients" / "js" / "node_modules"
+    if "clients/js" in names and modules.is_dir():
+        (dest / "clients" / "js" / "node_modules").symlink_to(modules)
+
+
 def make_repo(dest: Path) -> Path:
     """A committed git + DVC repository at `dest` holding the tiny pipeline (not yet built)."""
     import tiny
@@ -213,12 +229,7 @@ def make_repo(dest: Path) -> Path:
     from stages import modelio
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
+    copy_pipeline(dest, COPIED)
     (dest / "README.md").write_text(README)
     for target in TARGETS:
         write_yaml(dest / "configs" / f"{target}.yaml", recipe(target))

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import readable
 import yaml
-from minirepo import BIN, dvc, git, init_and_commit, output
+from minirepo import BIN, copy_pipeline, dvc, git, init_and_commit, output
 
 from stages import modelio
 from stages.runtime import Recognizer
@@ -30,7 +30,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("stages", "configs", "dvc.yaml", "pipeline.yaml", "pyproject.toml", ".dvcignore",
-           ".gitignore", "machine.json")  # fmt: skip
+           ".gitignore", "machine.json", "clients/js")  # fmt: skip
 README = "# another\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
 CLASSES = ("", "a", "b", "c", "d", "e", " ")  # blank first; a space class at line ends
 READER = readable.Reader(
@@ -42,7 +42,7 @@ SIZES: dict[str, Any] = {
     "preprocess": {"images": 4},
     "bench": {"repeats": 1, "warm_images": 2, "warmup": 1, "long_session": 4},
     "serve": {"clients": [1], "requests": 4},
-    "verify": {"images": 2},
+    "verify": {"images": 2, "client_images": 2},
 }
 
 
@@ -74,12 +74,7 @@ def params() -> dict[str, Any]:
 
 def make_repo(dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for name in SHIPPED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
+    copy_pipeline(dest, SHIPPED)
     (dest / "README.md").write_text(README)
     (dest / "params.yaml").write_text(yaml.safe_dump(params(), sort_keys=False, allow_unicode=True))
     modelio.save(READER.model(), dest / "models" / "input" / "reader.onnx")

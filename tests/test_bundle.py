@@ -46,7 +46,7 @@ def test_manifest_lists_every_file_with_its_hash(low: Path):
     for name, entry in doc["files"].items():
         data = (low / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    assert doc["format_version"] == 2 and doc["target"] == "low"
+    assert doc["format_version"] == 3 and doc["target"] == "low"
     assert doc["formats"] == ["ort", "onnx"]
     assert doc["output"] | {} == {
         "name": "logits",
@@ -66,7 +66,10 @@ def test_manifest_lists_every_file_with_its_hash(low: Path):
 
 def test_ships_and_optional_are_separate(low: Path):
     doc = manifest(low)
-    assert doc["ships"] == ["charset.json", "manifest.json", "model.onnx", "model.ort"]
+    vectors = ["conformance.json"] + [f"conformance-{i:02d}.png" for i in range(8)]
+    assert doc["ships"] == sorted(
+        ["charset.json", "manifest.json", "model.onnx", "model.ort", *vectors]
+    )
     assert doc["optional"] == ["fallback.onnx", "fallback.ort", "required_operators.config"]
     sizes = sizes_mb(low, doc)
     ships = sum((low / n).stat().st_size for n in doc["ships"]) / 1e6
@@ -106,7 +109,7 @@ def test_both_formats_load_and_agree(low: Path):
 
 def test_one_format_ships_one_file_per_model(tmp_path: Path):
     only_ort = builders.tiny_bundle(tmp_path, passes=PASSES, bundle={"formats": ["ort"]})
-    names = sorted(p.name for p in only_ort.iterdir())
+    names = sorted(p.name for p in only_ort.iterdir() if not p.name.startswith("conformance"))
     assert names == ["charset.json", "manifest.json", "model.ort", "required_operators.config"]
     assert manifest(only_ort)["models"] == {
         "primary": {"files": {"ort": "model.ort"}, "optional": False}

@@ -559,6 +559,7 @@ def run_bench(
         recipe.runtime.intra_op_threads,
     )
     final, bundle = records["final"], records["bundle"]
+    verified = read_record(inputs.verify, VerifyRecord)
     vs = (lambda v: ratios(v, stock)) if stock is not None else (lambda v: None)
     affinities = sorted({tuple(r["thread_affinity"]) for rs in runs.values() for r in rs})
     return BenchRecord(
@@ -583,5 +584,6 @@ def run_bench(
         ),
         memory_settings=memory_table(records),
         compute_floor=compute,
-        profiles=read_record(inputs.verify, VerifyRecord).profiles,
+        profiles=verified.profiles,
+        clients=verified.clients,
     )

@@ -223,11 +223,22 @@ def write_floor_bundle(folder: Path, model: onnx.ModelProto, manifest: dict[str,
     (folder / "model.onnx").write_bytes(data)
     write_json(folder / "charset.json", modelio.spec(model).charset)
     files = {
-        name: {"sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
+        name: {
+            "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest(),
+            "bytes": (folder / name).stat().st_size,
+        }
         for name in ("model.onnx", "charset.json")
     }
     doc = {
         **manifest,
+        # the do-nothing model takes the host's tensor; no vectors describe it
+        "input": {
+            **manifest["input"],
+            "name": model.graph.input[0].name,
+            "feed": "tensor",
+            "dtype": "float32",
+        },
+        "conformance": None,
         "formats": ["onnx"],
         "models": {"primary": {"files": {"onnx": "model.onnx"}, "optional": False}},
         "files": files,

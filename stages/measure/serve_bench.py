@@ -235,9 +235,9 @@ def serve_bench(
         "machine": machine_info(),
         "bundle": {
             "path": str(root),
-            "target": spec.manifest.get("target"),
+            "target": spec.manifest.target,
             "batch": spec.batch,
-            "formats": spec.manifest["formats"],
+            "formats": list(spec.manifest.formats),
         },
         "images": len(pool),
         "settings": {

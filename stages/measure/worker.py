@@ -101,7 +101,7 @@ class OnnxRunner(Runner):
 
     def load(self) -> None:
         from stages.runtime.decode import decode
-        from stages.runtime.preprocess import Preprocess, preprocess
+        from stages.runtime.preprocess import Preprocess, pixels_feed, preprocess
         from stages.runtime.session import Runtime, make_session
 
         rt = Runtime.from_dict(self.spec["runtime"])
@@ -118,7 +118,9 @@ class OnnxRunner(Runner):
         self.charset = json.loads(meta["ocr.charset"])
         self.layout, self.blank = meta["ocr.layout"], int(meta["ocr.blank"])
         self.input = self.session.get_inputs()[0].name
-        self.decode, self.preprocess = decode, preprocess
+        # a pixel-feed bundle's model (bundle.preprocess: graph) takes decoded uint8 pixels
+        pixels = self.session.get_inputs()[0].type == "tensor(uint8)"
+        self.decode, self.preprocess = decode, pixels_feed if pixels else preprocess
 
     def recognize(self, data: bytes) -> str:
         x = self.preprocess(data, self.pre)

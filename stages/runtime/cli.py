@@ -3,8 +3,9 @@ recognize ...`): the runtime from a shell, with nothing but the runtime installe
 
 Prints `<path>\\t<text>` per image (a third column names a non-ok status or an error code), or
 with --json one object per line: the full Result, or the ImageError's code, retryable flag and
-advice. Exit codes: 0 all ok, 3 some image was bad input, 4 bundle invalid or unloadable,
-1 internal error (logged with its traceback).
+advice. `--check` first runs the bundle's conformance vectors and stops unless they pass.
+Exit codes: 0 all ok, 3 some image was bad input, 4 bundle invalid or unloadable, 5 the
+bundle fails its conformance vectors here, 1 internal error (logged with its traceback).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_IMAGE, EXIT_BAD_BUNDLE = 0, 1, 3, 4
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_IMAGE, EXIT_BAD_BUNDLE, EXIT_UNHEALTHY = 0, 1, 3, 4, 5
 
 
 def add_recognize_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,12 @@ def add_recognize_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="bundle folder (bundles/low), or a folder holding it as bundle/",
     )
-    p.add_argument("images", nargs="+", type=Path, help="image files to recognize")
+    p.add_argument("images", nargs="*", type=Path, help="image files to recognize")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the bundle's conformance vectors first; exit 5 unless every one passes",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")
     p.add_argument(
         "--providers", help="comma-separated execution providers, overriding the manifest's"
@@ -72,6 +78,9 @@ def _seconds(value: str) -> float:
 
 
 def cmd_recognize(args: argparse.Namespace) -> int:
+    if not args.images and not args.check:
+        print("error: give image files to recognize, or --check", file=sys.stderr)
+        return 2
     try:
         return _recognize(args)
     except BundleError as e:
@@ -94,6 +103,8 @@ def _recognize(args: argparse.Namespace) -> int:
         escalation_url=args.server,
         escalation_timeout_s=args.server_timeout,
     )
+    if args.check and not _report_check(rec, args.json):
+        return EXIT_UNHEALTHY
     code = EXIT_OK
     for path in args.images:
         try:
@@ -104,6 +115,19 @@ def _recognize(args: argparse.Namespace) -> int:
             continue
         _emit_result(path, args.json, result)
     return code
+
+
+def _report_check(rec: Any, as_json: bool) -> bool:
+    report = rec.check()
+    if as_json:
+        print(json.dumps({"check": report.as_dict()}, ensure_ascii=False), flush=True)
+    else:
+        for v in report.vectors:
+            diff = "-" if v.max_value_diff is None else f"{v.max_value_diff:.3g}"
+            print(f"check\t{v.image}\t{'ok' if v.ok else 'FAIL'}\t{v.text}\tmax diff {diff}")
+    verdict = "healthy" if report.ok else f"NOT healthy: {report.reason}"
+    print(f"check: {rec.spec.root} on this runtime: {verdict}", file=sys.stderr)
+    return report.ok
 
 
 def _emit_result(path: Path, as_json: bool, result: Result) -> None:

@@ -13,16 +13,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BundleError
+from .manifest_record import FORMAT, READABLE_VERSIONS, BundleManifest, ModelFiles
 from .preprocess import Preprocess
 from .session import Runtime
 
-FORMAT = "ocr-ctc-bundle"
-FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # raw 64-byte Ed25519 signature of manifest.json's exact bytes
 ROLES = ("primary", "fallback")
-LAYOUTS = ("TBC", "BTC")
-KINDS = ("logits", "probabilities")
 
 PublicKey = bytes | str | Path
 
@@ -41,7 +38,7 @@ class BundleSpec:
     """The parsed manifest: what the runtime needs besides the model sessions."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: BundleManifest
     preprocess: Preprocess
     runtime: Runtime
     charset: list[str]
@@ -54,6 +51,10 @@ class BundleSpec:
     escalation_url: str | None
     escalation_timeout_s: float
     strip: bool = False  # the contract's scoring strips whitespace at the ends: so does the text
+    # tensor: the host preprocesses (`preprocess`); pixels: the model takes decoded uint8
+    # [H, W, C] pixels (C 1, 3 or 4) and preprocesses in the graph
+    feed: str = "tensor"
+    conformance: str | None = None  # conformance.json: images, expected texts and outputs
 
 
 def find_bundle(path: str | Path) -> Path:
@@ -83,9 +84,9 @@ def inside(root: Path, name: str) -> Path:
     return target
 
 
-def read_verified(root: Path, manifest: dict[str, Any], name: str) -> bytes:
+def read_verified(root: Path, manifest: BundleManifest, name: str) -> bytes:
     """A bundle file's bytes, refused unless their SHA-256 is the manifest's."""
-    entry = manifest.get("files", {}).get(name)
+    entry = manifest.files.get(name)
     if entry is None:
         raise BundleError(f"{name} is not listed in {MANIFEST} 'files'")
     path = inside(root, name)
@@ -94,10 +95,10 @@ def read_verified(root: Path, manifest: dict[str, Any], name: str) -> bytes:
     except OSError as e:
         raise BundleError(f"{name}: cannot read ({e.strerror})") from e
     digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
+    if digest != entry.sha256:
         raise BundleError(
             f"{name}: SHA-256 {digest[:12]}… does not match the manifest's "
-            f"{entry['sha256'][:12]}… (corrupted or replaced file)"
+            f"{entry.sha256[:12]}… (corrupted or replaced file)"
         )
     return data
 
@@ -167,73 +168,75 @@ def parse_bundle(root: Path, public_key: PublicKey | None = None) -> BundleSpec:
         raise BundleError(f"{root / MANIFEST}: not JSON ({e})") from e
     if not isinstance(manifest, dict):
         raise BundleError(f"{root / MANIFEST}: not a JSON object")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if manifest.get("format") != FORMAT or version not in READABLE_VERSIONS:
         raise BundleError(
-            f"{root}: manifest format {manifest.get('format')!r} v{manifest.get('format_version')}"
-            f" is not {FORMAT!r} v{FORMAT_VERSION}; rebuild the bundle with this version"
+            f"{root}: manifest format {manifest.get('format')!r} v{version} is not {FORMAT!r} "
+            f"v{' or v'.join(map(str, READABLE_VERSIONS))}; rebuild the bundle with this version"
         )
     try:
-        return _spec(root, manifest)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a missing or mistyped field
-        raise BundleError(f"{root / MANIFEST}: invalid ({type(e).__name__}: {e})") from e
+        record = BundleManifest.from_dict(manifest)
+    except ValueError as e:  # a missing or mistyped field, named by its path
+        raise BundleError(f"{root / MANIFEST}: invalid ({e})") from e
+    return _spec(root, record)
 
 
-def _spec(root: Path, manifest: dict[str, Any]) -> BundleSpec:
-    for name in manifest["files"]:
+def _spec(root: Path, manifest: BundleManifest) -> BundleSpec:
+    for name in manifest.files:
         inside(root, name)
-    models = {role: _model(root, manifest, role) for role in ROLES if manifest["models"].get(role)}
+    models = {role: _model(root, manifest, role) for role in ROLES if manifest.models.get(role)}
     if "primary" not in models:
         raise BundleError(f"{root / MANIFEST}: models.primary is missing")
-    charset = json.loads(read_verified(root, manifest, manifest["charset"]))
-    out, esc = manifest["output"], manifest.get("escalation") or {}
-    _check_output(root, out, charset, float(manifest["confidence_threshold"]))
+    charset = json.loads(read_verified(root, manifest, manifest.charset))
+    out = manifest.output
+    _check_output(root, out.blank, charset, manifest.confidence_threshold)
+    if manifest.conformance is not None and manifest.conformance not in manifest.files:
+        raise BundleError(f"{root / MANIFEST}: conformance {manifest.conformance!r} not in files")
     return BundleSpec(
         root=root,
         manifest=manifest,
-        preprocess=Preprocess(**manifest["preprocess"]),
-        runtime=Runtime.from_dict(manifest["runtime"]),
+        preprocess=manifest.preprocess,
+        runtime=manifest.runtime,
         charset=charset,
-        layout=out["layout"],
-        blank=int(out["blank"]),
-        kind=out.get("kind", "logits"),
-        threshold=float(manifest["confidence_threshold"]),
+        layout=out.layout,
+        blank=out.blank,
+        kind=out.kind,
+        threshold=manifest.confidence_threshold,
         models=models,
-        batch=bool(manifest["input"].get("batch", False)),
-        escalation_url=esc.get("url"),
-        escalation_timeout_s=float(esc.get("timeout_s", 2.0)),
-        strip=bool((manifest.get("scoring") or {}).get("strip", False)),
+        batch=manifest.input.batch,
+        escalation_url=manifest.escalation.url,
+        escalation_timeout_s=manifest.escalation.timeout_s,
+        strip=manifest.scoring.strip,
+        feed=manifest.input.feed,
+        conformance=manifest.conformance,
     )
 
 
-def _check_output(root: Path, out: dict[str, Any], charset: Any, threshold: float) -> None:
-    """The CTC contract must be one the decoder knows, so a bad manifest fails here, not on
-    the first image."""
+def _check_output(root: Path, blank: int, charset: Any, threshold: float) -> None:
+    """The CTC contract must fit the charset (layout and kind are checked by the record), so a
+    bad manifest fails here, not on the first image."""
     where = root / MANIFEST
     if not isinstance(charset, list) or not all(isinstance(c, str) for c in charset):
         raise BundleError(f"{where}: charset.json is not a list of strings")
-    if out["layout"] not in LAYOUTS or out.get("kind", "logits") not in KINDS:
-        raise BundleError(
-            f"{where}: output layout {out['layout']!r} / kind {out.get('kind')!r} is not one of "
-            f"{LAYOUTS} / {KINDS}"
-        )
-    if not 0 <= int(out["blank"]) < len(charset):
-        raise BundleError(f"{where}: output blank {out['blank']} is outside the charset")
+    if not 0 <= blank < len(charset):
+        raise BundleError(f"{where}: output blank {blank} is outside the charset")
     if not 0.0 <= threshold <= 1.0:  # NaN fails too
         raise BundleError(f"{where}: confidence_threshold {threshold} is outside [0, 1]")
 
 
-def _model(root: Path, manifest: dict[str, Any], role: str) -> ModelEntry:
-    entry = manifest["models"][role]
-    files = {fmt: name for fmt, name in entry["files"].items() if name}
+def _model(root: Path, manifest: BundleManifest, role: str) -> ModelEntry:
+    entry: ModelFiles = manifest.models[role]
+    files = {fmt: name for fmt, name in entry.files.items() if name}
     for name in files.values():
         inside(root, name)
-        if name not in manifest["files"]:
+        if name not in manifest.files:
             raise BundleError(f"models.{role}: {name!r} is not listed in {MANIFEST} 'files'")
-    return ModelEntry(role, files, bool(entry.get("optional", False)))
+    return ModelEntry(role, files, entry.optional)
 
 
 def sizes_mb(root: Path, manifest: dict[str, Any]) -> dict[str, float]:
-    """MB an app ships (manifest.json included) and MB it may leave out (the fallback)."""
+    """MB an app ships (manifest.json included) and MB it may leave out (the fallback), from
+    the manifest document as the bundle stage wrote it."""
 
     def total(names: list[str]) -> float:
         return round(sum(inside(root, n).stat().st_size for n in names) / 1e6, 3)

@@ -18,7 +18,14 @@ import numpy as np
 
 from .errors import IMAGE_ERRORS, FieldValueError, ImageError
 
-__all__ = ["IMAGE_ERRORS", "ImageError", "Normalization", "Preprocess", "preprocess"]
+__all__ = [
+    "IMAGE_ERRORS",
+    "ImageError",
+    "Normalization",
+    "Preprocess",
+    "pixels_feed",
+    "preprocess",
+]
 
 Backend = Literal["pillow", "opencv", "numpy"]
 Interpolation = Literal["lanczos", "bilinear", "area", "nearest"]
@@ -151,13 +158,7 @@ def preprocess(image: ImageInput, spec: Preprocess, source: str = "image") -> np
     if spec.channels == 1 and spec.grayscale == "before_resize":
         pixels = to_gray(pixels, spec.backend)
     h, w = pixels.shape[:2]
-    width = target_width(w, h, spec)
-    if width * spec.height > spec.max_pixels:  # a 1e6 x 1 strip is small but resizes huge
-        raise ImageError(
-            "E_TOO_LARGE",
-            f"{w}x{h} would resize to {width}x{spec.height} pixels > limit {spec.max_pixels}",
-            source,
-        )
+    width = checked_width(w, h, spec, source)
     pixels = resize(pixels, width, spec.height, spec)
     if spec.channels == 1 and pixels.ndim == 3:
         pixels = to_gray(pixels, spec.backend)
@@ -166,6 +167,26 @@ def preprocess(image: ImageInput, spec: Preprocess, source: str = "image") -> np
     if spec.channels == 3 and spec.channel_order == "bgr":
         pixels = pixels[:, :, ::-1]
     return pad(normalize(pixels, spec.norm), spec)
+
+
+def pixels_feed(image: ImageInput, spec: Preprocess, source: str = "image") -> np.ndarray:
+    """Decoded uint8 [H, W, C] pixels (C 1 or 3, alpha composited on white) for a bundle whose
+    graph preprocesses (input.feed: pixels); the same refusals as `preprocess`."""
+    pixels = load_pixels(image, spec, source)
+    checked_width(pixels.shape[1], pixels.shape[0], spec, source)
+    return np.ascontiguousarray(pixels[:, :, None] if pixels.ndim == 2 else pixels)
+
+
+def checked_width(w: int, h: int, spec: Preprocess, source: str) -> int:
+    """`target_width`, refused when the resized image would exceed `max_pixels`."""
+    width = target_width(w, h, spec)
+    if width * spec.height > spec.max_pixels:  # a 1e6 x 1 strip is small but resizes huge
+        raise ImageError(
+            "E_TOO_LARGE",
+            f"{w}x{h} would resize to {width}x{spec.height} pixels > limit {spec.max_pixels}",
+            source,
+        )
+    return width
 
 
 def target_width(w: int, h: int, spec: Preprocess) -> int:

@@ -29,18 +29,19 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from .conformance import CheckReport, Conformance, VectorResult, compare, steps_of
 from .decode import Decoded, decode
-from .errors import BundleError
+from .errors import BundleError, ImageError
 from .escalate import ServerAnswer, ask_server, check_url
 from .manifest import BundleSpec, find_bundle, inside, parse_bundle, read_verified
-from .preprocess import ImageInput, preprocess
+from .preprocess import ImageInput, pixels_feed, preprocess
 from .session import choose_providers, session_options
 
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "low_confidence_fallback", "needs_server", "server", "server_unreachable"]
 Role = Literal["primary", "fallback", "server"]
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Recognizer:
         escalation_timeout_s: float | None = None,
     ) -> None:
         self.spec = spec
-        self._format = model_format or spec.manifest["formats"][0]
+        self._format = model_format or spec.manifest.formats[0]
         self._events: list[str] = []
         self._events_lock = threading.Lock()
         self._fallback_lock = threading.Lock()  # the fallback session is created lazily, once
@@ -131,7 +132,7 @@ class Recognizer:
         Ed25519 key (raw 32 bytes, PEM, or a PEM file path); None accepts unsigned bundles.
         escalation_url/timeout: where unsure images go (overrides the manifest)."""
         spec = parse_bundle(find_bundle(path), public_key)
-        formats = spec.manifest["formats"]
+        formats = spec.manifest.formats
         if model_format is not None and model_format not in formats:
             raise BundleError(f"{spec.root}: ships {formats}, not {model_format!r}")
         return cls(
@@ -171,10 +172,50 @@ class Recognizer:
     ) -> Result:
         """Recognize one image (bytes, path or HxW/HxWxC uint8 array); ImageError if unusable."""
         t0 = time.perf_counter()
-        x = preprocess(image, self.spec.preprocess, source)
+        x = self.prepare(image, source)
         t1 = time.perf_counter()
         first = self._infer(self._active, x)
         return self.finish(image, x, first, t0, t1, return_probs)
+
+    def prepare(self, image: ImageInput, source: str = "image") -> np.ndarray:
+        """What the model takes: a [1, C, H, W] tensor preprocessed here, or the decoded uint8
+        [H, W, C] pixels when the bundle's graph preprocesses (manifest input.feed)."""
+        if self.spec.feed == "pixels":
+            return pixels_feed(image, self.spec.preprocess, source)
+        return preprocess(image, self.spec.preprocess, source)
+
+    def first_read(self, image: ImageInput, source: str = "image") -> tuple[str, np.ndarray]:
+        """The text and undecoded output of the model every call starts with, without the
+        fallback chain: what conformance vectors record and check."""
+        out = self._run(self._active, self.prepare(image, source))
+        s = self.spec
+        text = decode(out, s.charset, s.layout, s.blank, kind=s.kind).text  # type: ignore[arg-type]
+        return (text.strip() if s.strip else text), out
+
+    def check(self) -> CheckReport:
+        """Run the bundle's conformance vectors through the model every call starts with (no
+        fallback, no server): healthy only when every vector passes (conformance.py's rule)."""
+        name = self.spec.conformance
+        if name is None:
+            return CheckReport(False, 0.0, self.model_file, [], "the bundle has no vectors")
+        vectors = Conformance.from_dict(
+            json.loads(read_verified(self.spec.root, self.spec.manifest, name))
+        )
+        results = [self._check_one(v, vectors.tolerance) for v in vectors.vectors]
+        failed = next((r for r in results if not r.ok), None)
+        reason = f"{failed.image}: {failed.reason}" if failed else ""
+        if not results:
+            reason = f"{name} lists no vectors"
+        ok = bool(results) and failed is None
+        return CheckReport(ok, vectors.tolerance, self.model_file, results, reason)
+
+    def _check_one(self, vector: Any, tolerance: float) -> VectorResult:
+        data = read_verified(self.spec.root, self.spec.manifest, vector.image)
+        try:
+            text, out = self.first_read(data, vector.image)
+        except ImageError as e:  # a vector the runtime cannot decode fails, with its reason
+            return VectorResult(vector.image, False, "", vector.text, None, str(e))
+        return compare(vector, text, steps_of(out, self.spec.layout), tolerance)
 
     def finish(
         self,
@@ -264,20 +305,25 @@ class Recognizer:
     def _infer(self, model: _Model, x: np.ndarray) -> _Pass:
         return self._infer_many(model, x)[0]
 
-    def _infer_many(self, model: _Model, x: np.ndarray) -> list[_Pass]:
+    def _run(self, model: _Model, x: np.ndarray) -> np.ndarray:
         feed = {model.input_name: x.astype(model.dtype, copy=False)}
-        t0 = time.perf_counter()
         out = model.session.run([model.output_name], feed)[0]
-        t1 = time.perf_counter()
         if out.ndim != 3 or out.shape[-1] != len(self.spec.charset):
             raise BundleError(
                 f"{model.file}: outputs shape {list(out.shape)} but charset.json has "
                 f"{len(self.spec.charset)} classes; the bundle's files do not belong together"
             )
+        return out
+
+    def _infer_many(self, model: _Model, x: np.ndarray) -> list[_Pass]:
+        t0 = time.perf_counter()
+        out = self._run(model, x)
+        t1 = time.perf_counter()
         s = self.spec
+        items = 1 if s.feed == "pixels" else x.shape[0]  # pixels: one [H, W, C] image
         decoded = [
             decode(out, s.charset, s.layout, s.blank, True, s.kind, item)  # type: ignore[arg-type]
-            for item in range(x.shape[0])
+            for item in range(items)
         ]
         each = (time.perf_counter() - t1) / len(decoded)
         return [_Pass(model.role, d, (t1 - t0) / len(decoded), each) for d in decoded]
@@ -308,8 +354,8 @@ class Recognizer:
         name = fallback.files.get(self._format)
         if name is None or not (self.spec.root / name).is_file():
             return f"the optional fallback ({name or self._format}) is not shipped"
-        files = self.spec.manifest["files"]
-        if files[name]["sha256"] == files[self._file("primary")]["sha256"]:
+        files = self.spec.manifest.files
+        if files[name].sha256 == files[self._file("primary")].sha256:
             return "fallback and primary are the same bytes"
         return None
 

@@ -43,8 +43,10 @@ class Runtime:
     ort_bytes_for_initializers: bool = False
     # exact: on x86 CPUs without VNNI, onnxruntime's U8U8 int8 kernel instead of the U8S8 one,
     # whose 16-bit pair sums saturate (session.x64quantprecision); int8 results then equal
-    # VNNI's and ARM's integer arithmetic, so a build decides the same on every CPU. No effect
-    # on VNNI, ARM or float models. fast: the saturating kernel (measured in the bench)
+    # VNNI's integer arithmetic, so AVX2 and VNNI build machines decide the same. No effect on
+    # VNNI, ARM or float models, nor on .ort files (the rewrite runs when an .onnx loads); ARM
+    # requantizes static QDQ Conv its own way (the verify stage measures it). fast: the
+    # saturating kernel (measured in the bench)
     int8_kernels: Literal["exact", "fast"] = "exact"
 
     def __post_init__(self) -> None:

@@ -1,0 +1,67 @@
+"""The reference clients (clients/js) run a bundle as an app in another language would: the
+client decodes each image file itself, feeds the pixels, decodes CTC and checks the bundle's
+conformance vectors. Run by the verify stage on this machine; `make js` installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import PipelineError
+
+CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
+BACKENDS = {"node": "onnxruntime-node", "wasm": "onnxruntime-web"}  # our name -> npm package
+CLI_BACKEND = {"node": "node", "wasm": "web"}
+TIMEOUT_S = 1800
+
+
+def unavailable() -> str | None:
+    """Why the clients cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (CLIENT / "node_modules").is_dir():
+        return f"{CLIENT / 'node_modules'} is missing: run make js"
+    return None
+
+
+def runtime_name(backend: str) -> str:
+    package = BACKENDS[backend]
+    meta = CLIENT / "node_modules" / package / "package.json"
+    version = json.loads(meta.read_text())["version"] if meta.is_file() else "?"
+    return f"{package} {version}"
+
+
+def _node(bundle: Path, backend: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    cmd = ["node", str(CLIENT / "cli.mjs"), "--bundle", str(bundle)]
+    cmd += ["--backend", CLI_BACKEND[backend], *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def read_texts(bundle: Path, backend: str, images: list[Path]) -> list[str | None]:
+    """The client's text per image, in order (None where it could not read the image)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("".join(f"{p.resolve()}\n" for p in images))
+        listing.flush()
+        proc = _node(bundle, backend, ["read", "--list", listing.name])
+    if proc.returncode not in (0, 1):
+        raise PipelineError(f"the {backend} client failed on {bundle}: {proc.stderr.strip()}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    texts = {str(Path(r["image"]).resolve()): r.get("text") for r in rows}
+    return [texts.get(str(p.resolve())) for p in images]
+
+
+def check(bundle: Path, backend: str) -> tuple[bool, str | None]:
+    """(healthy, the first failing vector's line) from the client's `check`."""
+    proc = _node(bundle, backend, ["check"])
+    if proc.returncode == 2:
+        raise PipelineError(f"the {backend} client refused {bundle}: {proc.stderr.strip()}")
+    failed = [
+        row
+        for row in (json.loads(line) for line in proc.stdout.splitlines() if line.strip())
+        if not row.get("ok", False)
+    ]
+    return proc.returncode == 0, (json.dumps(failed[0]) if failed else None)
