@@ -59,7 +59,7 @@ from .runtime.manifest_record import (
     OutputSpec,
     ScoringSpec,
 )
-from .runtime.preprocess import MIN_WIDTH, pixels_feed, preprocess
+from .runtime.preprocess import MIN_WIDTH, model_input, preprocess
 from .runtime.recognizer import Recognizer
 from .runtime.session import make_session, quiet_cpu_session, run
 from .source import batches, probe_inputs
@@ -248,6 +248,7 @@ def manifest(
     files: dict[str, dict[str, Any]],
     source: dict[str, Any],
     metrics: dict[str, Any] | None,
+    inputs: InputSpec | None = None,
 ) -> dict[str, Any]:
     """The manifest.json document (see the module docstring for the folder it describes),
     through the typed record every runtime reads."""
@@ -270,7 +271,7 @@ def manifest(
         format_version=FORMAT_VERSION,
         target=target,
         formats=formats,  # type: ignore[arg-type]
-        input=input_spec(final, contract, recipe),
+        input=inputs or input_spec(final, contract, recipe),
         output=OutputSpec(ctc.output_name, len(ctc.charset), ctc.layout, ctc.blank, ctc.kind),  # type: ignore[arg-type]
         preprocess=recipe.preprocess,
         runtime=recipe.runtime,
@@ -398,11 +399,11 @@ def add_conformance(folder: Path, recipe: Recipe, contract: Contract, where: Vec
     final = modelio.load(where.build_dir / "model.onnx")
     ctc = modelio.spec(final)
     session = make_session((folder / "model.onnx").read_bytes(), recipe.runtime)
-    feed = pixels_feed if recipe.bundle.preprocess == "graph" else preprocess
+    feed = "pixels" if recipe.bundle.preprocess == "graph" else "tensor"
     strip = contract.scoring.strip
 
     def shipped(png: bytes) -> tuple[str, np.ndarray]:
-        out = run(session, feed(png, recipe.preprocess))
+        out = run(session, model_input(png, recipe.preprocess, feed))
         text = decode(out, ctc.charset, ctc.layout, ctc.blank, kind=ctc.kind).text
         return (text.strip() if strip else text), out
 
@@ -444,25 +445,22 @@ def write_bundle(
     )
     evaluation = read_record(eval_json, EvalRecord) if eval_json is not None else None
     where = VectorSources(data, decided_on(build_dir), build_dir, source_dir)
-    input_spec(final, contract, recipe)  # a contract the model does not fit fails before any work
+    inputs = input_spec(final, contract, recipe)  # a contract misfit fails before any work
     with atomic_dir(out_dir) as tmp:
         _fill(tmp, build_dir, final, fallback, recipe)
-
-        def document() -> dict[str, Any]:
-            return manifest(
-                target=target,
-                final=final,
-                contract=contract,
-                recipe=recipe,
-                fallback=fallback,
-                files=file_table(tmp),
-                source=json.loads((source_dir / "source.json").read_text()),
-                metrics=metrics_summary(evaluation, fallback) if evaluation else None,
-            )
-
         add_conformance(tmp, recipe, contract, where)
         _drop_unshipped(tmp, recipe.bundle.formats)
-        doc = document()
+        doc = manifest(
+            target=target,
+            final=final,
+            contract=contract,
+            recipe=recipe,
+            fallback=fallback,
+            files=file_table(tmp),
+            source=json.loads((source_dir / "source.json").read_text()),
+            metrics=metrics_summary(evaluation, fallback) if evaluation else None,
+            inputs=inputs,
+        )
         write_json(tmp / MANIFEST, doc)
         self_check(tmp, recipe.bundle.formats, recipe.preprocess, fallback is not None)
     return doc

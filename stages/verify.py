@@ -11,7 +11,6 @@ difference from this machine's. Emulation says nothing about speed: no time is r
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +24,17 @@ from .profiles.profile import CpuProfile, Placement, place
 from .profiles.run import run_on
 from .progress import usable_cores
 from .records import ClientRun, ClientSet, ProfileRun, ProfileSet, VerifyRecord
-from .runtime.conformance import Conformance, VectorResult, compare, steps_of
+from .runtime.conformance import (
+    CheckReport,
+    Conformance,
+    compare,
+    read_vectors,
+    steps_of,
+    summarize,
+)
 from .runtime.decode import decode
 from .runtime.manifest import BundleSpec, find_bundle, parse_bundle, read_verified
-from .runtime.preprocess import pixels_feed, preprocess
+from .runtime.preprocess import model_input
 from .runtime.session import session_plan
 from .scoring import Scoring, agreement, score
 
@@ -36,33 +42,15 @@ BUILD_MACHINE = "this machine"
 VECTORS = "conformance vectors"  # not an evaluation set: checked, never scored
 
 
-def conformance_of(spec: BundleSpec) -> Conformance | None:
-    if spec.conformance is None:
-        return None
-    raw = read_verified(spec.root, spec.manifest, spec.conformance)
-    return Conformance.from_dict(json.loads(raw))
-
-
-def feed_of(spec: BundleSpec, image: bytes) -> np.ndarray:
-    if spec.feed == "pixels":
-        return pixels_feed(image, spec.preprocess)
-    return preprocess(image, spec.preprocess)
-
-
-def check_vectors(spec: BundleSpec, outputs: list[np.ndarray]) -> list[VectorResult]:
+def check_vectors(
+    spec: BundleSpec, vectors: Conformance, outputs: list[np.ndarray], model_file: str
+) -> CheckReport:
     """conformance.py's rule on one profile's outputs for the bundle's vectors."""
-    vectors = conformance_of(spec)
-    assert vectors is not None
-    return [
-        compare(
-            v, _stripped(spec, texts(spec, [y])[0]), steps_of(y, spec.layout), vectors.tolerance
-        )
+    results = [
+        compare(v, spec.text_of(y), steps_of(y, spec.layout), vectors.tolerance)
         for v, y in zip(vectors.vectors, outputs, strict=True)
     ]
-
-
-def _stripped(spec: BundleSpec, text: str) -> str:
-    return text.strip() if spec.strip else text
+    return summarize(results, vectors.tolerance, model_file)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +60,7 @@ class Subset:
     tensors: dict[str, list[np.ndarray]]
     labels: dict[str, list[str]]
     reference: dict[str, list[str]]
+    vectors: Conformance | None = None  # fed as the set VECTORS when the bundle has them
 
 
 def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n: int) -> Subset:
@@ -79,18 +68,23 @@ def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n:
     conformance vectors ride along as the set VECTORS."""
     if spec.feed == "pixels":
         feeds = {
-            s: [pixels_feed(p, spec.preprocess) for p in ps[:n]] for s, ps in sets.images.items()
+            s: [model_input(p, spec.preprocess, spec.feed) for p in ps[:n]]
+            for s, ps in sets.images.items()
         }
-    else:
+    else:  # the tensors evaluation made already
         feeds = {s: xs[:n] for s, xs in sets.tensors(spec.preprocess).items()}
-    vectors = conformance_of(spec)
+    vectors = read_vectors(spec)
     if vectors is not None:
-        feeds[VECTORS] = [feed_of(spec, read_verified(spec.root, spec.manifest, v.image))
-                          for v in vectors.vectors]  # fmt: skip
+        feeds[VECTORS] = [
+            model_input(read_verified(spec.root, spec.manifest, v.image), spec.preprocess,
+                        spec.feed)
+            for v in vectors.vectors
+        ]  # fmt: skip
     return Subset(
         tensors=feeds,
         labels={s: ts[:n] for s, ts in sets.labels.items()},
         reference={s: ts[:n] for s, ts in reference.items()},
+        vectors=vectors,
     )
 
 
@@ -149,12 +143,11 @@ def score_profile(
     return out
 
 
-def _conformance(run: ProfileRun, results: list[VectorResult]) -> None:
-    failed = next((r for r in results if not r.ok), None)
-    diffs = [r.max_value_diff for r in results if r.max_value_diff is not None]
-    run.conformance = failed is None
-    run.conformance_max_diff = round(max(diffs), 4) if diffs else None
-    run.conformance_failure = f"{failed.image}: {failed.reason}" if failed else None
+def _conformance(run: ProfileRun, report: CheckReport) -> None:
+    diff = report.max_value_diff
+    run.conformance = report.ok
+    run.conformance_max_diff = round(diff, 4) if diff is not None else None
+    run.conformance_failure = report.reason or None
 
 
 def within_budget(
@@ -196,6 +189,7 @@ def verify_bundle(
         }
         results = {n: f.result() for n, f in futures.items()}
     runs = {}
+    run_file = primary_file(spec)[1]
     for name, profile in profiles.items():
         pl = places[name]
         run = ProfileRun(
@@ -207,8 +201,9 @@ def verify_bundle(
         if pl.how != "unavailable":
             run.sets = score_profile(spec, data, results[name], results[BUILD_MACHINE], scoring)
             run.within_budget = within_budget(run.sets, max_drop_pts, judged_sets)
-            if VECTORS in results[name]:
-                _conformance(run, check_vectors(spec, results[name][VECTORS]))
+            if data.vectors is not None:
+                outputs = results[name][VECTORS]
+                _conformance(run, check_vectors(spec, data.vectors, outputs, run_file))
         runs[name] = run
     return VerifyRecord(
         target=target,

@@ -101,7 +101,7 @@ class OnnxRunner(Runner):
 
     def load(self) -> None:
         from stages.runtime.decode import decode
-        from stages.runtime.preprocess import Preprocess, pixels_feed, preprocess
+        from stages.runtime.preprocess import Preprocess, model_input
         from stages.runtime.session import Runtime, make_session
 
         rt = Runtime.from_dict(self.spec["runtime"])
@@ -120,10 +120,11 @@ class OnnxRunner(Runner):
         self.input = self.session.get_inputs()[0].name
         # a pixel-feed bundle's model (bundle.preprocess: graph) takes decoded uint8 pixels
         pixels = self.session.get_inputs()[0].type == "tensor(uint8)"
-        self.decode, self.preprocess = decode, pixels_feed if pixels else preprocess
+        self.feed = "pixels" if pixels else "tensor"
+        self.decode, self.model_input = decode, model_input
 
     def recognize(self, data: bytes) -> str:
-        x = self.preprocess(data, self.pre)
+        x = self.model_input(data, self.pre, self.feed)
         t0 = time.perf_counter()
         out = self.session.run(None, {self.input: x})[0]
         self.model_s[0] += time.perf_counter() - t0

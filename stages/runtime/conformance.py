@@ -16,12 +16,14 @@ implemented by the JavaScript client (clients/js/src/recognizer.mjs).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .decode import to_time_major
+from .manifest import BundleSpec, read_verified
 
 FILE = "conformance.json"
 
@@ -120,3 +122,25 @@ class CheckReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def max_value_diff(self) -> float | None:
+        diffs = [v.max_value_diff for v in self.vectors if v.max_value_diff is not None]
+        return max(diffs) if diffs else None
+
+
+def read_vectors(spec: BundleSpec) -> Conformance | None:
+    """The bundle's conformance.json (hash-checked), or None when it has none."""
+    if spec.conformance is None:
+        return None
+    raw = read_verified(spec.root, spec.manifest, spec.conformance)
+    return Conformance.from_dict(json.loads(raw))
+
+
+def summarize(results: list[VectorResult], tolerance: float, model_file: str) -> CheckReport:
+    """Healthy only when there are vectors and every one passes; the first failure says why."""
+    failed = next((r for r in results if not r.ok), None)
+    reason = f"{failed.image}: {failed.reason}" if failed else ""
+    if not results:
+        reason = "conformance.json lists no vectors"
+    return CheckReport(bool(results) and failed is None, tolerance, model_file, results, reason)

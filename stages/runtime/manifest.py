@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .decode import decode
 from .errors import BundleError
 from .manifest_record import FORMAT, READABLE_VERSIONS, BundleManifest, ModelFiles
 from .preprocess import Preprocess
@@ -55,6 +56,12 @@ class BundleSpec:
     # [H, W, C] pixels (C 1, 3 or 4) and preprocesses in the graph
     feed: str = "tensor"
     conformance: str | None = None  # conformance.json: images, expected texts and outputs
+
+    def text_of(self, output: Any) -> str:
+        """The text of one image's raw output, as the runtime reports it (greedy CTC, then
+        the contract's strip)."""
+        text = decode(output, self.charset, self.layout, self.blank, kind=self.kind).text  # type: ignore[arg-type]
+        return text.strip() if self.strip else text
 
 
 def find_bundle(path: str | Path) -> Path:

@@ -23,6 +23,7 @@ __all__ = [
     "ImageError",
     "Normalization",
     "Preprocess",
+    "model_input",
     "pixels_feed",
     "preprocess",
 ]
@@ -175,6 +176,16 @@ def pixels_feed(image: ImageInput, spec: Preprocess, source: str = "image") -> n
     pixels = load_pixels(image, spec, source)
     checked_width(pixels.shape[1], pixels.shape[0], spec, source)
     return np.ascontiguousarray(pixels[:, :, None] if pixels.ndim == 2 else pixels)
+
+
+def model_input(
+    image: ImageInput, spec: Preprocess, feed: str, source: str = "image"
+) -> np.ndarray:
+    """What a bundle's model takes (manifest input.feed): the decoded pixels when its graph
+    preprocesses, else the [1, C, H, W] tensor made here."""
+    if feed == "pixels":
+        return pixels_feed(image, spec, source)
+    return preprocess(image, spec, source)
 
 
 def checked_width(w: int, h: int, spec: Preprocess, source: str) -> int:

@@ -29,12 +29,12 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from .conformance import CheckReport, Conformance, VectorResult, compare, steps_of
+from .conformance import CheckReport, VectorResult, compare, read_vectors, steps_of, summarize
 from .decode import Decoded, decode
 from .errors import BundleError, ImageError
 from .escalate import ServerAnswer, ask_server, check_url
 from .manifest import BundleSpec, find_bundle, inside, parse_bundle, read_verified
-from .preprocess import ImageInput, pixels_feed, preprocess
+from .preprocess import ImageInput, model_input
 from .session import choose_providers, session_options
 
 log = logging.getLogger(__name__)
@@ -180,34 +180,22 @@ class Recognizer:
     def prepare(self, image: ImageInput, source: str = "image") -> np.ndarray:
         """What the model takes: a [1, C, H, W] tensor preprocessed here, or the decoded uint8
         [H, W, C] pixels when the bundle's graph preprocesses (manifest input.feed)."""
-        if self.spec.feed == "pixels":
-            return pixels_feed(image, self.spec.preprocess, source)
-        return preprocess(image, self.spec.preprocess, source)
+        return model_input(image, self.spec.preprocess, self.spec.feed, source)
 
     def first_read(self, image: ImageInput, source: str = "image") -> tuple[str, np.ndarray]:
         """The text and undecoded output of the model every call starts with, without the
         fallback chain: what conformance vectors record and check."""
         out = self._run(self._active, self.prepare(image, source))
-        s = self.spec
-        text = decode(out, s.charset, s.layout, s.blank, kind=s.kind).text  # type: ignore[arg-type]
-        return (text.strip() if s.strip else text), out
+        return self.spec.text_of(out), out
 
     def check(self) -> CheckReport:
         """Run the bundle's conformance vectors through the model every call starts with (no
         fallback, no server): healthy only when every vector passes (conformance.py's rule)."""
-        name = self.spec.conformance
-        if name is None:
+        vectors = read_vectors(self.spec)
+        if vectors is None:
             return CheckReport(False, 0.0, self.model_file, [], "the bundle has no vectors")
-        vectors = Conformance.from_dict(
-            json.loads(read_verified(self.spec.root, self.spec.manifest, name))
-        )
         results = [self._check_one(v, vectors.tolerance) for v in vectors.vectors]
-        failed = next((r for r in results if not r.ok), None)
-        reason = f"{failed.image}: {failed.reason}" if failed else ""
-        if not results:
-            reason = f"{name} lists no vectors"
-        ok = bool(results) and failed is None
-        return CheckReport(ok, vectors.tolerance, self.model_file, results, reason)
+        return summarize(results, vectors.tolerance, self.model_file)
 
     def _check_one(self, vector: Any, tolerance: float) -> VectorResult:
         data = read_verified(self.spec.root, self.spec.manifest, vector.image)
