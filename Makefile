@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e ./runtime -e '.[test]'
 
 # QEMU user-mode emulators and an arm64 Python with onnxruntime, cached in .emu/: the verify
 # stage and the profile tests run models on CPUs this machine is not (stages/profiles/).

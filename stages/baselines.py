@@ -23,6 +23,8 @@ from pathlib import Path
 
 import onnx
 
+from ocr_bundles_runtime.session import Runtime
+
 from . import modelio
 from .atomic import atomic_dir
 from .contract import Contract
@@ -30,7 +32,6 @@ from .evaluate import EvalSets, eval_runtime, score_sets
 from .passes._ort_quant import dropping_logs
 from .progress import Progress
 from .records import BaselinesRecord, ReferenceTexts, VariantEval, write_record
-from .runtime.session import Runtime
 
 NAIVE_FILE = "naive_int8.onnx"
 ACCURACY_FILE = "accuracy.json"

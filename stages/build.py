@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ocr_bundles_runtime.session import quiet_cpu_session, run
+
 from . import modelio, registry
 from .atomic import atomic_dir, write_json
 from .errors import PassError
@@ -49,7 +51,6 @@ from .records import (
     read_record,
     write_record,
 )
-from .runtime.session import quiet_cpu_session, run
 
 LIBRARIES = ("onnx", "onnxruntime", "onnxsim", "numpy")
 TIMINGS_FILE = "timings.json"

@@ -14,7 +14,7 @@ bundles/<C>/
 
 With `bundle.preprocess: graph` the models take decoded uint8 [H, W, C] pixels and preprocess
 in ONNX ops (stages/pixel_graph.py), so an app in any language only decodes the image.
-`stages.runtime.Recognizer` needs only this folder. The core functions are pure; `write_bundle`
+`ocr_bundles_runtime.Recognizer` needs only this folder. The core functions are pure; `write_bundle`
 does the I/O atomically (temp folder, self-check with the runtime, rename).
 """
 
@@ -37,18 +37,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import conformance_vectors, modelio
-from .atomic import atomic_dir, write_bytes, write_json
-from .build import decided_on
-from .contract import Contract
-from .data.dataset import read_sets
-from .errors import ModelError, PipelineError
-from .recipe import Recipe
-from .records import BUILD_FILE, BuildRecord, EvalRecord, read_record
-from .runtime.conformance import FILE as CONFORMANCE
-from .runtime.decode import decode
-from .runtime.manifest import MANIFEST, SIGNATURE
-from .runtime.manifest_record import (
+from ocr_bundles_runtime.conformance import FILE as CONFORMANCE
+from ocr_bundles_runtime.conformance import steps_of
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.manifest import MANIFEST, SIGNATURE
+from ocr_bundles_runtime.manifest_record import (
     FORMAT,
     FORMAT_VERSION,
     BundleManifest,
@@ -59,9 +52,21 @@ from .runtime.manifest_record import (
     OutputSpec,
     ScoringSpec,
 )
-from .runtime.preprocess import MIN_WIDTH, model_input, preprocess
-from .runtime.recognizer import Recognizer
-from .runtime.session import make_session, quiet_cpu_session, run
+from ocr_bundles_runtime.preprocess import MIN_WIDTH, model_input, preprocess
+from ocr_bundles_runtime.recognizer import Recognizer
+from ocr_bundles_runtime.session import make_session, quiet_cpu_session, run, session_plan
+
+from . import conformance_vectors, modelio
+from .atomic import atomic_dir, write_bytes, write_json
+from .build import decided_on
+from .contract import Contract
+from .data.dataset import read_sets
+from .errors import ModelError, PipelineError, ProfileError
+from .evaluate import eval_runtime
+from .profiles.profile import CpuProfile, place
+from .profiles.run import run_on
+from .recipe import Recipe
+from .records import BUILD_FILE, BuildRecord, EvalRecord, read_record
 from .source import batches, probe_inputs
 
 ORT_CONFIG = "required_operators.config"
@@ -391,11 +396,82 @@ class VectorSources:
     source_dir: Path
 
 
-def add_conformance(folder: Path, recipe: Recipe, contract: Contract, where: VectorSources) -> None:
+def measured_profiles(profiles: dict[str, CpuProfile]) -> dict[str, CpuProfile]:
+    """The profiles the tolerance is measured on: every one QEMU emulates, so that AVX2 and
+    VNNI build machines measure the same numbers (one that only a matching machine runs, such
+    as AVX-512 VNNI, would make the bundle depend on the build machine; verify checks it)."""
+    return {name: p for name, p in profiles.items() if p.qemu_cpu is not None}
+
+
+class ProfileAgreement:
+    """conformance_vectors.choose's `agree`: candidates run through the shipped primary file on
+    each profile (one process per profile, emulated or native); remembers each profile's gap
+    per candidate image, for conformance.json's `measured`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        recipe: Recipe,
+        profiles: dict[str, CpuProfile],
+        ctc: modelio.CtcSpec,
+        strip: bool,
+        label: str,
+    ) -> None:
+        fmt = recipe.bundle.formats[0]
+        self.model = folder / f"model.{fmt}"
+        self.plan = session_plan(eval_runtime(recipe.runtime), ort_format=fmt == "ort")
+        self.feed = "pixels" if recipe.bundle.preprocess == "graph" else "tensor"
+        self.recipe, self.profiles, self.ctc, self.label = recipe, profiles, ctc, label
+        self.strip = strip
+        self.gaps: dict[str, dict[bytes, float | None]] = {name: {} for name in profiles}
+
+    def __call__(self, cands: list[conformance_vectors.Candidate]) -> list[float | None]:
+        xs = [model_input(c.png, self.recipe.preprocess, self.feed) for c in cands]
+        for name, profile in self.profiles.items():
+            placement = place(profile)
+            if placement.how == "unavailable":
+                raise ProfileError(f"{self.label}: profile {name}: {placement.reason}")
+            print(f"{self.label}: {len(xs)} vector candidates on {name} ({placement.how})")
+            outs = run_on(placement, self.model, self.plan, xs, f"{self.label} {name}")
+            self.gaps[name] |= {c.png: self._gap(c, y) for c, y in zip(cands, outs, strict=True)}
+        return [self._worst(c.png) for c in cands]
+
+    def measured(self, chosen: list[conformance_vectors.Candidate]) -> dict[str, float]:
+        return {
+            name: round(max((g[c.png] or 0.0 for c in chosen), default=0.0), 4)
+            for name, g in self.gaps.items()
+        }
+
+    def _worst(self, png: bytes) -> float | None:
+        gaps = [g[png] for g in self.gaps.values()]
+        return None if None in gaps else max(gaps, default=0.0)  # type: ignore[type-var]
+
+    def _gap(self, c: conformance_vectors.Candidate, out: np.ndarray) -> float | None:
+        """The largest step-value difference from `c`'s, or None when the text differs."""
+        ctc = self.ctc
+        text = decode(out, ctc.charset, ctc.layout, ctc.blank, kind=ctc.kind).text
+        steps = steps_of(out, ctc.layout)
+        if (text.strip() if self.strip else text) != c.text or len(steps.value) != len(
+            c.steps.value
+        ):
+            return None
+        return float(np.abs(np.subtract(steps.value, c.steps.value)).max(initial=0.0))
+
+
+def add_conformance(
+    folder: Path,
+    recipe: Recipe,
+    contract: Contract,
+    where: VectorSources,
+    profiles: dict[str, CpuProfile],
+    label: str,
+) -> None:
     """Choose the vectors and write them. Their expected outputs come from the bundle's model
     as .onnx with exact int8 kernels (VNNI's integers on every x86 build machine), not from
     this machine's .ort, whose AVX2 int8 kernels saturate: a port is checked against the
-    arithmetic the model was built for, and the verify stage records what each CPU gives."""
+    arithmetic the model was built for. Only images every emulable profile of the class reads
+    alike become vectors, and the tolerance covers what those profiles computed
+    (conformance_vectors' docstring); the verify stage records what each CPU gives."""
     final = modelio.load(where.build_dir / "model.onnx")
     ctc = modelio.spec(final)
     session = make_session((folder / "model.onnx").read_bytes(), recipe.runtime)
@@ -410,6 +486,7 @@ def add_conformance(folder: Path, recipe: Recipe, contract: Contract, where: Vec
     float_model = choose_fallback(ctc, stage_candidates(where.build_dir, where.source_dir)).model
     reference = quiet_cpu_session(float_model.SerializeToString())
     sources = where.sources or sorted(p.parent.name for p in where.data.glob("*/val"))
+    agree = ProfileAgreement(folder, recipe, measured_profiles(profiles), ctc, strip, label)
     chosen = conformance_vectors.choose(
         read_sets(where.data, sources, "val"),
         shipped=shipped,
@@ -417,11 +494,15 @@ def add_conformance(folder: Path, recipe: Recipe, contract: Contract, where: Vec
         layout=ctc.layout,
         scoring=contract.scoring,
         count=recipe.bundle.conformance,
+        agree=agree if agree.profiles else None,
     )
     if not chosen:
-        raise ModelError(f"no validation images under {where.data} for {sources}: none to "
-                         "make conformance vectors from")  # fmt: skip
-    record, pngs = conformance_vectors.vectors(chosen)
+        raise ModelError(f"no validation images under {where.data} for {sources} that every "
+                         f"profile of {label} reads alike: none to make conformance vectors "
+                         "from")  # fmt: skip
+    record, pngs = conformance_vectors.vectors(chosen, agree.measured(chosen))
+    shown = ", ".join(f"{k} {v:g}" for k, v in record.measured.items()) or "none emulable"
+    print(f"{label}: {len(chosen)} vectors, tolerance {record.tolerance:g} (profiles: {shown})")
     for name, data in pngs.items():
         write_bytes(folder / name, data)
     write_json(folder / CONFORMANCE, record.as_dict())
@@ -437,8 +518,10 @@ def write_bundle(
     eval_json: Path | None,
     out_dir: Path,
     data: Path,
+    profiles: dict[str, CpuProfile] | None = None,
 ) -> dict[str, Any]:
-    """Write bundles/<C> atomically; returns the manifest."""
+    """Write bundles/<C> atomically; returns the manifest. `profiles`: the class's CPU
+    profiles, which the conformance vectors' tolerance is measured on."""
     final = modelio.load(build_dir / "model.onnx")
     fallback = resolve_fallback(
         recipe.bundle.fallback, modelio.spec(final), build_dir, builds_root, source_dir
@@ -448,7 +531,7 @@ def write_bundle(
     inputs = input_spec(final, contract, recipe)  # a contract misfit fails before any work
     with atomic_dir(out_dir) as tmp:
         _fill(tmp, build_dir, final, fallback, recipe)
-        add_conformance(tmp, recipe, contract, where)
+        add_conformance(tmp, recipe, contract, where, profiles or {}, f"bundle@{target}")
         _drop_unshipped(tmp, recipe.bundle.formats)
         doc = manifest(
             target=target,
@@ -505,7 +588,7 @@ def sign_bundle(folder: Path, private_key_pem: bytes) -> None:
     """Write manifest.sig: the Ed25519 signature of manifest.json's exact bytes, after checking
     that every file the manifest lists is there with its hash (a tampered folder must never
     get a valid signature)."""
-    from .runtime.manifest import parse_bundle, read_verified
+    from ocr_bundles_runtime.manifest import parse_bundle, read_verified
 
     spec = parse_bundle(folder)
     for name in spec.manifest.files:

@@ -251,17 +251,20 @@ def _builds(p: argparse.ArgumentParser) -> None:
 
 
 @verb("bundle", "package a class's final model (and optional fallback) for apps",
-      _target, _model, _build, _builds, _eval, _data, _out)  # fmt: skip
+      _params, _target, _model, _build, _builds, _eval, _data, _out)  # fmt: skip
 def cmd_bundle(args: argparse.Namespace) -> int:
+    from ocr_bundles_runtime.manifest import sizes_mb
+
     from .build import read_recipe
     from .bundle import write_bundle
     from .contract import read_contract
-    from .runtime.manifest import sizes_mb
 
+    params = _load_params(args)
     recipe = read_recipe(args.build)
+    profiles = {p: _named(params.profiles, p, args.params, "profiles") for p in recipe.profiles}
     doc = write_bundle(
         args.target, args.build, args.builds, args.model, read_contract(args.model), recipe,
-        args.eval, args.out, args.data,
+        args.eval, args.out, args.data, profiles,
     )  # fmt: skip
     sizes = sizes_mb(args.out, doc)
     fallback = doc["models"].get("fallback", {}).get("origin", "none")
@@ -273,7 +276,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def _recognize_args(p: argparse.ArgumentParser) -> None:
-    from .runtime.cli import add_recognize_args
+    from ocr_bundles_runtime.cli import add_recognize_args
 
     add_recognize_args(p)
 
@@ -281,7 +284,7 @@ def _recognize_args(p: argparse.ArgumentParser) -> None:
 @verb("recognize", "recognize images with a bundle: exit 0 ok, 3 bad image, 4 bad bundle, 1 bug",
       _recognize_args)  # fmt: skip
 def cmd_recognize(args: argparse.Namespace) -> int:
-    from .runtime.cli import cmd_recognize as recognize
+    from ocr_bundles_runtime.cli import cmd_recognize as recognize
 
     return recognize(args)
 
@@ -309,8 +312,9 @@ def cmd_manifest_schema(args: argparse.Namespace) -> int:
 @verb("sign", "sign a bundle's manifest with an Ed25519 private key (writes manifest.sig)",
       _sign_args)  # fmt: skip
 def cmd_sign(args: argparse.Namespace) -> int:
+    from ocr_bundles_runtime.manifest import find_bundle
+
     from .bundle import sign_bundle
-    from .runtime.manifest import find_bundle
 
     folder = find_bundle(args.bundle)
     try:

@@ -12,8 +12,9 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ocr_bundles_runtime.preprocess import Preprocess
+
 from .errors import ModelError
-from .runtime.preprocess import Preprocess
 from .scoring import Scoring
 
 

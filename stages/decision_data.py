@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.preprocess import preprocess_all
+from ocr_bundles_runtime.session import Runtime, make_session, run
+
 from . import modelio
 from .data.dataset import SUMMARY_FILE, interleave, read_sets
 from .errors import DataError
 from .recipe import Recipe
 from .records import SourceSummary, SourceUse, read_record
 from .registry import PassContext
-from .runtime.decode import decode
-from .runtime.preprocess import preprocess_all
-from .runtime.session import Runtime, make_session, run
 from .scoring import Scoring
 
 # val images per source the readability check reads: a 1-point resolution, far finer than any

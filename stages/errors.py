@@ -1,12 +1,12 @@
 """One exception family; every message says what was wrong, what was given and what is allowed.
 
-The root, PipelineError, lives in the standalone runtime (stages.runtime.errors) together with
+The root, PipelineError, lives in the standalone runtime (ocr_bundles_runtime.errors) together with
 ImageError and BundleError; the build side adds its subclasses here.
 """
 
 from __future__ import annotations
 
-from .runtime.errors import BundleError, FieldValueError, ImageError, PipelineError
+from ocr_bundles_runtime.errors import BundleError, FieldValueError, ImageError, PipelineError
 
 __all__ = [
     "BundleError",

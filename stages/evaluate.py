@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.preprocess import Preprocess, preprocess_all
+from ocr_bundles_runtime.session import Runtime, make_session
+
 from . import modelio
 from .errors import DataError
 from .progress import Progress, map_ordered, usable_cores
@@ -25,9 +29,6 @@ from .records import (
     VariantEval,
     read_record,
 )
-from .runtime.decode import decode
-from .runtime.preprocess import Preprocess, preprocess_all
-from .runtime.session import Runtime, make_session
 from .scoring import Scoring, agreement, score
 
 EVAL_WORKERS_MAX = 8  # threads calling one session; texts do not depend on how many

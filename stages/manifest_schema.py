@@ -1,5 +1,5 @@
 """The JSON Schema of a bundle's manifest.json, generated from the typed record the bundle stage
-writes and every runtime reads (stages/runtime/manifest_record.py), never written by hand.
+writes and every runtime reads (ocr_bundles_runtime/manifest_record.py), never written by hand.
 
 `python -m stages manifest-schema` rewrites runtime/manifest.schema.json; a test fails when
 the committed file and the record disagree.
@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from ocr_bundles_runtime.manifest_record import FORMAT, FORMAT_VERSION, BundleManifest
+
 from .atomic import write_bytes
-from .runtime.manifest_record import FORMAT, FORMAT_VERSION, BundleManifest
 
 SCHEMA_FILE = Path("runtime") / "manifest.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"

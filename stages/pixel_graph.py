@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.runtime.preprocess import MIN_WIDTH, Preprocess
+from ocr_bundles_runtime.preprocess import MIN_WIDTH, Preprocess
 
 __all__ = ["attach", "pixels_graph", "unsupported"]
 

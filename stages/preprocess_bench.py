@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ocr_bundles_runtime.preprocess import Preprocess
+from ocr_bundles_runtime.session import Runtime
+
 from .data.dataset import read_sets
 from .errors import PipelineError
 from .evaluate import EvalSets, eval_runtime, score_sets
-from .runtime.preprocess import Preprocess
-from .runtime.session import Runtime
 from .scoring import Scoring
 
 

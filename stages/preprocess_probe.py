@@ -22,7 +22,7 @@ def main(job: dict) -> dict:
     import numpy as np
     import onnxruntime  # noqa: F401 - part of every deployment's baseline
 
-    from .runtime.preprocess import Preprocess, preprocess
+    from ocr_bundles_runtime.preprocess import Preprocess, preprocess
 
     base = status_kb("VmHWM")
     t0 = time.perf_counter()

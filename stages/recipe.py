@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from ocr_bundles_runtime.preprocess import Preprocess
+from ocr_bundles_runtime.session import Runtime
+
 from . import charset as charsets
 from . import registry
 from .contract import ModelParams, Strict
@@ -34,8 +37,6 @@ from .data.folder import FolderSource
 from .data.sources import SyntheticSource
 from .errors import FieldValueError, RecipeError, UnknownNameError
 from .profiles.profile import CpuProfile
-from .runtime.preprocess import Preprocess
-from .runtime.session import Runtime
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # source and class names: folder- and DVC-safe
 

@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 from pydantic import BaseModel
 
+from ocr_bundles_runtime.preprocess import Preprocess
+from ocr_bundles_runtime.session import Runtime
+
 from .errors import UnknownNameError
-from .runtime.preprocess import Preprocess
-from .runtime.session import Runtime
 from .scoring import Scoring
 
 Kind = Literal["cleanup", "prune", "fuse", "quantize", "convert"]

@@ -172,8 +172,8 @@ def facts(m: BenchRecord) -> str:
             "- Above floor: cold start and peak RSS minus the runtime_floor of the same process "
             "kind (our runner, ddddocr, the bundle runtime) around a do-nothing model: what the "
             "model adds on top of Python + the runtime.",
-            "- bundle: the shipped files through stages.runtime, the fallback loaded only when "
-            "an image needs it; bundle+fallback: loaded up front. Their accuracy is measured "
+            "- bundle: the shipped files through ocr_bundles_runtime, the fallback loaded only "
+            "when an image needs it; bundle+fallback: loaded up front. Their accuracy is measured "
             "through the runtime's fallback chain on every evaluation image.",
         ]
     )

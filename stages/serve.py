@@ -5,8 +5,8 @@
 `POST /v1/recognize` takes the raw image bytes as the body and answers
 {text, confidence, status, model, timings_ms, request_id, events}. `status` is "ok" when the
 served bundle is confident (after its own fallback rerun), "low_confidence" when it is not: a
-runtime escalating here takes the text only on "ok" (stages/runtime/escalate.py), so an unsure
-server never overrules an app's local guess. The server's own Recognizer never escalates.
+runtime escalating here takes the text only on "ok" (ocr_bundles_runtime/escalate.py), so an
+unsure server never overrules an app's local guess. The server's own Recognizer never escalates.
 
 `GET /healthz` -> {status, target, model, model_file, formats, batching}; `GET /metrics` ->
 {requests, errors: {code: n}, latency_ms: {p50, p95, p99}, batches (session runs),
@@ -52,12 +52,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .runtime.errors import ImageError, PipelineError
+from ocr_bundles_runtime.errors import ImageError, PipelineError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .runtime.recognizer import Recognizer, Result
+    from ocr_bundles_runtime.recognizer import Recognizer, Result
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +521,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 def make_backend(args: argparse.Namespace) -> Backend:
     if getattr(args, "backend", "bundle") == "stock":
         return StockBackend()
-    from .runtime.recognizer import Recognizer
+    from ocr_bundles_runtime.recognizer import Recognizer
 
     return BundleBackend(Recognizer.from_bundle(args.bundle))
 
@@ -561,7 +561,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, log_level=getattr(args, "log_level", "warning"), access_log=False, lifespan="on"
     )
     # the runtime logs each unsure image at INFO; the answer's events already say it
-    runtime_log = logging.getLogger("stages.runtime.recognizer")
+    runtime_log = logging.getLogger("ocr_bundles_runtime.recognizer")
     level = runtime_log.level
     runtime_log.setLevel(logging.WARNING)
     try:

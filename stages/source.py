@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ocr_bundles_runtime.preprocess import Preprocess, preprocess
+from ocr_bundles_runtime.session import quiet_cpu_session, run
+
 from . import modelio
 from .atomic import atomic_dir, write_json
 from .contract import (
@@ -34,8 +37,6 @@ from .contract import (
     resolve_blank,
 )
 from .errors import ModelError
-from .runtime.preprocess import Preprocess, preprocess
-from .runtime.session import quiet_cpu_session, run
 
 INPUT_DIR = Path("models/input")  # user models live here: the model stage depends on it
 

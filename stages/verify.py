@@ -17,14 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import client_runs
-from .evaluate import EvalSets, eval_runtime
-from .profiles.host import host_cpu, host_isa
-from .profiles.profile import CpuProfile, Placement, place
-from .profiles.run import run_on
-from .progress import usable_cores
-from .records import ClientRun, ClientSet, ProfileRun, ProfileSet, VerifyRecord
-from .runtime.conformance import (
+from ocr_bundles_runtime.conformance import (
     CheckReport,
     Conformance,
     compare,
@@ -32,10 +25,18 @@ from .runtime.conformance import (
     steps_of,
     summarize,
 )
-from .runtime.decode import decode
-from .runtime.manifest import BundleSpec, find_bundle, parse_bundle, read_verified
-from .runtime.preprocess import model_input
-from .runtime.session import session_plan
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.manifest import BundleSpec, find_bundle, parse_bundle, read_verified
+from ocr_bundles_runtime.preprocess import model_input
+from ocr_bundles_runtime.session import session_plan
+
+from . import client_runs
+from .evaluate import EvalSets, eval_runtime
+from .profiles.host import host_cpu, host_isa
+from .profiles.profile import CpuProfile, Placement, place
+from .profiles.run import run_on
+from .progress import usable_cores
+from .records import ClientRun, ClientSet, ProfileRun, ProfileSet, VerifyRecord
 from .scoring import Scoring, agreement, score
 
 BUILD_MACHINE = "this machine"
@@ -228,7 +229,7 @@ def clients_on(spec: BundleSpec, sets: EvalSets, n: int, scoring: Scoring) -> di
         return {
             b: ClientRun(runtime=client_runs.BACKENDS[b], reason=why) for b in client_runs.BACKENDS
         }
-    from .runtime import Recognizer
+    from ocr_bundles_runtime import Recognizer
 
     rec = Recognizer.from_bundle(spec.root)
     images = {s: ps[:n] for s, ps in sets.images.items()}

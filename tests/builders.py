@@ -19,6 +19,7 @@ import onnx
 import tiny
 
 import stages.passes  # noqa: F401 - registers the passes recipes name
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio
 from stages.build import read_recipe, run_passes, write_build
 from stages.bundle import write_bundle
@@ -29,7 +30,6 @@ from stages.decision_data import pass_context
 from stages.evaluate import EvalSets, evaluate_build
 from stages.recipe import Recipe, load_recipe, merge
 from stages.records import write_record
-from stages.runtime.preprocess import Preprocess
 from stages.scoring import Scoring
 from stages.source import probe
 from stages.source import write_source as _write_source
@@ -121,7 +121,7 @@ def evaluate_class(root: Path, target: str, sources: tuple[str, ...] = ("clean",
     return out
 
 
-def bundle_class(root: Path, target: str) -> Path:
+def bundle_class(root: Path, target: str, profiles: dict[str, Any] | None = None) -> Path:
     src = root / "models" / "source"
     build = root / "build" / target / "model"
     out = root / "bundles" / target
@@ -135,6 +135,7 @@ def bundle_class(root: Path, target: str) -> Path:
         root / "build" / target / "eval.json",
         out,
         root / "data",
+        profiles,
     )
     return out
 
@@ -144,14 +145,16 @@ def tiny_bundle(
     model: onnx.ModelProto | None = None,
     passes: list[dict[str, Any]] | None = None,
     target: str = "tiny",
+    profiles: dict[str, Any] | None = None,
     **fields: Any,
 ) -> Path:
-    """The whole chain on a tiny model: source, data, build, evaluation, bundle."""
+    """The whole chain on a tiny model: source, data, build, evaluation, bundle (conformance
+    tolerance measured on `profiles`, CpuProfile by name)."""
     write_source(root, model)
     write_data(root)
     build_class(root, target, passes or [{"fix_output_shape": {}}], **fields)
     evaluate_class(root, target)
-    return bundle_class(root, target)
+    return bundle_class(root, target, profiles)
 
 
 def contract(root: Path) -> Contract:

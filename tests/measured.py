@@ -10,6 +10,7 @@ from typing import Any
 
 import builders
 
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages.atomic import write_json
 from stages.baselines import build_baselines
 from stages.build import read_recipe
@@ -21,7 +22,6 @@ from stages.profiles.host import host_arch
 from stages.profiles.profile import CpuProfile
 from stages.recipe import BenchParams
 from stages.records import write_record
-from stages.runtime.preprocess import Preprocess
 from stages.verify import verify_bundle
 
 SOURCES = ("clean", "hard")

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: python, dvc
 COPIED = (
     "stages",
+    "runtime/ocr_bundles_runtime",
     "dvc.yaml",
     "pipeline.yaml",
     "pyproject.toml",

@@ -43,7 +43,7 @@ BLOCK = 4  # stripe width in pixels = one CTC time step
 LEVEL0 = 10  # gray level of class 0
 STEP = 20  # gray levels between consecutive classes: 12 classes fit in 10..230
 ALPHA = 10.0  # score margin at a stripe's level: softmax confidence ~ 1 - 2 e^-10
-MIN_WIDTH = 16  # stages.runtime.preprocess.MIN_WIDTH: narrower images would be resized
+MIN_WIDTH = 16  # ocr_bundles_runtime.preprocess.MIN_WIDTH: narrower images would be resized
 
 Head = Literal["matmul", "gemm", "conv"]
 

@@ -19,8 +19,8 @@ import readable
 import yaml
 from minirepo import BIN, copy_pipeline, dvc, git, init_and_commit, output
 
+from ocr_bundles_runtime import Recognizer
 from stages import modelio
-from stages.runtime import Recognizer
 
 pytestmark = [
     pytest.mark.dvc,
@@ -29,8 +29,8 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ("stages", "configs", "dvc.yaml", "pipeline.yaml", "pyproject.toml", ".dvcignore",
-           ".gitignore", "machine.json", "clients/js")  # fmt: skip
+SHIPPED = ("stages", "runtime/ocr_bundles_runtime", "configs", "dvc.yaml", "pipeline.yaml",
+           "pyproject.toml", ".dvcignore", ".gitignore", "machine.json", "clients/js")  # fmt: skip
 README = "# another\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
 CLASSES = ("", "a", "b", "c", "d", "e", " ")  # blank first; a space class at line ends
 READER = readable.Reader(
@@ -104,8 +104,7 @@ def test_the_shipped_configs_build_another_recognizer_by_its_model_block_alone(t
         used = {s: u["used"] for s, u in build["sources"].items()}
         assert used == {"clean": False, "hard": False, "lines": True}, (target, build["sources"])
         done = {
-            s["pass"]: s["report"].get(s["pass"], {}).get("nothing_to_do")
-            for s in build["stages"]
+            s["pass"]: s["report"].get(s["pass"], {}).get("nothing_to_do") for s in build["stages"]
         }
         assert done["lift_constants"] is None, build["stages"]  # its weights were Constants
         assert done["prune_charset"], build["stages"]  # charset 'model': nothing to prune

@@ -14,12 +14,12 @@ import pytest
 import tiny
 from onnx import helper, numpy_helper
 
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio
 from stages.measure import bench, floor, machine, metrics
 from stages.recipe import BenchParams, Budgets
 from stages.records import BenchRecord, Ratios, SetAccuracy, VariantMetrics, read_record
-from stages.runtime.decode import decode
-from stages.runtime.preprocess import Preprocess
 
 # ---------------------------------------------------------------------------- metrics
 
@@ -149,7 +149,10 @@ def test_accuracy_budget_skips_sets_the_build_left_out_of_its_decisions() -> Non
     decided = metrics.check_budgets(budgets, shipped, ref, None, ["lines"])
     assert (every.set, every.ok) == ("clean", False)
     assert decided["max_accuracy_drop_pts"].model_dump() == {
-        "limit": 0.5, "value": 0.2, "ok": True, "set": "lines"
+        "limit": 0.5,
+        "value": 0.2,
+        "ok": True,
+        "set": "lines",
     }
 
 

@@ -16,10 +16,10 @@ import tiny
 from onnx import TensorProto
 from onnxruntime.quantization import quantize_dynamic
 
+from ocr_bundles_runtime import Recognizer
+from ocr_bundles_runtime.manifest import parse_bundle, sizes_mb
 from stages import bundle, modelio
 from stages.errors import ModelError
-from stages.runtime import Recognizer
-from stages.runtime.manifest import parse_bundle, sizes_mb
 
 PASSES = [{"fix_output_shape": {}}, {"prune_charset": {"chars": "abcde"}}, {"quantize_dynamic": {}}]
 

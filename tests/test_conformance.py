@@ -13,10 +13,13 @@ import builders
 import pytest
 from PIL import Image
 
+from ocr_bundles_runtime import Recognizer
+from ocr_bundles_runtime.conformance import Steps, Vector, compare, read_vectors, steps_of
+from ocr_bundles_runtime.manifest import read_verified
+from ocr_bundles_runtime.preprocess import model_input
 from stages import conformance_vectors
-from stages.runtime import Recognizer
-from stages.runtime.conformance import Steps, Vector, compare
 
+STATIC = [{"fix_output_shape": {}}, {"quantize_static": {}}]
 QUANTIZED = [
     {"fix_output_shape": {}},
     {"prune_charset": {"chars": "abcde"}},
@@ -79,7 +82,7 @@ def test_a_wrong_expected_text_fails_the_check(bundles: dict[str, Path], tmp_pat
     rewrite(bundle, "conformance.json", json.dumps(doc).encode())
     report = Recognizer.from_bundle(bundle).check()
     assert not report.ok and "conformance-00.png" in report.reason and "expected" in report.reason
-    cli = [sys.executable, "-m", "stages.runtime", "--bundle", str(bundle), "--check"]
+    cli = [sys.executable, "-m", "ocr_bundles_runtime", "--bundle", str(bundle), "--check"]
     assert subprocess.run(cli, capture_output=True).returncode == 5
 
 
@@ -96,7 +99,8 @@ def test_a_port_that_preprocesses_differently_fails(bundles: dict[str, Path], tm
 
 
 def test_the_cli_check_passes_on_a_good_bundle(bundles: dict[str, Path]):
-    cli = [sys.executable, "-m", "stages.runtime", "--bundle", str(bundles["float"]), "--check"]
+    bundle = str(bundles["float"])
+    cli = [sys.executable, "-m", "ocr_bundles_runtime", "--bundle", bundle, "--check"]
     proc = subprocess.run(cli, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "healthy" in proc.stderr and proc.stdout.count("\tok\t") == 8
@@ -164,3 +168,57 @@ def test_a_graph_bundle_takes_pixels_and_reads_what_the_host_bundle_reads(
         assert t_host == t_graph
         np.testing.assert_array_equal(y_host, y_graph)  # the in-graph preprocessing is exact
     assert graph.check().ok
+
+
+# ------------------------------------------------------------------ measured on the profiles
+
+
+def candidate(name: str, gap: float = 0.1, lead: float = 5.0) -> conformance_vectors.Candidate:
+    steps = Steps([1, 0], [3.0, 2.0], [lead, lead])
+    return conformance_vectors.Candidate(name.encode(), "a", "a", steps, gap)
+
+
+def test_images_a_profile_reads_differently_are_never_vectors():
+    """`agree` sees a shortlist of the best-ranked candidates once; a None (another text on
+    some profile) drops the image, a gap raises the tolerance by PROFILE_HEADROOM."""
+    cands = [candidate(n) for n in "pqrstu"]  # ranked best first
+
+    def agree(cs: list[conformance_vectors.Candidate]) -> list[float | None]:
+        return [None if c.png == b"p" else 2.0 if c.png == b"q" else 0.5 for c in cs]
+
+    [short] = conformance_vectors.agreed([[(0, c) for c in cands]], 4, agree)
+    assert [c.png for _, c in short] == [b"q", b"r", b"s"]  # p dropped, t and u not run
+    assert [c.profile_gap for _, c in short] == [2.0, 0.5, 0.5]
+    assert conformance_vectors.tolerance([c for _, c in short]) == 3.0  # 1.5 x 2.0
+    assert conformance_vectors.tolerance([candidate("x", gap=0.2)]) == 0.4  # float gap x 2
+
+
+def test_the_tolerance_covers_what_the_class_profile_computes(tmp_path: Path):
+    """A static int8 bundle for an emulated arm64 profile: conformance.json records the gap
+    measured there, the tolerance covers it with headroom, and the vectors pass on that
+    profile as the verify stage runs them."""
+    from test_profiles import emulated, shipped_profiles
+
+    from ocr_bundles_runtime.manifest import parse_bundle
+    from ocr_bundles_runtime.session import session_plan
+    from stages.evaluate import eval_runtime
+    from stages.profiles.run import run_on
+
+    placement = emulated("arm64")
+    profile = shipped_profiles()["arm64"]
+    bundle = builders.tiny_bundle(
+        tmp_path, passes=STATIC, bundle={"formats": ["ort", "onnx"]}, profiles={"arm64": profile}
+    )
+    doc = vectors_doc(bundle)
+    assert set(doc["measured"]) == {"arm64"}
+    assert doc["tolerance"] >= conformance_vectors.PROFILE_HEADROOM * doc["measured"]["arm64"]
+    spec = parse_bundle(bundle)
+    record = read_vectors(spec)
+    xs = [model_input(read_verified(spec.files, spec.manifest, v.image), spec.preprocess,
+                      spec.feed) for v in record.vectors]  # fmt: skip
+    plan = session_plan(eval_runtime(spec.runtime), ort_format=True)
+    outs = run_on(placement, bundle / "model.ort", plan, xs, "arm64")
+    for v, y in zip(record.vectors, outs, strict=True):
+        result = compare(v, spec.text_of(y), steps_of(y, spec.layout), record.tolerance)
+        assert result.ok, result.reason
+        assert result.max_value_diff <= doc["measured"]["arm64"] + 1e-3

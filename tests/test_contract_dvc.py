@@ -18,8 +18,8 @@ import yaml
 from minirepo import BIN, commit_all, dvc, init_and_commit, output, ran_stages
 from readable import Reader
 
+from ocr_bundles_runtime import Recognizer
 from stages import modelio
-from stages.runtime import Recognizer
 
 pytestmark = [
     pytest.mark.dvc,
@@ -28,7 +28,8 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("stages", "dvc.yaml", "pipeline.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+COPIED = ("stages", "runtime/ocr_bundles_runtime", "dvc.yaml", "pipeline.yaml", "pyproject.toml",
+          ".dvcignore", ".gitignore")  # fmt: skip
 TARGET = "reader"
 CLASSES = ("", "a", "b", "c", "d", "e", " ")  # blank first; the model draws a space at line ends
 FOLDER = "captchas/readable"

@@ -22,6 +22,9 @@ import readable
 import yaml
 from readable import Reader
 
+from ocr_bundles_runtime import Recognizer
+from ocr_bundles_runtime.preprocess import Preprocess, preprocess, preprocess_all
+from ocr_bundles_runtime.session import Runtime
 from stages import modelio, registry
 from stages.build import run_passes, write_build
 from stages.cli import main
@@ -30,9 +33,6 @@ from stages.data.dataset import Sample, image_name, read_sets, write_split
 from stages.errors import ModelError, PassError
 from stages.evaluate import predict
 from stages.records import BUILD_FILE, BuildRecord, EvalRecord, read_record
-from stages.runtime import Recognizer
-from stages.runtime.preprocess import Preprocess, preprocess, preprocess_all
-from stages.runtime.session import Runtime
 from stages.scoring import Scoring
 from stages.source import load_source, write_source
 

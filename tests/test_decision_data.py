@@ -9,6 +9,7 @@ import pytest
 import readable
 from builders import recipe
 
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages import charset as charsets
 from stages import modelio
 from stages.data import clean
@@ -18,7 +19,6 @@ from stages.decision_data import READ_IMAGES, decision_context, readability
 from stages.errors import DataError
 from stages.records import BuildRecord, SourceSummary, SourceUse, write_record
 from stages.report import data_table
-from stages.runtime.preprocess import Preprocess
 from stages.scoring import Scoring
 
 READER = readable.Reader(("", "a", "b", "c"))
@@ -50,9 +50,7 @@ def write_sources(root: Path) -> Path:
 def test_a_source_the_model_cannot_read_is_left_out_of_every_decision(tmp_path, capsys):
     data = write_sources(tmp_path)
     rec = recipe([{"fix_output_shape": {}}], preprocess=INPUT.as_dict())
-    context, uses = decision_context(
-        MODEL, data, ["captchas", "lines"], rec, "abc", Scoring(), 0.3
-    )
+    context, uses = decision_context(MODEL, data, ["captchas", "lines"], rec, "abc", Scoring(), 0.3)
     assert uses["lines"].accuracy == 1.0 and uses["lines"].used
     assert uses["captchas"].accuracy < 0.3 and not uses["captchas"].used
     assert uses["lines"].images == 6
@@ -61,9 +59,7 @@ def test_a_source_the_model_cannot_read_is_left_out_of_every_decision(tmp_path, 
     assert len(context.calibration) == 6  # the captchas' calib images are gone too
     assert "source captchas left out of the decisions" in capsys.readouterr().out
 
-    context, uses = decision_context(
-        MODEL, data, ["captchas", "lines"], rec, "abc", Scoring(), 0.0
-    )
+    context, uses = decision_context(MODEL, data, ["captchas", "lines"], rec, "abc", Scoring(), 0.0)
     assert all(u.used for u in uses.values()) and len(context.validation) == 2
 
 
@@ -76,7 +72,7 @@ def test_no_readable_source_stops_the_build_and_asks_for_a_folder(tmp_path):
 
 def test_readability_reads_only_the_first_images_and_keeps_a_source_without_val():
     x = [(READER.image("ab"), "ab")] * (READ_IMAGES + 5)
-    from stages.runtime.preprocess import preprocess
+    from ocr_bundles_runtime.preprocess import preprocess
 
     val = {"many": [(preprocess(img, INPUT), t) for img, t in x], "none": []}
     uses = readability(MODEL, val, recipe([]).runtime, Scoring(), 0.5)

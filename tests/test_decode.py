@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stages.runtime.decode import (
+from ocr_bundles_runtime.decode import (
     Decoded,
     batch_size,
     decode,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import builders
 import tiny
 
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.session import Runtime
 from stages import evaluate, modelio
 from stages.records import EvalRecord, read_record
-from stages.runtime.decode import decode
-from stages.runtime.session import Runtime
 
 
 def test_predict_decodes_each_input_with_the_models_contract(tmp_path):

@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ocr_bundles_runtime.session import Runtime, make_session
 from stages.profiles.host import host_flags
-from stages.runtime.session import Runtime, make_session
 
 K, N = 64, 8
 

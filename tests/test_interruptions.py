@@ -203,7 +203,7 @@ import tiny
 from stages import modelio
 from stages.build import StageResult, write_build
 from stages.recipe import Recipe
-from stages.runtime.preprocess import Preprocess
+from ocr_bundles_runtime.preprocess import Preprocess
 
 out, variant, pause = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 save, replace = modelio.save, os.replace

@@ -4,7 +4,7 @@ The bundle: a tiny model that takes pixels as the v3 format says (uint8 [H, W, C
 and computes [T, 1, K] logits from them (brightness = channel sum, four statistics of it over
 the rows, averaged over 4 columns per step, a fixed MatMul + bias). It ships as .ort (written
 by onnxruntime) and .onnx, with a charset that holds a space (scoring.strip), hash-checked
-files and a conformance.json computed with onnxruntime + stages.runtime.decode.
+files and a conformance.json computed with onnxruntime + ocr_bundles_runtime.decode.
 
 The client must exist: `make js` installs clients/js/node_modules (`make test` does it first).
 """
@@ -26,9 +26,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from stages.runtime.decode import Decoded, decode, to_time_major
-from stages.runtime.preprocess import Preprocess
-from stages.runtime.session import Runtime, make_session
+from ocr_bundles_runtime.decode import Decoded, decode, to_time_major
+from ocr_bundles_runtime.preprocess import Preprocess
+from ocr_bundles_runtime.session import Runtime, make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "clients" / "js"
@@ -117,8 +117,8 @@ def make_image(rng: np.random.Generator, mode: str) -> Image.Image:
 
 
 def read_pixels(path: Path) -> np.ndarray:
-    """An image as the client feeds it: Pillow's pixels as stages/runtime/preprocess.py
-    `_pil_to_array` reads them, but RGBA kept straight (the graph composites on white)."""
+    """An image as the client feeds it: Pillow's pixels as runtime/ocr_bundles_runtime/preprocess.py
+    `pil_to_array` reads them, but RGBA kept straight (the graph composites on white)."""
     with Image.open(path) as im:
         if im.mode.startswith("I;16"):
             arr = np.rint(np.asarray(im, np.float64) * (255 / 65535)).astype(np.uint8)
@@ -147,7 +147,7 @@ def png16(path: Path, rgb: np.ndarray) -> None:
 
 
 def python_decoded(session, pixels: np.ndarray) -> tuple[Decoded, np.ndarray]:
-    """stages.runtime.decode's result for one image, and the [T, K] steps it decoded."""
+    """ocr_bundles_runtime.decode's result for one image, and the [T, K] steps it decoded."""
     out = session.run(None, {"pixels": pixels})[0]
     return decode(out, CHARSET, "TBC", 0, with_probs=True, kind="logits"), to_time_major(out, "TBC")
 
@@ -204,7 +204,7 @@ def build_bundle(folder: Path) -> Path:
 
 
 def manifest_v3() -> dict:
-    """The fields the client reads, named as stages/runtime/manifest_record.py names them."""
+    """The fields the client reads, named as ocr_bundles_runtime/manifest_record.py names them."""
     return {
         "format": "ocr-ctc-bundle",
         "format_version": 3,

@@ -65,9 +65,16 @@ def _verb(cmd: str) -> str:
     return words[3]
 
 
+# the pipeline's packages and the folder each lives in (the runtime is its own distribution)
+PACKAGES = {"stages": ROOT, "ocr_bundles_runtime": ROOT / "runtime"}
+
+
 def _module_file(module: str) -> Path | None:
+    base = PACKAGES.get(module.split(".")[0])
+    if base is None:
+        return None
     rel = Path(*module.split("."))
-    for cand in (ROOT / rel.with_suffix(".py"), ROOT / rel / "__init__.py"):
+    for cand in (base / rel.with_suffix(".py"), base / rel / "__init__.py"):
         if cand.is_file():
             return cand
     return None
@@ -85,9 +92,9 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
             else:
                 name = node.module or ""
             names = [f"{name}.{a.name}" for a in node.names]
-            out |= {n for n in [name, *names] if n.startswith("stages") and _module_file(n)}
+            out |= {n for n in [name, *names] if _module_file(n)}
         elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("stages")}
+            out |= {a.name for a in node.names if _module_file(a.name)}
     return out
 
 

@@ -12,9 +12,9 @@ import builders
 import jsonschema
 import pytest
 
+from ocr_bundles_runtime.manifest import parse_bundle
 from stages.errors import PipelineError
 from stages.manifest_schema import SCHEMA_FILE, manifest_schema, schema_text
-from stages.runtime.manifest import parse_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 

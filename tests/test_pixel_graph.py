@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from ocr_bundles_runtime.preprocess import Normalization, Preprocess, preprocess
 from stages import pixel_graph
 from stages.pixel_graph import MAX_OPSET, MIN_OPSET, attach, pixels_graph, unsupported
-from stages.runtime.preprocess import Normalization, Preprocess, preprocess
 
 SPECS = {
     "lanczos-gray-after": Preprocess(),

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.data.clean import CaptchaStyle, sample
-from stages.runtime import preprocess as pp
-from stages.runtime.preprocess import (
+from ocr_bundles_runtime import preprocess as pp
+from ocr_bundles_runtime.preprocess import (
     IMAGE_ERRORS,
     PRESETS,
     ImageError,
@@ -21,6 +20,7 @@ from stages.runtime.preprocess import (
     Preprocess,
     preprocess,
 )
+from stages.data.clean import CaptchaStyle, sample
 
 BACKENDS = ["pillow", "opencv", "numpy"]
 

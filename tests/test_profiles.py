@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tiny
 
+from ocr_bundles_runtime.session import Runtime, session_plan
 from stages.errors import ProfileError
 from stages.profiles import profile as profiles
 from stages.profiles.host import host_arch, host_flags
 from stages.profiles.profile import CpuProfile, Placement, place
 from stages.profiles.run import run_on
-from stages.runtime.session import Runtime, session_plan
 
 OTHER_ARCH = "aarch64" if host_arch() == "x86_64" else "x86_64"
 

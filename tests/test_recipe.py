@@ -530,7 +530,7 @@ def test_override_pass_patch_must_be_a_mapping(tmp_path):
 
 
 def test_preprocessing_starts_from_the_model_contract(tmp_path):
-    from stages.runtime.preprocess import Preprocess
+    from ocr_bundles_runtime.preprocess import Preprocess
 
     contract = Preprocess(height=48, channels=3, normalize="signed", channel_order="bgr")
     path = _recipe(tmp_path, preprocess={"interpolation": "bilinear"})

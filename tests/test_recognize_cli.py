@@ -1,7 +1,7 @@
 """`recognize`: output formats and exit codes 0 / 3 / 4 / 1.
 
 `cmd_recognize` is called with the Namespace its own `add_recognize_args` parses; the
-subprocess tests run `python -m stages.runtime` (what a runtime-only install has) and
+subprocess tests run `python -m ocr_bundles_runtime` (what a runtime-only install has) and
 `python -m stages recognize` (the same code behind the build CLI).
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from test_runtime import copy_bundle, make_bundle, png
 
+from ocr_bundles_runtime import Recognizer
+from ocr_bundles_runtime.cli import add_recognize_args, cmd_recognize
 from stages import cli
-from stages.runtime import Recognizer
-from stages.runtime.cli import add_recognize_args, cmd_recognize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,13 +147,13 @@ def _python_m(*argv: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_python_m_stages_runtime(bundle: Path, images: list[Path], tmp_path: Path):
-    ok = _python_m("stages.runtime", "--bundle", bundle, *images)
+    ok = _python_m("ocr_bundles_runtime", "--bundle", bundle, *images)
     assert ok.returncode == 0, ok.stderr
     assert [line.split("\t")[0] for line in ok.stdout.splitlines()] == [str(p) for p in images]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"junk")
-    assert _python_m("stages.runtime", "--bundle", bundle, bad).returncode == 3
-    assert _python_m("stages.runtime", "--bundle", tmp_path, *images).returncode == 4
+    assert _python_m("ocr_bundles_runtime", "--bundle", bundle, bad).returncode == 3
+    assert _python_m("ocr_bundles_runtime", "--bundle", tmp_path, *images).returncode == 4
 
 
 def test_python_m_stages_recognize(bundle: Path, images: list[Path], tmp_path: Path):

@@ -16,11 +16,11 @@ import tiny
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import stages.passes
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio, registry
 from stages.build import comparable
 from stages.errors import PassError, UnknownNameError
 from stages.recipe import Equivalence
-from stages.runtime.preprocess import Preprocess
 
 PASSES_DIR = Path(stages.passes.__file__).parent
 ROOT = PASSES_DIR.parents[1]

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_runtime import make_bundle
 
-from stages.runtime import Recognizer, Result
-from stages.runtime.preprocess import IMAGE_ERRORS, ImageError, Preprocess, preprocess
+from ocr_bundles_runtime import Recognizer, Result
+from ocr_bundles_runtime.preprocess import IMAGE_ERRORS, ImageError, Preprocess, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {
@@ -200,7 +200,7 @@ def test_extreme_aspect_ratio_is_refused(tmp_path: Path, backend: str):
     code = f"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
-from stages.runtime.preprocess import ImageError, Preprocess, preprocess
+from ocr_bundles_runtime.preprocess import ImageError, Preprocess, preprocess
 try:
     x = preprocess(sys.argv[1], Preprocess(**{spec.as_dict()!r}))
     print("ok", x.size)

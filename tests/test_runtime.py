@@ -28,9 +28,9 @@ import pytest
 import tiny
 from PIL import Image
 
+from ocr_bundles_runtime import BundleError, ImageError, Recognizer, Result
+from ocr_bundles_runtime.preprocess import preprocess
 from stages import modelio
-from stages.runtime import BundleError, ImageError, Recognizer, Result
-from stages.runtime.preprocess import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTIZED = [{"fix_output_shape": {}}, {"quantize_dynamic": {}}]  # int8 primary, float fallback
@@ -289,7 +289,7 @@ def test_bad_images_raise_typed_errors(built: Path, image: object, code: str):
 def test_the_fallback_loads_on_first_need(
     sure: Path, unsure: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from stages.runtime import recognizer
+    from ocr_bundles_runtime import recognizer
 
     read: list[str] = []
     real = recognizer.read_verified
@@ -488,14 +488,14 @@ def test_threads_give_sequential_results(sure: Path, tmp_path: Path):
 
 IMPORT_CHECK = """
 import sys, numpy as np
-from stages.runtime import Recognizer
+from ocr_bundles_runtime import Recognizer
 rec = Recognizer.from_bundle(sys.argv[1])
 array = np.full((16, 40), 200, np.uint8)
 image = open(sys.argv[2], "rb").read() if sys.argv[3] == "bytes" else array
 rec.predict(image)
 heavy = {"pydantic", "onnx", "onnxsim", "cv2", "yaml", "dvc", "matplotlib", "PIL"}
 names = {m.split(".")[0] for m in sys.modules} & heavy
-names |= {m for m in sys.modules if m.startswith("stages.") and not m.startswith("stages.runtime")}
+names |= {m for m in sys.modules if m.split(".")[0] == "stages"}  # no pipeline code at all
 print(sorted(names))
 """
 

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from test_runtime import make_bundle, png
 
-from stages.runtime import Recognizer
-from stages.runtime import recognizer as recognizer_module
-from stages.runtime.escalate import ask_server
+from ocr_bundles_runtime import Recognizer
+from ocr_bundles_runtime import recognizer as recognizer_module
 
 TIMEOUT_S = 0.3
 SLACK_S = 1.0  # scheduling noise on a loaded 2-core machine; the server sleeps far longer
@@ -175,33 +174,11 @@ def test_a_slow_server_is_cut_off_at_the_timeout(
     assert r.events[-1] == f"server: no answer within {TIMEOUT_S:g} s"
 
 
-def test_a_trickling_answer_is_cut_off_at_the_deadline(monkeypatch: pytest.MonkeyPatch):
-    """Each read returns in time, but the answer as a whole does not."""
-
-    class Trickle:
-        def read(self, n: int) -> bytes:
-            time.sleep(0.05)
-            return b" "
-
-        def __enter__(self) -> Trickle:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Trickle())
-    t0 = time.monotonic()
-    answer = ask_server("http://127.0.0.1:9/v1/recognize", b"x", 0.2)
-    assert time.monotonic() - t0 < 0.2 + SLACK_S
-    assert (answer.ok, answer.reachable) == (False, False)
-    assert answer.reason == "no answer within 0.2 s"
-
-
 def test_no_url_means_no_network_call(unsure: Path, monkeypatch: pytest.MonkeyPatch):
     def forbidden(*args: object, **kwargs: object) -> None:
         pytest.fail("the runtime called the network without an escalation URL")
 
-    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", forbidden)
     monkeypatch.setattr(recognizer_module, "ask_server", forbidden)
     rec = Recognizer.from_bundle(unsure)
     assert rec.escalation_url is None
@@ -242,3 +219,70 @@ def test_a_bad_timeout_is_refused_at_load(unsure: Path, timeout: float):
         Recognizer.from_bundle(
             unsure, escalation_url="http://127.0.0.1:9/", escalation_timeout_s=timeout
         )
+
+
+class Fault:
+    """A loopback server that misbehaves below HTTP: reads the request, then does `mode`."""
+
+    HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/recognize"
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(5)
+                conn.recv(1 << 16)  # the request (headers and the small image)
+                self.misbehave(conn)
+
+    def misbehave(self, conn: socket.socket) -> None:
+        if self.mode == "silent":  # accepts, reads, never answers
+            self.stop.wait(10)
+        elif self.mode == "garbled":
+            conn.sendall(b"\x00\xffnot http at all\r\n\r\n")
+            self.stop.wait(10)  # keeps the connection open: the client must not wait for it
+        elif self.mode in ("trickle_headers", "trickle_body"):
+            head = self.HEAD if self.mode == "trickle_body" else b""
+            conn.sendall(head)
+            for byte in (b'{"text": "LATE", "status": "ok"' + b" " * 400)[:400]:
+                if self.stop.wait(0.1):
+                    return
+                conn.sendall(self.HEAD[:1] if not head else bytes([byte]))
+        elif self.mode in ("reset", "reset_in_body"):
+            if self.mode == "reset_in_body":
+                conn.sendall(self.HEAD + b'{"text": "HALF')
+            # linger 0: close sends RST instead of FIN, the client sees ECONNRESET
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") * 2)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    "mode", ["silent", "garbled", "trickle_headers", "trickle_body", "reset", "reset_in_body"]
+)
+def test_every_server_fault_ends_within_the_timeout(
+    unsure: Path, local: tuple[str, float], mode: str
+):
+    """A real socket per fault: the whole exchange, not each read, is bounded by the timeout,
+    and the app keeps its local best guess."""
+    fault = Fault(mode)
+    try:
+        rec = recognizer(unsure, fault.url)
+        t0 = time.monotonic()
+        r = rec.predict(png())
+        elapsed = time.monotonic() - t0
+    finally:
+        fault.close()
+    assert elapsed < TIMEOUT_S + SLACK_S, f"{mode}: {elapsed:.2f} s"
+    assert (r.status, r.text, r.model) == ("server_unreachable", local[0], "primary"), r.events
+    assert r.confidence == local[1]

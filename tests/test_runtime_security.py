@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_runtime import copy_bundle, edit_manifest, make_bundle, png
 
+from ocr_bundles_runtime import BundleError, Recognizer
+from ocr_bundles_runtime import cli as runtime_cli
+from ocr_bundles_runtime.manifest import inside, parse_bundle
 from stages import cli
 from stages.bundle import sign_bundle
-from stages.runtime import BundleError, Recognizer
-from stages.runtime import cli as runtime_cli
-from stages.runtime.manifest import inside, parse_bundle
 
 OUTSIDE = Path("/etc/hostname")
 
@@ -51,7 +51,7 @@ def outside(tmp_path: Path) -> Path:
 def arm(monkeypatch: pytest.MonkeyPatch, bundle: Path) -> list[Path]:
     """From now on, fail the test if onnxruntime is given a model or a file outside the
     bundle is read; returns the files read."""
-    from stages.runtime import recognizer
+    from ocr_bundles_runtime import recognizer
 
     read: list[Path] = []
     real_read = Path.read_bytes
@@ -303,7 +303,7 @@ def test_without_cryptography_a_key_gives_an_install_hint(
 def test_sign_verb_and_recognize_with_a_key(
     bundle: Path, keys: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
 ):
-    """`python -m stages sign` signs; `python -m stages.runtime --public-key` checks it."""
+    """`python -m stages sign` signs; `python -m ocr_bundles_runtime --public-key` checks it."""
     image = tmp_path / "x.png"
     image.write_bytes(png())
     assert runtime_cli.main(["--bundle", str(bundle), "--public-key", str(keys["pem_file"]),

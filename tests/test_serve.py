@@ -27,7 +27,7 @@ import tiny
 import uvicorn
 from PIL import Image
 
-from stages.runtime import Recognizer
+from ocr_bundles_runtime import Recognizer
 from stages.serve import (
     RECOGNIZE_PATH,
     BundleBackend,
@@ -412,7 +412,7 @@ def test_unsure_client_gets_the_server_text(confident, unsure):
 
 
 def test_the_server_never_escalates_itself(confident, monkeypatch):
-    from stages.runtime import recognizer
+    from ocr_bundles_runtime import recognizer
 
     def never(*args: Any) -> Any:
         raise AssertionError("the server escalated")

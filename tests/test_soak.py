@@ -10,8 +10,8 @@ from pathlib import Path
 
 from test_runtime import make_bundle
 
+from ocr_bundles_runtime import ImageError, Recognizer
 from stages.data.clean import CaptchaStyle, sample
-from stages.runtime import ImageError, Recognizer
 
 THREADS = 6
 PER_THREAD_HALF = 2500  # predictions per thread in each half: 15000 per half, ~13 s in all

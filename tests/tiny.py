@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ocr_bundles_runtime.session import Runtime, make_session
 from stages import modelio
-from stages.runtime.session import Runtime, make_session
 
 HEIGHT = 8
 

@@ -20,8 +20,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ocr_bundles_runtime.preprocess import Preprocess, load_pixels
+
 from ..errors import DataError, ImageError
-from ..runtime.preprocess import Preprocess, load_pixels
 from .dataset import LABELS_FILE, SPLITS, Sample, read_labels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocr_bundles_runtime.manifest import sizes_mb
+
 from .. import modelio
 from ..baselines import ACCURACY_FILE, NAIVE_FILE, stock_kind, stock_model_file
 from ..build import decided_on
@@ -52,7 +54,6 @@ from ..records import (
     VerifyRecord,
     read_record,
 )
-from ..runtime.manifest import sizes_mb
 from ..scoring import Scoring, score
 from . import floor as floors
 from .machine import ROOT, machine_info, pinned_cores
@@ -365,7 +366,7 @@ def bundle_accuracy(
     evaluation image: its own accuracy, not final's. bundle+fallback runs the same chain with
     the fallback loaded up front, which changes memory and timing, never a text
     (test_runtime checks it), so it shares the record."""
-    from ..runtime import Recognizer
+    from ocr_bundles_runtime import Recognizer
 
     rec = Recognizer.from_bundle(bundle)
     bar = Progress(f"{label}: bundle accuracy", sum(sets.sizes.values()))

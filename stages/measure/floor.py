@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ocr_bundles_runtime.preprocess import Preprocess, preprocess
+from ocr_bundles_runtime.session import quiet_cpu_session
+
 from .. import modelio
 from ..atomic import write_json
-from ..runtime.preprocess import Preprocess, preprocess
-from ..runtime.session import quiet_cpu_session
 
 _CONV = {"Conv": 1, "ConvInteger": 1, "FusedConv": 1, "QLinearConv": 3}
 _MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "DynamicQuantizeMatMul"}

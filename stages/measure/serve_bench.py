@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from ocr_bundles_runtime.manifest import find_bundle, parse_bundle
+
 from ..errors import PipelineError
-from ..runtime.manifest import find_bundle, parse_bundle
 from .machine import ROOT, machine_info, pinned_cores
 
 START_TIMEOUT_S = 120.0

@@ -1,7 +1,7 @@
 """The measured child process of the bench: `python -m stages.measure.worker '<json spec>'`.
 
 Its peak RSS and cold start ARE the measurement, so it imports only what the measured variant
-needs, lazily: the standard library here, then onnxruntime + stages.runtime (numpy, Pillow,
+needs, lazily: the standard library here, then onnxruntime + ocr_bundles_runtime (numpy, Pillow,
 OpenCV only for an OpenCV recipe) for an ONNX or bundle variant, or ddddocr for a stock one.
 No pydantic, no onnx.
 
@@ -90,19 +90,19 @@ class Runner(ABC):
 
 
 class OnnxRunner(Runner):
-    """Our pipeline: bytes -> stages.runtime preprocess -> onnxruntime -> decode."""
+    """Our pipeline: bytes -> ocr_bundles_runtime preprocess -> onnxruntime -> decode."""
 
     def import_libs(self) -> None:
         import onnxruntime  # noqa: F401
 
-        from stages.runtime import decode, preprocess, session  # noqa: F401
+        from ocr_bundles_runtime import decode, preprocess, session  # noqa: F401
 
         __import__(BACKEND_MODULE[self.spec["preprocess"]["backend"]])
 
     def load(self) -> None:
-        from stages.runtime.decode import decode
-        from stages.runtime.preprocess import Preprocess, model_input
-        from stages.runtime.session import Runtime, make_session
+        from ocr_bundles_runtime.decode import decode
+        from ocr_bundles_runtime.preprocess import Preprocess, model_input
+        from ocr_bundles_runtime.session import Runtime, make_session
 
         rt = Runtime.from_dict(self.spec["runtime"])
         path = Path(self.spec["model"])
@@ -179,19 +179,19 @@ def device_sized_default_sessions(cores: int) -> int:
 
 
 class BundleRunner(Runner):
-    """The deployable recognizer: `stages.runtime.Recognizer.from_bundle(folder).predict`.
+    """The deployable recognizer: `ocr_bundles_runtime.Recognizer.from_bundle(folder).predict`.
 
     Its sessions live inside the runtime's own records, so model-only time is the runtime's
     own `Result.timings_ms["infer"]` (session.run of every model the call used)."""
 
     def import_libs(self) -> None:
-        import stages.runtime  # noqa: F401 - onnxruntime, numpy and the runtime itself
+        import ocr_bundles_runtime  # noqa: F401 - onnxruntime, numpy and the runtime itself
 
         manifest = json.loads((Path(self.spec["bundle"]) / "manifest.json").read_text())
         __import__(BACKEND_MODULE[manifest["preprocess"]["backend"]])
 
     def load(self) -> None:
-        from stages.runtime import Recognizer
+        from ocr_bundles_runtime import Recognizer
 
         self.recognizer = Recognizer.from_bundle(
             self.spec["bundle"], model_format=self.spec.get("model_format")

@@ -19,10 +19,11 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantType
 
+from ocr_bundles_runtime.session import make_session, run
+
 from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext
-from ..runtime.session import make_session, run
 
 QUANT_TYPES: dict[str, QuantType] = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 

@@ -27,10 +27,11 @@ import onnx
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
+from ocr_bundles_runtime.session import quiet_cpu_session
+
 from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext, register
-from ..runtime.session import quiet_cpu_session
 
 NAME = "ort_optimize"
 REPORT_KEY = f"report.{NAME}"

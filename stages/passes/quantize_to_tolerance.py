@@ -36,12 +36,13 @@ import onnx
 import onnxruntime.quantization as ort_quant
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ocr_bundles_runtime.decode import decode
+from ocr_bundles_runtime.session import make_session, run
+
 from .. import modelio
 from ..errors import PassError
 from ..records import SensitivityRow, ToleranceReport, ToleranceStep
 from ..registry import PassContext, register
-from ..runtime.decode import decode
-from ..runtime.session import make_session, run
 from . import _ort_quant as q
 from . import quantize_dynamic as qd
 from .convert_opset import default_opset

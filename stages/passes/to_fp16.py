@@ -34,10 +34,11 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from onnxruntime.transformers.onnx_model import OnnxModel
 from pydantic import BaseModel, ConfigDict, Field
 
+from ocr_bundles_runtime.session import quiet_cpu_session
+
 from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext, register
-from ..runtime.session import quiet_cpu_session
 
 
 class ToFp16Options(BaseModel):

@@ -4,7 +4,7 @@
     python worker.py MODEL PLAN.json INPUTS.npz OUTPUTS.npz LABEL
 
 Imports numpy and onnxruntime only (an emulated arm64 Python has nothing else), and builds its
-session from `stages.runtime.session.session_plan`'s data, so it runs the model exactly as the
+session from `ocr_bundles_runtime.session.session_plan`'s data, so it runs the model exactly as the
 runtime would. Run as a script, never imported by the pipeline.
 """
 
@@ -24,7 +24,7 @@ _ENUMS = {
 
 
 def options(plan: dict) -> ort.SessionOptions:
-    """stages.runtime.session.options_from_plan, which this process cannot import (the runtime
+    """ocr_bundles_runtime.session.options_from_plan, which this process cannot import (the runtime
     package imports Pillow); tests check both give the same outputs."""
     so = ort.SessionOptions()
     for key, value in plan["attributes"].items():

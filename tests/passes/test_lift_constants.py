@@ -153,8 +153,7 @@ def test_floats_only_on_integer_constants_alone_is_nothing_to_do():
     # ddddocr's export: weights are initializers, its Constants int64 indices and shapes
     model = _as_constants(tiny.tiny_ctc(), ["sq_axes", "out_shape"])
     assert _assert_nothing_to_do(model, LiftConstantsOptions(floats_only=True)) == (
-        "no float tensor-valued Constant node with >= 1 elements: weights are already "
-        "initializers"
+        "no float tensor-valued Constant node with >= 1 elements: weights are already initializers"
     )
 
 

@@ -7,12 +7,12 @@ import pytest
 import tiny
 from onnx import TensorProto, helper, numpy_helper
 
+from ocr_bundles_runtime.session import quiet_cpu_session, run
 from stages import modelio, registry
 from stages.errors import PassError
 from stages.passes.convert_opset import ConvertOpsetOptions, convert_opset
 from stages.passes.fix_output_shape import FixOutputShapeOptions, fix_output_shape
 from stages.passes.quantize_static import QuantizeStaticOptions, quantize_static
-from stages.runtime.session import quiet_cpu_session, run
 
 # widths 16, 24 and 32 alternate, as with real captchas
 CTX = registry.PassContext(calibration=tiny.inputs(8))
@@ -237,7 +237,7 @@ def test_cross_field_validation_names_both_fields():
 def _captchas(n: int) -> list[np.ndarray]:
     from captcha.image import ImageCaptcha
 
-    from stages.runtime.preprocess import Preprocess, preprocess
+    from ocr_bundles_runtime.preprocess import Preprocess, preprocess
 
     rng = np.random.default_rng(0)
     out = []

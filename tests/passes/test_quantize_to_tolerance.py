@@ -9,6 +9,7 @@ import pytest
 import tiny
 from onnx import helper, numpy_helper
 
+from ocr_bundles_runtime.decode import decode
 from stages import modelio, registry
 from stages.errors import PassError
 from stages.passes import quantize_to_tolerance as qtt
@@ -17,7 +18,6 @@ from stages.passes.quantize_to_tolerance import (
     quantize_to_tolerance,
 )
 from stages.records import ToleranceReport, ToleranceStep
-from stages.runtime.decode import decode
 from stages.scoring import Scoring
 
 # Quantization tolerance on the tiny model (logits up to ~2.3): the quantize_static/dynamic tests
@@ -356,8 +356,8 @@ def test_options_are_checked():
 
 
 def _captchas(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    from ocr_bundles_runtime.preprocess import Preprocess, preprocess
     from stages.data import clean
-    from stages.runtime.preprocess import Preprocess, preprocess
 
     style = clean.CaptchaStyle(alphabet="abcdefghijklmnopqrstuvwxyz0123456789")
     pairs = [clean.sample(style, seed, i) for i in range(n)]

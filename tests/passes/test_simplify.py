@@ -6,12 +6,12 @@ import pytest
 import tiny
 from onnx import TensorProto, helper, numpy_helper
 
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio, registry
 from stages.errors import PassError
 from stages.passes import simplify as simplify_module
 from stages.passes.fix_output_shape import FixOutputShapeOptions, fix_output_shape
 from stages.passes.simplify import SimplifyOptions, simplify
-from stages.runtime.preprocess import Preprocess
 
 CTX = registry.PassContext()
 # exact rewrite: folding BN into Conv reorders float math, nothing more

@@ -1,7 +1,7 @@
 // Reading a bundle folder: manifest.json, the paths it names (never outside the folder) and
 // the SHA-256 of every file read. Everything is validated here, before a model is loaded.
 //
-// Mirrors stages/runtime/manifest.py (format check, `inside`, `read_verified`); the JS client
+// Mirrors runtime/ocr_bundles_runtime/manifest.py (format check, `inside`, `read_verified`); the JS client
 // reads format v3 bundles whose model takes pixels (input.feed "pixels") only.
 
 import { createHash } from "node:crypto";
@@ -15,7 +15,7 @@ export const FORMAT_VERSION = 3;
 export const MANIFEST = "manifest.json";
 const LAYOUTS = ["TBC", "BTC"];
 const KINDS = ["logits", "probabilities"];
-// runtime.graph_optimization_level (stages/runtime/session.py names) -> onnxruntime-common names
+// runtime.graph_optimization_level (runtime/ocr_bundles_runtime/session.py names) -> onnxruntime-common names
 export const OPT_LEVELS = { disable: "disabled", basic: "basic", extended: "extended", all: "all" };
 const INT8_KERNELS = ["exact", "fast"];
 
@@ -199,7 +199,7 @@ export function parseResize(where, pre) {
   return out;
 }
 
-// manifest.runtime with the defaults of stages/runtime/session.py Runtime, types checked.
+// manifest.runtime with the defaults of runtime/ocr_bundles_runtime/session.py Runtime, types checked.
 export function parseRuntime(where, rt) {
   const out = {
     intraOpThreads: rt.intra_op_threads ?? 1,

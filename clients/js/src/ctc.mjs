@@ -1,4 +1,4 @@
-// Greedy CTC decoding, step for step what stages/runtime/decode.py computes:
+// Greedy CTC decoding, step for step what runtime/ocr_bundles_runtime/decode.py computes:
 //   best[t]   argmax over classes (the first index on ties, as numpy)
 //   kept      steps whose best is not blank and differs from the previous step's best
 //   text      charset[best] of the kept steps, concatenated

@@ -2,7 +2,7 @@
 // runtime settings, the CTC contract, and the conformance vectors that say whether this
 // runtime computes what the build measured.
 //
-// Not here (the Python runtime's, stages/runtime/recognizer.py): the fallback model, the
+// Not here (the Python runtime's, runtime/ocr_bundles_runtime/recognizer.py): the fallback model, the
 // escalation server, signatures, host-side preprocessing, batching.
 
 import { readFileSync } from "node:fs";
@@ -16,7 +16,7 @@ import { checkSize, decodeImage } from "./image.mjs";
 export const BACKENDS = { node: "onnxruntime-node", web: "onnxruntime-web" };
 const PROVIDERS = { node: ["cpu"], web: ["wasm"] };
 
-// onnxruntime SessionOptions for manifest.runtime, as stages/runtime/session.py session_plan.
+// onnxruntime SessionOptions for manifest.runtime, as runtime/ocr_bundles_runtime/session.py session_plan.
 // Config entries go through `extra`, whose keys both backends join with "." into
 // SessionOptions config keys ("session.x64quantprecision").
 export function sessionOptions(runtime, backend) {
@@ -51,7 +51,7 @@ export async function loadBackend(backend) {
 }
 
 // ImageError when the graph would resize the image past preprocess.max_pixels (a 1e6 x 1 strip
-// is small but resizes huge), as stages/runtime/preprocess.py checked_width refuses it.
+// is small but resizes huge), as runtime/ocr_bundles_runtime/preprocess.py checked_width refuses it.
 export function checkResized(width, height, resize, source = "image") {
   if (resize === null || resize.maxPixels === null) return;
   let w = Math.trunc(width * (resize.height / height) * resize.widthScale);
@@ -64,7 +64,7 @@ export function checkResized(width, height, resize, source = "image") {
   }
 }
 
-// One conformance vector against a recognize() result (stages/runtime/conformance.py's rule):
+// One conformance vector against a recognize() result (runtime/ocr_bundles_runtime/conformance.py's rule):
 // it passes when the text is equal, the step count is equal, every step's value is within
 // `tolerance`, and the best class is equal at every step whose expected margin exceeds twice
 // the tolerance (closer classes may legitimately swap between kernels).

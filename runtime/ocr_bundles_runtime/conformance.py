@@ -2,7 +2,8 @@
 build machine's runtime produced, so every port (another language, another CPU, another
 onnxruntime) can check itself before it reports the bundle healthy.
 
-conformance.json = {"tolerance": t, "vectors": [{"image", "text", "best", "value", "margin"}]}
+conformance.json = {"tolerance": t, "vectors": [{"image", "text", "best", "value", "margin"}],
+                    "measured": {profile: largest value difference the build saw there}}
 per time step: `best` the argmax class, `value` the raw output there (logit or probability, as
 the output's kind says), `margin` value minus the second-best class's. A run passes a vector when
   - its text equals `text`,
@@ -62,6 +63,9 @@ class Conformance:
 
     tolerance: float
     vectors: list[Vector] = field(default_factory=list)
+    # CPU profile -> the largest step-value difference from `value` the build measured there
+    # (the tolerance covers it); informative, no runtime needs it
+    measured: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +76,8 @@ class Conformance:
         tolerance = float(data["tolerance"])
         if not tolerance >= 0:  # NaN fails too
             raise ValueError(f"tolerance {data['tolerance']!r} is not a number >= 0")
-        return cls(tolerance, vectors)
+        measured = {str(k): float(v) for k, v in data.get("measured", {}).items()}
+        return cls(tolerance, vectors, measured)
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ def read_vectors(spec: BundleSpec) -> Conformance | None:
     """The bundle's conformance.json (hash-checked), or None when it has none."""
     if spec.conformance is None:
         return None
-    raw = read_verified(spec.root, spec.manifest, spec.conformance)
+    raw = read_verified(spec.files, spec.manifest, spec.conformance)
     return Conformance.from_dict(json.loads(raw))
 
 

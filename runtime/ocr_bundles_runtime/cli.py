@@ -1,4 +1,4 @@
-"""`python -m stages.runtime --bundle bundles/low IMG... [--json]` (also `python -m stages
+"""`python -m ocr_bundles_runtime --bundle bundles/low IMG... [--json]` (also `python -m stages
 recognize ...`): the runtime from a shell, with nothing but the runtime installed.
 
 Prints `<path>\\t<text>` per image (a third column names a non-ok status or an error code), or
@@ -126,7 +126,7 @@ def _report_check(rec: Any, as_json: bool) -> bool:
             diff = "-" if v.max_value_diff is None else f"{v.max_value_diff:.3g}"
             print(f"check\t{v.image}\t{'ok' if v.ok else 'FAIL'}\t{v.text}\tmax diff {diff}")
     verdict = "healthy" if report.ok else f"NOT healthy: {report.reason}"
-    print(f"check: {rec.spec.root} on this runtime: {verdict}", file=sys.stderr)
+    print(f"check: {rec.spec.where} on this runtime: {verdict}", file=sys.stderr)
     return report.ok
 
 
@@ -166,7 +166,7 @@ def _error_record(e: ImageError) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(
-        prog="python -m stages.runtime", description=__doc__.splitlines()[0]
+        prog="python -m ocr_bundles_runtime", description=__doc__.splitlines()[0]
     )
     add_recognize_args(ap)
     return cmd_recognize(ap.parse_args(argv))

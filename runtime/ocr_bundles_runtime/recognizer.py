@@ -1,8 +1,9 @@
-"""The deployable runtime: load a bundle folder, recognize captchas, degrade instead of failing.
+"""The deployable runtime: load a bundle (a folder, a mapping of file names to bytes, or a zip
+archive's bytes), recognize captchas, degrade instead of failing.
 
 Imports only numpy, onnxruntime, the standard library and this package (Pillow or OpenCV on
-first use, as the manifest's preprocessing backend asks). No onnx, no pydantic: the bundle
-folder is all it reads.
+first use, as the manifest's preprocessing backend asks). No onnx, no pydantic: the bundle's
+files are all it reads.
 
 Fallback chain (each step is an event in `Recognizer.events` or `Result.events`, and logged):
   provider unavailable        -> the next provider of the manifest's list
@@ -22,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +35,8 @@ from .conformance import CheckReport, VectorResult, compare, read_vectors, steps
 from .decode import Decoded, decode
 from .errors import BundleError, ImageError
 from .escalate import ServerAnswer, ask_server, check_url
-from .manifest import BundleSpec, find_bundle, inside, parse_bundle, read_verified
+from .files import Memory, from_zip
+from .manifest import BundleSpec, PublicKey, find_bundle, parse_bundle, read_verified
 from .preprocess import ImageInput, model_input
 from .session import choose_providers, session_options
 
@@ -74,7 +77,10 @@ class _Model:
 
 
 @dataclass(frozen=True)
-class _Pass:
+class Pass:
+    """One model's run on one image: what `infer` returns and `finish` takes (a server that
+    batches images runs `prepare`, then `infer` on the stacked tensors, then `finish` each)."""
+
     role: Role
     decoded: Decoded
     infer_s: float
@@ -111,7 +117,7 @@ class Recognizer:
             self._fallback = self._load("fallback")
         active = primary or self._fallback
         if active is None:
-            raise BundleError(f"{spec.root}: no model could be loaded: {'; '.join(self._events)}")
+            raise BundleError(f"{spec.where}: no model could be loaded: {'; '.join(self._events)}")
         self._active: _Model = active
         self._no_rerun = self._why_no_rerun(primary is None)
 
@@ -121,7 +127,7 @@ class Recognizer:
         path: str | Path,
         providers: list[str] | tuple[str, ...] | None = None,
         model_format: str | None = None,
-        public_key: bytes | str | Path | None = None,
+        public_key: PublicKey | None = None,
         escalation_url: str | None = None,
         escalation_timeout_s: float | None = None,
     ) -> Recognizer:
@@ -132,9 +138,53 @@ class Recognizer:
         Ed25519 key (raw 32 bytes, PEM, or a PEM file path); None accepts unsigned bundles.
         escalation_url/timeout: where unsure images go (overrides the manifest)."""
         spec = parse_bundle(find_bundle(path), public_key)
+        return cls._of(spec, providers, model_format, escalation_url, escalation_timeout_s)
+
+    @classmethod
+    def from_files(
+        cls,
+        files: Mapping[str, bytes],
+        providers: list[str] | tuple[str, ...] | None = None,
+        model_format: str | None = None,
+        public_key: PublicKey | None = None,
+        escalation_url: str | None = None,
+        escalation_timeout_s: float | None = None,
+        name: str = "<bundle in memory>",
+    ) -> Recognizer:
+        """Load a bundle from its files as bytes, keyed by the names manifest.json uses (e.g.
+        read from app assets); the optional fallback may be left out. Options as from_bundle;
+        `name` is how messages call this bundle."""
+        spec = parse_bundle(Memory(files, name), public_key)
+        return cls._of(spec, providers, model_format, escalation_url, escalation_timeout_s)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        archive: bytes,
+        providers: list[str] | tuple[str, ...] | None = None,
+        model_format: str | None = None,
+        public_key: PublicKey | None = None,
+        escalation_url: str | None = None,
+        escalation_timeout_s: float | None = None,
+        name: str = "<zip archive>",
+    ) -> Recognizer:
+        """Load a bundle zipped into one file (its files at the top or inside one folder).
+        Options as from_bundle."""
+        spec = parse_bundle(from_zip(bytes(archive), name), public_key)
+        return cls._of(spec, providers, model_format, escalation_url, escalation_timeout_s)
+
+    @classmethod
+    def _of(
+        cls,
+        spec: BundleSpec,
+        providers: list[str] | tuple[str, ...] | None,
+        model_format: str | None,
+        escalation_url: str | None,
+        escalation_timeout_s: float | None,
+    ) -> Recognizer:
         formats = spec.manifest.formats
         if model_format is not None and model_format not in formats:
-            raise BundleError(f"{spec.root}: ships {formats}, not {model_format!r}")
+            raise BundleError(f"{spec.where}: ships {formats}, not {model_format!r}")
         return cls(
             spec,
             tuple(providers or spec.runtime.providers),
@@ -198,7 +248,7 @@ class Recognizer:
         return summarize(results, vectors.tolerance, self.model_file)
 
     def _check_one(self, vector: Any, tolerance: float) -> VectorResult:
-        data = read_verified(self.spec.root, self.spec.manifest, vector.image)
+        data = read_verified(self.spec.files, self.spec.manifest, vector.image)
         try:
             text, out = self.first_read(data, vector.image)
         except ImageError as e:  # a vector the runtime cannot decode fails, with its reason
@@ -209,7 +259,7 @@ class Recognizer:
         self,
         image: ImageInput,
         x: np.ndarray,
-        first: _Pass,
+        first: Pass,
         t0: float,
         t1: float,
         return_probs: bool = False,
@@ -255,11 +305,11 @@ class Recognizer:
             for i, image in enumerate(images)
         ]
 
-    def infer(self, x: np.ndarray) -> list[_Pass]:
+    def infer(self, x: np.ndarray) -> list[Pass]:
         """The active model on a [N, C, H, W] batch (N > 1 only when the bundle allows it)."""
         return self._infer_many(self._active, x)
 
-    def _escalate(self, x: np.ndarray, passes: list[_Pass], events: list[str]) -> Status:
+    def _escalate(self, x: np.ndarray, passes: list[Pass], events: list[str]) -> Status:
         """Append the fallback's pass when there is a distinct fallback; return the status."""
         threshold = self.spec.threshold
         first = passes[0]
@@ -290,7 +340,7 @@ class Recognizer:
             return "server", answer
         return ("needs_server" if answer.reachable else "server_unreachable"), None
 
-    def _infer(self, model: _Model, x: np.ndarray) -> _Pass:
+    def _infer(self, model: _Model, x: np.ndarray) -> Pass:
         return self._infer_many(model, x)[0]
 
     def _run(self, model: _Model, x: np.ndarray) -> np.ndarray:
@@ -303,7 +353,7 @@ class Recognizer:
             )
         return out
 
-    def _infer_many(self, model: _Model, x: np.ndarray) -> list[_Pass]:
+    def _infer_many(self, model: _Model, x: np.ndarray) -> list[Pass]:
         t0 = time.perf_counter()
         out = self._run(model, x)
         t1 = time.perf_counter()
@@ -314,7 +364,7 @@ class Recognizer:
             for item in range(items)
         ]
         each = (time.perf_counter() - t1) / len(decoded)
-        return [_Pass(model.role, d, (t1 - t0) / len(decoded), each) for d in decoded]
+        return [Pass(model.role, d, (t1 - t0) / len(decoded), each) for d in decoded]
 
     def _fallback_model(self) -> _Model | None:
         if self._fallback_tried:  # set only after _fallback, so no lock is needed to read
@@ -330,7 +380,7 @@ class Recognizer:
     def _fallback_shipped(self) -> bool:
         entry = self.spec.models.get("fallback")
         name = entry.files.get(self._format) if entry else None
-        return name is not None and (self.spec.root / name).is_file()
+        return name is not None and self.spec.files.has(name)
 
     def _why_no_rerun(self, primary_failed: bool) -> str | None:
         """Why an unsure image cannot be retried with another model, or None when it can."""
@@ -340,7 +390,7 @@ class Recognizer:
         if fallback is None:
             return "the bundle has no fallback model"
         name = fallback.files.get(self._format)
-        if name is None or not (self.spec.root / name).is_file():
+        if name is None or not self.spec.files.has(name):
             return f"the optional fallback ({name or self._format}) is not shipped"
         files = self.spec.manifest.files
         if files[name].sha256 == files[self._file("primary")].sha256:
@@ -358,14 +408,16 @@ class Recognizer:
         """A session for `role`, or None with the reason recorded as an event."""
         try:
             name = self._file(role)
-            data = read_verified(self.spec.root, self.spec.manifest, name)
-            ort_format = self._format == "ort"
-            so = session_options(self.spec.runtime, ort_format=ort_format)
+            data = read_verified(self.spec.files, self.spec.manifest, name)
             # initializers inside the .ort bytes need a buffer onnxruntime owns: it reads the
             # (just verified) file itself; from Python bytes it would keep a pointer into a
-            # freed copy and crash
-            direct = ort_format and self.spec.runtime.ort_bytes_for_initializers
-            source = str(inside(self.spec.root, name)) if direct else data
+            # freed copy and crash. A bundle given as bytes has no file: initializers are
+            # copied instead (more memory, same outputs)
+            path = self.spec.files.path(name)
+            direct = self._format == "ort" and self.spec.runtime.ort_bytes_for_initializers
+            direct = direct and path is not None
+            so = session_options(self.spec.runtime, ort_format=direct)
+            source = str(path) if direct else data
             session = ort.InferenceSession(source, so, providers=self.providers)
             self._check_charset(session, name)
         except BundleError as e:
@@ -402,7 +454,7 @@ class Recognizer:
         with self._events_lock:
             self._events.append(message)
         if not logged:
-            log.warning("%s: %s", self.spec.root, message)
+            log.warning("%s: %s", self.spec.where, message)
 
 
 def image_bytes(image: ImageInput) -> bytes:
@@ -430,7 +482,7 @@ def _escalation_url(given: str | None, spec: BundleSpec) -> str | None:
     try:
         return check_url(spec.escalation_url)
     except ValueError as e:
-        raise BundleError(f"{spec.root}: manifest {e}") from None
+        raise BundleError(f"{spec.where}: manifest {e}") from None
 
 
 def _escalation_timeout(given: float | None, spec: BundleSpec) -> float:
@@ -439,7 +491,7 @@ def _escalation_timeout(given: float | None, spec: BundleSpec) -> float:
     if not 0 < timeout <= 600:  # NaN fails too
         message = f"escalation timeout must be in (0, 600] seconds, got {timeout}"
         if given is None:
-            raise BundleError(f"{spec.root}: manifest {message}")
+            raise BundleError(f"{spec.where}: manifest {message}")
         raise ValueError(message)
     return timeout
 

@@ -282,12 +282,14 @@ def _decode_pillow(data: bytes, source: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.seek(0)  # first frame of a GIF/APNG
-            return _pil_to_array(im)
+            return pil_to_array(im)
     except Exception as e:
         raise ImageError("E_DECODE", _detail(e), source) from e
 
 
-def _pil_to_array(im: Any) -> np.ndarray:
+def pil_to_array(im: Any) -> np.ndarray:
+    """A Pillow image as the uint8 pixels the runtime takes (16-bit and 32-bit gray scaled to
+    8 bits); the facade and any app holding PIL images use it."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0

@@ -1,5 +1,6 @@
-"""Reading a bundle folder an app may have received over the network: manifest.json, its
-hashes, the paths it names (never outside the folder) and an optional Ed25519 signature.
+"""Reading a bundle an app may have received over the network, from a folder or from bytes
+(files.py): manifest.json, its hashes, the paths it names (never outside the bundle) and an
+optional Ed25519 signature.
 
 Standard library only, plus `cryptography` when (and only when) the app asks for signatures.
 """
@@ -9,20 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from .decode import decode
 from .errors import BundleError
+from .files import MANIFEST, BundleFiles, Folder
 from .manifest_record import FORMAT, READABLE_VERSIONS, BundleManifest, ModelFiles
 from .preprocess import Preprocess
 from .session import Runtime
 
-MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # raw 64-byte Ed25519 signature of manifest.json's exact bytes
 ROLES = ("primary", "fallback")
 
 PublicKey = bytes | str | Path
+Source = Path | BundleFiles  # a folder, or files.Memory / files.from_zip
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ModelEntry:
 class BundleSpec:
     """The parsed manifest: what the runtime needs besides the model sessions."""
 
-    root: Path
+    files: BundleFiles
     manifest: BundleManifest
     preprocess: Preprocess
     runtime: Runtime
@@ -56,6 +58,18 @@ class BundleSpec:
     # [H, W, C] pixels (C 1, 3 or 4) and preprocesses in the graph
     feed: str = "tensor"
     conformance: str | None = None  # conformance.json: images, expected texts and outputs
+
+    @property
+    def root(self) -> Path:
+        """The bundle's folder; BundleError for a bundle given as bytes."""
+        if not isinstance(self.files, Folder):
+            raise BundleError(f"{self.files.where}: this bundle was given as bytes, not a folder")
+        return self.files.root
+
+    @property
+    def where(self) -> str:
+        """How messages name the bundle: its folder, or what the app called its bytes."""
+        return self.files.where
 
     def text_of(self, output: Any) -> str:
         """The text of one image's raw output, as the runtime reports it (greedy CTC, then
@@ -79,28 +93,19 @@ def find_bundle(path: str | Path) -> Path:
 
 def inside(root: Path, name: str) -> Path:
     """`root/name`, refused unless `name` is a plain relative path that stays in `root`."""
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or "\\" in name or ".." in pure.parts:
-        raise BundleError(
-            f"{root / MANIFEST}: path {name!r} leaves the bundle folder; a manifest may only "
-            "name files inside it"
-        )
-    target = (root / name).resolve()
-    if not target.is_relative_to(root.resolve()):  # a symlink pointing out of the folder
-        raise BundleError(f"{root / MANIFEST}: {name!r} resolves outside the bundle folder")
-    return target
+    return Folder(root).resolve(name)
 
 
-def read_verified(root: Path, manifest: BundleManifest, name: str) -> bytes:
+def files_of(source: Source) -> BundleFiles:
+    return Folder(source) if isinstance(source, Path) else source
+
+
+def read_verified(source: Source, manifest: BundleManifest, name: str) -> bytes:
     """A bundle file's bytes, refused unless their SHA-256 is the manifest's."""
     entry = manifest.files.get(name)
     if entry is None:
         raise BundleError(f"{name} is not listed in {MANIFEST} 'files'")
-    path = inside(root, name)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise BundleError(f"{name}: cannot read ({e.strerror})") from e
+    data = files_of(source).read(name)
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry.sha256:
         raise BundleError(
@@ -110,7 +115,7 @@ def read_verified(root: Path, manifest: BundleManifest, name: str) -> bytes:
     return data
 
 
-def verify_signature(root: Path, manifest_bytes: bytes, public_key: PublicKey) -> None:
+def verify_signature(files: BundleFiles, manifest_bytes: bytes, public_key: PublicKey) -> None:
     """Refuse the bundle unless manifest.sig is a valid Ed25519 signature of manifest.json by
     `public_key` (32 raw bytes, PEM bytes or text, or the path of a PEM file)."""
     try:
@@ -132,15 +137,16 @@ def verify_signature(root: Path, manifest_bytes: bytes, public_key: PublicKey) -
             raise BundleError(f"public key is neither 32 raw bytes nor a PEM key ({e})") from e
         if not isinstance(key, Ed25519PublicKey):
             raise BundleError(f"public key is {type(key).__name__}, not Ed25519")
-    sig_path = root / SIGNATURE
-    if not sig_path.is_file():
-        raise BundleError(f"{root}: unsigned bundle (no {SIGNATURE}) but a signature is required")
+    if not files.has(SIGNATURE):
+        raise BundleError(
+            f"{files.where}: unsigned bundle (no {SIGNATURE}) but a signature is required"
+        )
     try:
-        key.verify(sig_path.read_bytes(), manifest_bytes)
+        key.verify(files.read(SIGNATURE), manifest_bytes)
     except InvalidSignature:
         raise BundleError(
-            f"{root}: {SIGNATURE} does not verify with the given public key (manifest changed, "
-            "or signed by another key)"
+            f"{files.where}: {SIGNATURE} does not verify with the given public key (manifest "
+            "changed, or signed by another key)"
         ) from None
 
 
@@ -160,47 +166,53 @@ def _key_bytes(value: PublicKey) -> bytes:
     raise BundleError(f"public key: expected bytes, PEM text or a path, not {type(value).__name__}")
 
 
-def parse_bundle(root: Path, public_key: PublicKey | None = None) -> BundleSpec:
+def parse_bundle(source: Source, public_key: PublicKey | None = None) -> BundleSpec:
     """Read and validate manifest.json (its signature first when a key is given), every path
     it names, and the hash-checked charset."""
+    files = files_of(source)
+    where = f"{files.where}/{MANIFEST}"
+    if not files.has(MANIFEST):
+        raise BundleError(f"{where}: missing; a bundle's files start with its {MANIFEST}")
     try:
-        raw = (root / MANIFEST).read_bytes()
-    except OSError as e:
-        raise BundleError(f"{root / MANIFEST}: unreadable ({e.strerror})") from e
+        raw = files.read(MANIFEST)
+    except BundleError as e:
+        raise BundleError(f"{where}: unreadable ({e})") from e
     if public_key is not None:
-        verify_signature(root, raw, public_key)
+        verify_signature(files, raw, public_key)
     try:
         manifest = json.loads(raw)
     except ValueError as e:
-        raise BundleError(f"{root / MANIFEST}: not JSON ({e})") from e
+        raise BundleError(f"{where}: not JSON ({e})") from e
     if not isinstance(manifest, dict):
-        raise BundleError(f"{root / MANIFEST}: not a JSON object")
+        raise BundleError(f"{where}: not a JSON object")
     version = manifest.get("format_version")
     if manifest.get("format") != FORMAT or version not in READABLE_VERSIONS:
         raise BundleError(
-            f"{root}: manifest format {manifest.get('format')!r} v{version} is not {FORMAT!r} "
-            f"v{' or v'.join(map(str, READABLE_VERSIONS))}; rebuild the bundle with this version"
+            f"{files.where}: manifest format {manifest.get('format')!r} v{version} is not "
+            f"{FORMAT!r} v{' or v'.join(map(str, READABLE_VERSIONS))}; rebuild the bundle "
+            "with this version"
         )
     try:
         record = BundleManifest.from_dict(manifest)
     except ValueError as e:  # a missing or mistyped field, named by its path
-        raise BundleError(f"{root / MANIFEST}: invalid ({e})") from e
-    return _spec(root, record)
+        raise BundleError(f"{where}: invalid ({e})") from e
+    return _spec(files, record)
 
 
-def _spec(root: Path, manifest: BundleManifest) -> BundleSpec:
+def _spec(files: BundleFiles, manifest: BundleManifest) -> BundleSpec:
+    where = f"{files.where}/{MANIFEST}"
     for name in manifest.files:
-        inside(root, name)
-    models = {role: _model(root, manifest, role) for role in ROLES if manifest.models.get(role)}
+        files.check(name)
+    models = {role: _model(files, manifest, role) for role in ROLES if manifest.models.get(role)}
     if "primary" not in models:
-        raise BundleError(f"{root / MANIFEST}: models.primary is missing")
-    charset = json.loads(read_verified(root, manifest, manifest.charset))
+        raise BundleError(f"{where}: models.primary is missing")
+    charset = json.loads(read_verified(files, manifest, manifest.charset))
     out = manifest.output
-    _check_output(root, out.blank, charset, manifest.confidence_threshold)
+    _check_output(where, out.blank, charset, manifest.confidence_threshold)
     if manifest.conformance is not None and manifest.conformance not in manifest.files:
-        raise BundleError(f"{root / MANIFEST}: conformance {manifest.conformance!r} not in files")
+        raise BundleError(f"{where}: conformance {manifest.conformance!r} not in files")
     return BundleSpec(
-        root=root,
+        files=files,
         manifest=manifest,
         preprocess=manifest.preprocess,
         runtime=manifest.runtime,
@@ -219,10 +231,9 @@ def _spec(root: Path, manifest: BundleManifest) -> BundleSpec:
     )
 
 
-def _check_output(root: Path, blank: int, charset: Any, threshold: float) -> None:
+def _check_output(where: str, blank: int, charset: Any, threshold: float) -> None:
     """The CTC contract must fit the charset (layout and kind are checked by the record), so a
     bad manifest fails here, not on the first image."""
-    where = root / MANIFEST
     if not isinstance(charset, list) or not all(isinstance(c, str) for c in charset):
         raise BundleError(f"{where}: charset.json is not a list of strings")
     if not 0 <= blank < len(charset):
@@ -231,14 +242,14 @@ def _check_output(root: Path, blank: int, charset: Any, threshold: float) -> Non
         raise BundleError(f"{where}: confidence_threshold {threshold} is outside [0, 1]")
 
 
-def _model(root: Path, manifest: BundleManifest, role: str) -> ModelEntry:
+def _model(files: BundleFiles, manifest: BundleManifest, role: str) -> ModelEntry:
     entry: ModelFiles = manifest.models[role]
-    files = {fmt: name for fmt, name in entry.files.items() if name}
-    for name in files.values():
-        inside(root, name)
+    names = {fmt: name for fmt, name in entry.files.items() if name}
+    for name in names.values():
+        files.check(name)
         if name not in manifest.files:
             raise BundleError(f"models.{role}: {name!r} is not listed in {MANIFEST} 'files'")
-    return ModelEntry(role, files, entry.optional)
+    return ModelEntry(role, names, entry.optional)
 
 
 def sizes_mb(root: Path, manifest: dict[str, Any]) -> dict[str, float]:
