@@ -62,6 +62,7 @@ def params() -> dict[str, Any]:
         "bench": {"repeats": 1, "warm_images": 2, "warmup": 0, "long_session": 0, "baselines": []},
         "serve": {"target": TARGET, "clients": [1], "requests": 4, "batching": [False]},
         "versions": real["versions"],
+        "profiles": real["profiles"],  # the bundle stage's dvc params name the table
         "overrides": {TARGET: {}},
     }
 
