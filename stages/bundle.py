@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -410,23 +410,20 @@ class ProfileAgreement:
 
     def __init__(
         self,
-        folder: Path,
-        recipe: Recipe,
+        model: Path,
+        plan: dict[str, Any],
+        inputs: Callable[[bytes], np.ndarray],
+        text_of: Callable[[np.ndarray], str],
+        layout: str,
         profiles: dict[str, CpuProfile],
-        ctc: modelio.CtcSpec,
-        strip: bool,
         label: str,
     ) -> None:
-        fmt = recipe.bundle.formats[0]
-        self.model = folder / f"model.{fmt}"
-        self.plan = session_plan(eval_runtime(recipe.runtime), ort_format=fmt == "ort")
-        self.feed = "pixels" if recipe.bundle.preprocess == "graph" else "tensor"
-        self.recipe, self.profiles, self.ctc, self.label = recipe, profiles, ctc, label
-        self.strip = strip
+        self.model, self.plan, self.inputs, self.text_of = model, plan, inputs, text_of
+        self.layout, self.profiles, self.label = layout, profiles, label
         self.gaps: dict[str, dict[bytes, float | None]] = {name: {} for name in profiles}
 
     def __call__(self, cands: list[conformance_vectors.Candidate]) -> list[float | None]:
-        xs = [model_input(c.png, self.recipe.preprocess, self.feed) for c in cands]
+        xs = [self.inputs(c.png) for c in cands]
         for name, profile in self.profiles.items():
             placement = place(profile)
             if placement.how == "unavailable":
@@ -448,12 +445,8 @@ class ProfileAgreement:
 
     def _gap(self, c: conformance_vectors.Candidate, out: np.ndarray) -> float | None:
         """The largest step-value difference from `c`'s, or None when the text differs."""
-        ctc = self.ctc
-        text = decode(out, ctc.charset, ctc.layout, ctc.blank, kind=ctc.kind).text
-        steps = steps_of(out, ctc.layout)
-        if (text.strip() if self.strip else text) != c.text or len(steps.value) != len(
-            c.steps.value
-        ):
+        steps = steps_of(out, self.layout)
+        if self.text_of(out) != c.text or len(steps.value) != len(c.steps.value):
             return None
         return float(np.abs(np.subtract(steps.value, c.steps.value)).max(initial=0.0))
 
@@ -478,15 +471,24 @@ def add_conformance(
     feed = "pixels" if recipe.bundle.preprocess == "graph" else "tensor"
     strip = contract.scoring.strip
 
-    def shipped(png: bytes) -> tuple[str, np.ndarray]:
-        out = run(session, model_input(png, recipe.preprocess, feed))
+    def inputs(png: bytes) -> np.ndarray:
+        return model_input(png, recipe.preprocess, feed)
+
+    def text_of(out: np.ndarray) -> str:
         text = decode(out, ctc.charset, ctc.layout, ctc.blank, kind=ctc.kind).text
-        return (text.strip() if strip else text), out
+        return text.strip() if strip else text
+
+    def shipped(png: bytes) -> tuple[str, np.ndarray]:
+        out = run(session, inputs(png))
+        return text_of(out), out
 
     float_model = choose_fallback(ctc, stage_candidates(where.build_dir, where.source_dir)).model
     reference = quiet_cpu_session(float_model.SerializeToString())
     sources = where.sources or sorted(p.parent.name for p in where.data.glob("*/val"))
-    agree = ProfileAgreement(folder, recipe, measured_profiles(profiles), ctc, strip, label)
+    fmt = recipe.bundle.formats[0]  # the primary file an app loads first
+    plan = session_plan(eval_runtime(recipe.runtime), ort_format=fmt == "ort")
+    agree = ProfileAgreement(folder / f"model.{fmt}", plan, inputs, text_of, ctc.layout,
+                             measured_profiles(profiles), label)  # fmt: skip
     chosen = conformance_vectors.choose(
         read_sets(where.data, sources, "val"),
         shipped=shipped,
