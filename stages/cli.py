@@ -479,14 +479,32 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
+    from .serve.settings import HOST, PORT, Settings  # the defaults' one home; light to import
+
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder to serve")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--workers", type=int, default=2, help="threads running the model")
-    p.add_argument("--batch", type=int, default=8, help="largest batch (batching models only)")
-    p.add_argument("--batch-wait-ms", type=float, default=3.0, help="collect a batch this long")
-    p.add_argument("--max-body-kb", type=int, default=2048, help="largest request body")
-    p.add_argument("--max-concurrency", type=int, default=64, help="requests in flight, max")
+    p.add_argument("--host", default=HOST, help="address to listen on")
+    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument(
+        "--workers", type=int, default=Settings.workers, help="threads running the model"
+    )
+    p.add_argument(
+        "--batch", type=int, default=Settings.batch, help="largest batch (batching models only)"
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=Settings.batch_wait_ms,
+        help="collect a batch this long",
+    )
+    p.add_argument(
+        "--max-body-kb", type=int, default=Settings.max_body_kb, help="largest request body"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=Settings.max_concurrency,
+        help="requests in flight, max",
+    )
     p.add_argument(
         "--no-batching", action="store_true", help="never batch, even when the model can"
     )
@@ -494,7 +512,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 @verb("serve", "serve a bundle over HTTP for the runtime's escalations", _serve_args)
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import cmd_serve as serve
+    from .serve.command import cmd_serve as serve
 
     return serve(args)
 

@@ -1,4 +1,4 @@
-"""The recognition server (stages/serve.py) over loopback: in-process servers on a background
+"""The recognition server (stages/serve/) over loopback: in-process servers on a background
 thread for the HTTP behaviour, `python -m stages serve` subprocesses where the process itself
 matters (the verb, a killed server, resident memory under load). Every call has a timeout."""
 
@@ -28,15 +28,9 @@ import uvicorn
 from PIL import Image
 
 from ocr_bundles_runtime import Recognizer
-from stages.serve import (
-    RECOGNIZE_PATH,
-    BundleBackend,
-    HttpError,
-    ServeError,
-    Settings,
-    StockBackend,
-    build_app,
-)
+from stages.serve.app import RECOGNIZE_PATH, HttpError, build_app
+from stages.serve.backends import BundleBackend, ServeError, StockBackend
+from stages.serve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 HTTP_TIMEOUT_S = 10.0
@@ -350,7 +344,7 @@ def test_verb_refuses_a_taken_port(plain):
     import argparse
     import socket
 
-    from stages.serve import ServeError, cmd_serve
+    from stages.serve.command import cmd_serve
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -376,6 +370,30 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="batch_wait_ms"):
         Settings(batch_wait_ms=-1)
     assert HttpError(413, "E_TOO_LARGE", "x").status == 413
+
+
+def test_every_parser_takes_its_defaults_from_settings():
+    """The serve verb, `python -m stages.serve` and the bench default to Settings' values."""
+    import inspect
+    from unittest import mock
+
+    from stages import cli
+    from stages.measure import serve_bench
+    from stages.serve import command
+
+    defaults = Settings()
+    verb = vars(cli.parser().parse_args(["serve", "--bundle", "b"]))
+    for name in ("workers", "batch", "batch_wait_ms", "max_body_kb", "max_concurrency"):
+        assert verb[name] == getattr(defaults, name), name
+    assert verb["no_batching"] is not defaults.batching
+    with mock.patch.object(command, "cmd_serve", lambda args: vars(args)):
+        module = command.main(["--bundle", "b"])
+    assert {k: module[k] for k in verb if k not in ("verb", "bundle")} == {
+        k: v for k, v in verb.items() if k not in ("verb", "bundle")
+    }
+    bench = inspect.signature(serve_bench.serve_bench).parameters
+    for name in ("workers", "batch", "batch_wait_ms"):
+        assert bench[name].default == getattr(defaults, name), name
 
 
 def test_stock_backend_answers_through_the_same_layer():

@@ -38,6 +38,7 @@ import numpy as np
 from ocr_bundles_runtime.manifest import find_bundle, parse_bundle
 
 from ..errors import PipelineError
+from ..serve.settings import Settings
 from .machine import ROOT, machine_info, pinned_cores
 
 START_TIMEOUT_S = 120.0
@@ -179,9 +180,9 @@ def serve_bench(
     *,
     stock: bool = True,
     stock_requests: int | None = None,
-    workers: int = 2,
-    batch: int = 8,
-    batch_wait_ms: float = 3.0,
+    workers: int = Settings.workers,
+    batch: int = Settings.batch,
+    batch_wait_ms: float = Settings.batch_wait_ms,
     server_cores: int | None = None,
     warmup: int = 8,
     start_timeout_s: float = START_TIMEOUT_S,
@@ -349,9 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stock-requests", type=int, help="per stock run (default --requests)")
     p.add_argument("--batching", default="on,off", help="on, off or on,off")
     p.add_argument("--no-stock", action="store_true")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--batch-wait-ms", type=float, default=3.0)
+    p.add_argument("--workers", type=int, default=Settings.workers)
+    p.add_argument("--batch", type=int, default=Settings.batch)
+    p.add_argument("--batch-wait-ms", type=float, default=Settings.batch_wait_ms)
     p.add_argument("--server-cores", type=int)
     p.add_argument("--out", type=Path, help="write the JSON result here")
     args = p.parse_args(argv)
