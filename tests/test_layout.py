@@ -194,7 +194,7 @@ def test_verb_code_follows_function_level_imports():
     files = verb_code("bench")
     assert "stages/measure/worker.py" in files  # a child process the bench starts
     assert "stages/passes/quantize_static.py" in files  # reading a recipe registers passes
-    assert "stages/plots.py" not in files
+    assert "stages/report/plots.py" not in files
 
 
 @pytest.mark.parametrize(("name", "stage"), _expanded(), ids=[n for n, _ in _expanded()])

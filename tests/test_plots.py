@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages import plots
+from stages.report import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

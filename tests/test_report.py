@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages import plots, report
+from stages import report
+from stages.errors import PipelineError
 from stages.records import BenchRecord, BuildRecord, read_record
+from stages.report import plots
+from stages.report.format import signed, times
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +104,7 @@ def test_plot_csvs_for_dvc_plots(written: dict) -> None:
 def test_a_missing_record_is_a_clear_error(written: dict, tmp_path: Path) -> None:
     shutil.copytree(written["metrics"], tmp_path / "metrics")
     (tmp_path / "metrics" / "low.json").unlink()
-    with pytest.raises(report.PipelineError, match=r"low.json: missing"):
+    with pytest.raises(PipelineError, match=r"low.json: missing"):
         report.write_reports(["low"], tmp_path / "metrics", written["builds"], tmp_path, tmp_path)
 
 
@@ -110,7 +113,7 @@ def test_a_record_of_another_shape_is_refused(written: dict, tmp_path: Path) -> 
     data = json.loads((tmp_path / "metrics" / "low.json").read_text())
     data["variants"]["final"]["accuracy"] = 0.9  # the old flat shape
     (tmp_path / "metrics" / "low.json").write_text(json.dumps(data))
-    with pytest.raises(report.PipelineError, match="not a valid BenchRecord"):
+    with pytest.raises(PipelineError, match="not a valid BenchRecord"):
         report.write_reports(["low"], tmp_path / "metrics", written["builds"], tmp_path, tmp_path)
 
 
@@ -146,9 +149,9 @@ def test_embed_file_rewrites_the_readme(tmp_path: Path) -> None:
 
 
 def test_times_shows_three_decimals_and_the_spread() -> None:
-    assert report.times(4.1, [3.9, 4.3]) == "4.100× [3.900–4.300]"
-    assert report.times(None) == "–"
-    assert report.signed(-0.0) == "+0.0"
+    assert times(4.1, [3.9, 4.3]) == "4.100× [3.900–4.300]"
+    assert times(None) == "–"
+    assert signed(-0.0) == "+0.0"
 
 
 def test_the_server_bench_gets_its_own_section(measured: dict, tmp_path: Path) -> None:

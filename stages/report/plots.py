@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .atomic import write_bytes
+from ..atomic import write_bytes
 
 DPI = 100
 # Fixed rc settings on top of matplotlib's defaults: a user's matplotlibrc must not change the

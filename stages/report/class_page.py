@@ -1,0 +1,369 @@
+"""The per-class page, reports/<C>.md: facts of the run, variants, budgets, memory settings,
+compute floor, CPU profiles and clients, stages, the quantization decision, accuracy by length."""
+
+from __future__ import annotations
+
+from ..records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, ProfileRun
+from .format import DASH, acc_cells, fmt, isa_words, pct, set_names, signed, table
+
+
+def variants_table(m: BenchRecord) -> str:
+    sets = set_names(m)
+    header = [
+        "variant",
+        "size MB",
+        "cold start ms (import / session / first)",
+        "warm p50 ms (p95)",
+        "model ms",
+        "peak RSS MB",
+        "above floor: cold ms, RSS MB",
+        "CPU s / 1000",
+        "RSS growth MB",
+        *[f"{s} %" for s in sets],
+    ]
+    rows = []
+    for name, v in m.variants.items():
+        if v.skipped:
+            rows.append([f"{name} (skipped: {v.skipped})", fmt(v.size_mb, 2), *[DASH] * 7])
+            continue
+        parts = f"({fmt(v.import_ms, 0)} / {fmt(v.session_ms, 0)} / {fmt(v.first_ms, 0)})"
+        rows.append(
+            [
+                f"**{name}**" if name in ("final", "bundle") else name,
+                fmt(v.ships_mb if v.ships_mb is not None else v.size_mb, 2),
+                f"{fmt(v.cold_start_ms, 0)} {parts}",
+                f"{fmt(v.warm_p50_ms, 2)} ({fmt(v.warm_p95_ms, 2)})",
+                fmt(v.model_p50_ms, 2),
+                fmt(v.peak_rss_mb, 0),
+                f"{fmt(v.attributable_cold_start_ms, 0)}, {fmt(v.attributable_peak_rss_mb, 1)}",
+                fmt(v.cpu_s_per_1000, 2),
+                fmt(v.rss_growth_mb, 1),
+                *acc_cells(v, sets),
+            ]
+        )
+    return table(header, rows)
+
+
+def long_scope(ds: dict) -> str:
+    """Which variants the long sessions covered (bench.long_session_scope)."""
+    if ds.get("long_session_scope") == "all":
+        return "for every variant"
+    return (
+        "for stock, what ships (the bundle, with and without its fallback), the arena flip and "
+        "the runtime floors; final and mem:recipe run the bundle's model, so their growth is "
+        "the bundle's (`bench.long_session_scope: all` in params.yaml measures every variant)"
+    )
+
+
+def facts(m: BenchRecord) -> str:
+    mach, ds = m.machine, m.dataset
+    isa = ", ".join(mach.get("isa", [])) or "none of the int8 extensions"
+    sizes = ", ".join(f"{s} {n}" for s, n in ds["eval_images"].items())
+    return "\n".join(
+        [
+            f"- Machine: {mach['cpu']} ({isa}), {mach['cores']} cores ({mach['usable_cores']} "
+            f"usable), onnxruntime {mach['onnxruntime']}, Python {mach['python']}, ddddocr "
+            f"{mach['ddddocr']}.",
+            f"- Threads: {m.threads} intra-op; every worker pinned to CPU(s) {m.affinity} "
+            f"before importing onnxruntime (reported: {m.worker_affinity}).",
+            f"- Evaluation images: {sizes}. Timings: {ds['timed_images']} images from "
+            f"{ds['timed_from']}, after {ds['warmup']} warm-up calls, median of {ds['repeats']} "
+            f"interleaved rounds, each a fresh process; memory growth over "
+            f"{ds['long_session']} calls in one process {long_scope(ds)}.",
+            f"- stock is {m.stock}.",
+            "- Cold start: spawn to first recognized text (interpreter, imports, session, first "
+            "image; page cache warm). Warm: image bytes to text. Model: session.run only. CPU: "
+            "user + sys seconds of the whole process per 1000 recognitions (no energy counters "
+            "here: CPU time is the energy proxy).",
+            "- Above floor: cold start and peak RSS minus the runtime_floor of the same process "
+            "kind (our runner, ddddocr, the bundle runtime) around a do-nothing model: what the "
+            "model adds on top of Python + the runtime.",
+            "- bundle: the shipped files through ocr_bundles_runtime, the fallback loaded only "
+            "when an image needs it; bundle+fallback: loaded up front. Their accuracy is measured "
+            "through the runtime's fallback chain on every evaluation image.",
+        ]
+    )
+
+
+def budgets_section(m: BenchRecord) -> str:
+    rows = [
+        [
+            name + (f" ({b.set})" if b.set else ""),
+            fmt(b.limit, 2),
+            fmt(b.value, 2),
+            DASH if b.ok is None else ("✅" if b.ok else _miss(name)),
+        ]
+        for name, b in m.budgets.items()
+    ]
+    return table(["budget (the bundle)", "limit", "value", "ok"], rows)
+
+
+def _miss(budget: str) -> str:
+    return "❌ under" if budget.startswith("min_") else "❌ over"
+
+
+def memory_section(m: BenchRecord) -> str:
+    if not m.memory_settings:
+        return "No memory-setting variants were measured."
+    rows = [
+        [
+            r["setting"],
+            fmt(r["cold_start_ms"], 0),
+            fmt(r["peak_rss_mb"], 1),
+            fmt(r["rss_growth_mb"], 1),
+            fmt(r["warm_p50_ms"], 2),
+            signed(r["peak_rss_delta_mb"]),
+            signed(r["cold_start_delta_ms"], 0),
+            signed(r["warm_p50_delta_ms"], 2),
+        ]
+        for r in m.memory_settings
+    ]
+    header = [
+        "session setting (shipped file)",
+        "cold start ms",
+        "peak RSS MB",
+        "RSS growth MB",
+        "warm p50 ms",
+        "Δ peak RSS MB",
+        "Δ cold ms",
+        "Δ warm ms",
+    ]
+    return table(header, rows)
+
+
+def floor_section(m: BenchRecord) -> str:
+    f = m.compute_floor
+    if not f:
+        return "Not measured."
+    threads = f.get("threads", 1)
+    lines = []
+    for name in ("reference", "final"):
+        if name not in f:
+            continue
+        r = f[name]
+        macs = r["mmacs"]
+        at = f" ({fmt(r['floor_ms_at_threads'], 2)} ms at {threads} threads)" if threads > 1 else ""
+        frac = (
+            f"; floor/measured = {fmt(r['floor_fraction'], 2)}" if r.get("floor_fraction") else ""
+        )
+        lines.append(
+            f"- {name}: {fmt(macs['total'], 1)} M MACs ({fmt(macs.get('fp32'), 1)} M fp32, "
+            f"{fmt(macs.get('int8'), 1)} M int8) at input width {r['input_width']} → floor "
+            f"{fmt(r['floor_ms'], 2)} ms on one core{at}; measured model p50 "
+            f"{fmt(r['model_p50_ms'], 2)} ms{frac}."
+        )
+    rates = f["rate_gmacs"]
+    lines.append(
+        f"- Rates: {fmt(rates['fp32'], 1)} G MAC/s fp32, {fmt(rates['int8'], 1)} G MAC/s int8 "
+        f"({f['rate_op']}). Dot products only: element-wise ops, memory traffic and the LSTM's "
+        "step-by-step dependency are not in the floor, so measured/floor shows the headroom."
+    )
+    return "\n".join(lines)
+
+
+def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalRecord) -> str:
+    sets = list(evaluation.sets)
+    rows = []
+    for st in build.stages:
+        v = evaluation.variants.get(st.stem)
+        c = checks.of(st.file)
+        rows.append(
+            [
+                st.stem,
+                "exact" if st.exact else "lossy",
+                fmt(st.size_mb, 2),
+                f"{c.max_abs_diff:.3g}" if c else DASH,
+                fmt(c.argmax_agreement, 4) if c else DASH,
+                *[
+                    f"{pct(v.sets[s].accuracy)} ({pct(v.sets[s].agreement)})" if v else DASH
+                    for s in sets
+                ],
+            ]
+        )
+    header = [
+        "stage",
+        "checked",
+        "size MB",
+        "max abs diff",
+        "argmax agreement",
+        *[f"{s}: accuracy % (agrees with reference %)" for s in sets],
+    ]
+    return table(header, rows)
+
+
+def sensitivity_sections(build: BuildRecord) -> list[str]:
+    out = []
+    for st in build.stages:
+        rep = st.tolerance()
+        if rep is None:
+            continue
+        rows = [
+            [s.node, s.op_type, s.group, f"{s.rel_mse:.3g}", fmt(s.quantized)]
+            for s in rep.sensitivity
+        ]
+        sens = table(["node", "op", "group", "rel. MSE", "quantized"], rows)
+        sets = list(rep.reference)
+        tried = [
+            [
+                str(t.k),
+                fmt(t.dynamic),
+                *[
+                    f"{fmt(t.sets[s]['accuracy'], 2)} ({fmt(t.sets[s]['agreement'], 3)})"
+                    for s in sets
+                ],
+                "✅" if t.accepted else "❌",
+            ]
+            for t in rep.steps
+        ]
+        header = ["float static nodes", "dynamic int8", *[f"{s} acc % (agreement)" for s in sets]]
+        steps = table([*header, "accepted"], tried)
+        ref = ", ".join(f"{s} {fmt(a, 2)} %" for s, a in rep.reference.items())
+        why = "\n".join(f"- `{n}`: {w}" for n, w in rep.why.items()) or "- none: every node int8"
+        out.append(
+            f"### {st.stem}\n\nValidation accuracy of the input model: {ref}. A variant is "
+            f"accepted only when every set is within tolerance.\n\n{steps}\n\nKept float:\n\n"
+            f"{why}\n\nSensitivity (output error when only this node is quantized, on "
+            f"calibration images of every source):\n\n{sens}"
+        )
+    return out
+
+
+def by_length_section(evaluation: EvalRecord) -> str:
+    ref, fin = evaluation.variants["reference"], evaluation.variants["final"]
+    rows = []
+    for s in evaluation.sets:
+        r, f = ref.sets[s].by_length, fin.sets[s].by_length
+        for k in sorted(set(r) | set(f), key=int):
+            n = (r.get(k) or f.get(k)).n
+            ra, fa = r.get(k), f.get(k)
+            rows.append(
+                [s, k, str(n), pct(ra.accuracy if ra else None), pct(fa.accuracy if fa else None)]
+            )
+    return table(["set", "label length", "images", "reference %", "final %"], rows)
+
+
+def client_rows(target: str, m: BenchRecord) -> list[list[str]]:
+    """The reference clients' rows: their own decoding, this machine's CPU."""
+    rows = []
+    for name, c in m.clients.items():
+        if c.reason:
+            rows.append([target, f"{name} ({c.runtime})", f"not run: {c.reason}", DASH, DASH, DASH])
+            continue
+        cells = [
+            f"{s} {pct(r.accuracy)}, same text as Python {fmt(r.agreement_python, 3)}"
+            for s, r in c.sets.items()
+        ]
+        images = next(iter(c.sets.values())).images if c.sets else 0
+        check = "vectors pass" if c.conformance else f"vectors FAIL: {c.conformance_failure}"
+        rows.append([target, f"{name} ({c.runtime})", "this machine, JS", str(images),
+                     "; ".join(cells), check])  # fmt: skip
+    return rows
+
+
+def vectors_cell(run: ProfileRun) -> str:
+    if run.conformance is None:
+        return DASH
+    diff = (
+        f" (max diff {run.conformance_max_diff:.2g})"
+        if run.conformance_max_diff is not None
+        else ""
+    )
+    return f"pass{diff}" if run.conformance else f"FAIL: {run.conformance_failure}"
+
+
+def runs_on_section(m: BenchRecord) -> str:
+    """What each declared CPU profile reads through the shipped model (verify/<C>.json)."""
+    if not m.profiles:
+        return "The class declares no CPU profile (recipe `profiles:`)."
+    sets = sorted({s for run in m.profiles.values() for s in run.sets})
+    rows = []
+    for name, run in m.profiles.items():
+        if run.how == "unavailable":
+            rows.append([name, f"not run: {run.reason}", *[DASH] * len(sets), DASH, DASH])
+            continue
+        how = "native" if run.how == "native" else f"emulated (`{run.emulator}`)"
+        rows.append(
+            [
+                name,
+                how,
+                *[
+                    f"{pct(r.accuracy)} ({fmt(r.accuracy_drop_pts, 1)} pts; ref "
+                    f"{fmt(r.agreement_reference, 3)}, here {fmt(r.agreement_build, 3)}; "
+                    f"max diff {r.max_abs_diff:.2g})"
+                    if (r := run.sets.get(s))
+                    else DASH
+                    for s in sets
+                ],
+                fmt(run.within_budget),
+                vectors_cell(run),
+            ]
+        )
+    first = next((r for run in m.profiles.values() for r in run.sets.values()), None)
+    n = first.images if first else 0
+    notes = [f"- `{name}`: {run.note}" for name, run in m.profiles.items()]
+    native = [name for name, run in m.profiles.items() if run.how == "native"]
+    speed = (
+        f"- Speed and memory figures above are {', '.join(native)}'s: measured on this machine."
+        if native
+        else f"- Speed and memory figures above come from this machine, {isa_words(m)}, which is "
+        "none of the class's profiles: they say nothing of the speed on its devices."
+    )
+    notes.append(speed)
+    return "\n".join(
+        [
+            f"The shipped model on each CPU profile the class declares, on the first {n} images "
+            f"of each evaluation set (one image = {100 / max(1, n):.2g} points). Each cell: "
+            "accuracy (drop against the float reference on the same images; agreement with the "
+            "reference's texts and with this machine's texts; largest output difference from "
+            "this machine's). Emulation checks numerics only: no time is measured there.",
+            "",
+            table(["profile", "ran", *sets, "within budget", "conformance vectors"], rows),
+            "",
+            *notes,
+            "",
+            clients_section(m),
+        ]
+    )
+
+
+def clients_section(m: BenchRecord) -> str:
+    """The bundle through the JavaScript reference client (clients/js) on this machine."""
+    if not m.clients:
+        return ""
+    rows = client_rows(m.target, m)
+    return "\n".join(
+        [
+            "The JavaScript reference client (clients/js) reads the same image files itself "
+            "(pngjs/jpeg-js decoding, the bundle's in-graph preprocessing, its own CTC decode) "
+            "with onnxruntime-node and with onnxruntime-web (WebAssembly), on this machine:",
+            "",
+            table(["class", "client", "ran", "images / set", "accuracy, agreement", "check"], rows),
+        ]
+    )
+
+
+def class_report(
+    m: BenchRecord, build: BuildRecord, checks: CheckRecord, evaluation: EvalRecord
+) -> str:
+    parts = [
+        f"# Device class `{m.target}`",
+        m.description,
+        facts(m),
+        "## Variants",
+        variants_table(m),
+        "## Budgets",
+        budgets_section(m),
+        "## Session memory settings",
+        memory_section(m),
+        "## Compute floor",
+        floor_section(m),
+        "## Runs on (CPU profiles)",
+        runs_on_section(m),
+        "## Stages (divergence from checks.json, accuracy from eval.json)",
+        stages_section(build, checks, evaluation),
+    ]
+    sens = sensitivity_sections(build)
+    if sens:
+        parts += ["## Quantization decision", *sens]
+    parts += ["## Accuracy by label length", by_length_section(evaluation)]
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -1,0 +1,70 @@
+"""Cells and tables of the report: numbers, percentages, signed changes and ratios as text, a
+markdown table, the per-set accuracy cells every table of a variant shares, and the measuring
+machine's int8 extensions in words."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..records import BenchRecord, VariantMetrics
+
+DASH = "–"
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return DASH if value is None else f"{value * 100:.{digits}f}"
+
+
+def signed(value: float | None, digits: int = 1) -> str:
+    # adding 0.0 turns -0.0 into 0.0, so "no change" never prints as "-0.0"
+    return DASH if value is None else f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def times(value: float | None, spread: list[float] | None = None) -> str:
+    """A ratio with three decimals: the inputs are rounded medians, so two would make a median
+    ratio look outside its own per-round spread."""
+    if value is None:
+        return DASH
+    return f"{value:.3f}× [{spread[0]:.3f}–{spread[1]:.3f}]" if spread else f"{value:.3f}×"
+
+
+def set_names(m: BenchRecord) -> list[str]:
+    return list(m.dataset.get("eval_images", {}))
+
+
+def acc_cells(v: VariantMetrics, sets: list[str], ref: VariantMetrics | None = None) -> list[str]:
+    """Accuracy % per set, with the change against `ref` in points when given."""
+    out = []
+    for s in sets:
+        r = v.sets.get(s)
+        if r is None:
+            out.append(DASH)
+            continue
+        base = ref.sets.get(s) if ref is not None else None
+        delta = f" ({signed((r.accuracy - base.accuracy) * 100)})" if base else ""
+        out.append(f"{pct(r.accuracy)}{delta}")
+    return out
+
+
+def isa_words(m: BenchRecord) -> str:
+    isa = m.machine.get("isa", [])
+    vnni = {"avx512_vnni", "avx_vnni"} & set(isa)
+    kind = "with VNNI" if vnni else "without VNNI" if "avx2" in isa else "no x86 int8 extension"
+    return f"{m.machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"
