@@ -170,7 +170,7 @@ def cmd_folder(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .atomic import write_json
     from .contract import read_contract
-    from .preprocess_bench import run
+    from .measure.preprocess import run
 
     params = _load_params(args)
     contract = read_contract(args.model)
@@ -406,7 +406,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .build import read_recipe
     from .contract import read_contract
-    from .measure.bench import BenchInputs, run_bench
+    from .measure.bench import run_bench
+    from .measure.variants import BenchInputs
     from .records import write_record
 
     params = _load_params(args)

@@ -16,8 +16,9 @@ from stages.baselines import build_baselines
 from stages.build import read_recipe
 from stages.data.dataset import read_sets
 from stages.evaluate import EvalSets, reference_texts
-from stages.measure.bench import BenchInputs, run_bench
-from stages.preprocess_bench import run as run_preprocess
+from stages.measure.bench import run_bench
+from stages.measure.preprocess import run as run_preprocess
+from stages.measure.variants import BenchInputs
 from stages.profiles.host import host_arch
 from stages.profiles.profile import CpuProfile
 from stages.recipe import BenchParams

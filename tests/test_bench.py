@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 from ocr_bundles_runtime.decode import decode
 from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio
-from stages.measure import bench, floor, machine, metrics
+from stages.measure import floor, machine, metrics, spawn
+from stages.measure.variants import Variant
 from stages.recipe import BenchParams, Budgets
 from stages.records import BenchRecord, Ratios, SetAccuracy, VariantMetrics, read_record
 
@@ -166,10 +167,10 @@ def test_speedup_budget_is_a_floor() -> None:
 
 
 def test_core_slots_are_disjoint_and_cover_the_threads() -> None:
-    assert bench.core_slots(1, [0, 1]) == [[0], [1]]
-    assert bench.core_slots(2, [0, 1]) == [[0, 1]]
-    assert bench.core_slots(4, [0, 1]) == [[0, 1]]
-    assert bench.pinned_cores(2, [3, 1, 2]) == [1, 2]
+    assert spawn.core_slots(1, [0, 1]) == [[0], [1]]
+    assert spawn.core_slots(2, [0, 1]) == [[0, 1]]
+    assert spawn.core_slots(4, [0, 1]) == [[0, 1]]
+    assert machine.pinned_cores(2, [3, 1, 2]) == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -179,14 +180,14 @@ def test_long_session_scope_chooses_the_variants(
     monkeypatch: pytest.MonkeyPatch, scope: str, expected: list[str]
 ) -> None:
     variants = [
-        bench.Variant("final", "onnx", 1.0),
-        bench.Variant("bundle", "bundle", 1.0, long_session=True),
-        bench.Variant("gone", "onnx", None, long_session=True, skipped="not installed"),
+        Variant("final", "onnx", 1.0),
+        Variant("bundle", "bundle", 1.0, long_session=True),
+        Variant("gone", "onnx", None, long_session=True, skipped="not installed"),
     ]
     specs: list[dict[str, Any]] = []
-    monkeypatch.setattr(bench, "spawn", lambda spec: specs.append(spec) or {"ok": 1})
+    monkeypatch.setattr(spawn, "spawn", lambda spec: specs.append(spec) or {"ok": 1})
     params = BenchParams(long_session=7, long_session_scope=scope)
-    out = bench.long_sessions(variants, [], params, 1, "test")
+    out = spawn.long_sessions(variants, [], params, 1, "test")
     assert sorted(out) == sorted(expected)
     assert sorted(s["variant"] for s in specs) == sorted(expected)
     assert {s["long_session"] for s in specs} == {7}
@@ -215,7 +216,7 @@ def test_the_committed_metrics_were_measured_on_the_committed_machine() -> None:
 
 
 def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
-    assert bench.run_order(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    assert spawn.run_order(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
 
 
 # ---------------------------------------------------------------------------- floors
@@ -289,7 +290,7 @@ def test_runtime_floor_model_keeps_the_contract_and_decodes_to_nothing() -> None
 def onnx_spec(measured: dict, cores: list[int], **extra: Any) -> dict[str, Any]:
     build = measured["builds"] / "low" / "model"
     recipe = json.loads((build / "recipe.json").read_text())["recipe"]
-    v = bench.Variant(
+    v = Variant(
         "final",
         "onnx",
         1.0,
@@ -300,14 +301,14 @@ def onnx_spec(measured: dict, cores: list[int], **extra: Any) -> dict[str, Any]:
         },
     )
     images = sorted((measured["root"] / "data" / "clean" / "eval").glob("*.png"))
-    spec = bench.worker_spec(v, images, BenchParams(repeats=1, warm_images=2, warmup=0), cores, 0)
+    spec = spawn.worker_spec(v, images, BenchParams(repeats=1, warm_images=2, warmup=0), cores, 0)
     return spec | extra
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
 def test_worker_pins_itself_to_the_cores_it_is_given(measured: dict) -> None:
     last = sorted(os.sched_getaffinity(0))[-1]
-    out = bench.spawn(onnx_spec(measured, [last]), timeout_s=120)
+    out = spawn.spawn(onnx_spec(measured, [last]), timeout_s=120)
     assert out["affinity"] == [last] and out["thread_affinity"] == [last]
     assert out["cold_start_ms"] > 0 and len(out["total_ms"]) == 2
     assert out["import_ms"] > 0 and out["session_ms"] > 0 and out["first_ms"] > 0
@@ -316,23 +317,23 @@ def test_worker_pins_itself_to_the_cores_it_is_given(measured: dict) -> None:
 
 def test_failed_worker_names_the_variant_and_quotes_stderr(measured: dict) -> None:
     spec = onnx_spec(measured, [0], model="/no/such/model.onnx")
-    with pytest.raises(bench.BenchError, match=r"variant 'final' failed \(exit code 1\)") as e:
-        bench.spawn(spec, timeout_s=120)
+    with pytest.raises(spawn.BenchError, match=r"variant 'final' failed \(exit code 1\)") as e:
+        spawn.spawn(spec, timeout_s=120)
     assert "no/such/model.onnx" in str(e.value)
 
 
 def test_long_session_run_reports_resident_memory_growth(measured: dict) -> None:
-    out = bench.spawn(onnx_spec(measured, [0], long_session=25), timeout_s=120)
+    out = spawn.spawn(onnx_spec(measured, [0], long_session=25), timeout_s=120)
     assert len(out["total_ms"]) == 25 and len(out["texts"]) == 2
     assert out["rss_end_mb"] > 0 and out["rss_warm_mb"] > 0
 
 
 @pytest.mark.integration
 def test_stock_ddddocr_worker_times_its_session(measured: dict) -> None:
-    v = bench.Variant("stock_default", "stock", 13.6, {"stock": "old"})
+    v = Variant("stock_default", "stock", 13.6, {"stock": "old"})
     images = sorted((measured["root"] / "data" / "clean" / "eval").glob("*.png"))
     params = BenchParams(repeats=1, warm_images=2, warmup=0)
-    out = bench.spawn(bench.worker_spec(v, images, params, [0], 0), timeout_s=300)
+    out = spawn.spawn(spawn.worker_spec(v, images, params, [0], 0), timeout_s=300)
     assert out["affinity"] == [0] and "ddddocr" in out["imported"]
     # onnxruntime's default pool would pin a thread per machine core; sized to the 1 core here
     assert out["thread_affinity"] == [0] and out["ort_threads"] == 1
@@ -419,7 +420,7 @@ def test_ratios_budgets_memory_table_and_facts(low: BenchRecord) -> None:
 
 
 def test_timed_accuracy_compares_texts_by_the_contract_s_scoring():
-    from stages.measure.bench import Variant, variant_record
+    from stages.measure.bench import variant_record
     from stages.scoring import Scoring
 
     run = {"total_ms": [1.0, 1.0, 1.0], "cold_start_ms": 9.0, "peak_rss_mb": 50.0,

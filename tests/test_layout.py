@@ -124,10 +124,16 @@ def _discovered(path: Path, module: str, text: str) -> list[str]:
     return [f"{module}.{p.stem}" for p in path.parent.glob("*.py") if not p.stem.startswith("_")]
 
 
+# child processes (`python -m <module>`), counted through the module that starts them
+CHILDREN = {
+    "stages.measure.spawn": "stages.measure.worker",
+    "stages.measure.preprocess": "stages.measure.preprocess_probe",
+}
+
+
 def verb_code(verb: str) -> set[str]:
     """Files a verb runs: cli.py's module-level imports, the verb function's imports, and
-    everything those import in turn (stages.measure.worker runs as a child process of the
-    bench, so it is counted through the module that starts it)."""
+    everything those import in turn, child processes (CHILDREN) included."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cli.VERBS[verb][0])))
     top = ast.parse((ROOT / "stages" / "cli.py").read_text())
     imports = ast.Module(
@@ -135,8 +141,7 @@ def verb_code(verb: str) -> set[str]:
     )
     start = _imports(tree, "stages.cli", False) | _imports(imports, "stages.cli", False)
     modules = _closure(start) | {"stages.cli"}
-    if "stages.measure.bench" in modules:
-        modules |= _closure({"stages.measure.worker"})
+    modules |= _closure({child for parent, child in CHILDREN.items() if parent in modules})
     return {str(_module_file(m).relative_to(ROOT)) for m in modules}
 
 
@@ -193,6 +198,7 @@ def test_dvc_stage_runs_a_cli_verb_and_depends_on_all_its_code(name, stage):
 def test_verb_code_follows_function_level_imports():
     files = verb_code("bench")
     assert "stages/measure/worker.py" in files  # a child process the bench starts
+    assert "stages/measure/preprocess_probe.py" in verb_code("preprocess")  # and preprocess
     assert "stages/passes/quantize_static.py" in files  # reading a recipe registers passes
     assert "stages/report/plots.py" not in files
 

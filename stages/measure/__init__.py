@@ -1,1 +1,2 @@
-"""Measuring a build: bench orchestration, worker processes, metrics arithmetic, compute floor."""
+"""Measuring: preprocessing candidates, bench orchestration, worker processes, metrics
+arithmetic, compute floor, the server bench."""

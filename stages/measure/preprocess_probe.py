@@ -1,7 +1,7 @@
 """Child process of the preprocess stage: pin one core, then measure one candidate.
 
-Run as `python -m stages.preprocess_probe '<json>'`; it imports nothing heavy before pinning,
-so BLAS and OpenCV thread pools see one core, and the backend's import cost is its own.
+Run as `python -m stages.measure.preprocess_probe '<json>'`; it imports nothing heavy before
+pinning, so BLAS and OpenCV thread pools see one core, and the backend's import cost is its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .measure.worker import status_kb
+from .worker import status_kb
 
 BACKEND_IMPORTS = {"pillow": "PIL.Image", "opencv": "cv2", "numpy": "PIL.Image"}
 

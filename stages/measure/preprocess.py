@@ -20,17 +20,19 @@ from typing import Any
 from ocr_bundles_runtime.preprocess import Preprocess
 from ocr_bundles_runtime.session import Runtime
 
-from .data.dataset import read_sets
-from .errors import PipelineError
-from .evaluate import EvalSets, eval_runtime, score_sets
-from .scoring import Scoring
+from ..data.dataset import read_sets
+from ..errors import PipelineError
+from ..evaluate import EvalSets, eval_runtime, score_sets
+from ..scoring import Scoring
 
 
 def probe(spec: Preprocess, images: list[Path]) -> dict[str, float]:
     """Time and import cost of one candidate, measured in a fresh pinned interpreter."""
     job = json.dumps({"spec": spec.as_dict(), "images": [str(p) for p in images]})
     out = subprocess.run(
-        [sys.executable, "-m", "stages.preprocess_probe", job], capture_output=True, text=True
+        [sys.executable, "-m", "stages.measure.preprocess_probe", job],
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise PipelineError(f"preprocess probe failed for {spec}: {out.stderr[-2000:]}")
