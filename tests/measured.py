@@ -17,10 +17,10 @@ from stages.build import read_recipe
 from stages.data.dataset import read_sets
 from stages.evaluate import EvalSets, reference_texts
 from stages.measure.bench import BenchInputs, run_bench
+from stages.params import BenchParams
 from stages.preprocess_bench import run as run_preprocess
 from stages.profiles.host import host_arch
 from stages.profiles.profile import CpuProfile
-from stages.recipe import BenchParams
 from stages.records import write_record
 from stages.verify import verify_bundle
 

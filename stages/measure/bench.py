@@ -40,8 +40,9 @@ from ..contract import Contract
 from ..data.dataset import read_sets
 from ..errors import PipelineError
 from ..evaluate import EvalSets, score_sets
+from ..params import BenchParams
 from ..progress import Progress, map_ordered, usable_cores
-from ..recipe import BenchParams, Recipe
+from ..recipe import Recipe
 from ..records import (
     BUILD_FILE,
     BaselinesRecord,
