@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import charset as charsets
-from . import recipe as recipes
 from . import registry
-from .errors import PipelineError
+from .errors import PipelineError, RecipeError
+from .params import Params, load_params
+from .recipe import Recipe, load_class, load_pipeline
 
 if TYPE_CHECKING:
     from .contract import Contract
@@ -465,7 +466,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     params = _load_params(args)
     s = params.serve
     if s.target not in params.targets:
-        raise recipes.RecipeError(
+        raise RecipeError(
             str(args.params),
             "serve.target",
             f"'{s.target}' is not in targets {params.targets}; the server runs a built class's "
@@ -520,46 +521,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _named(table: dict, name: str, params_file: Path, field: str):
     if name not in table:
-        raise recipes.RecipeError(
-            str(params_file), field, f"has no '{name}'; it has {sorted(table)}"
-        )
+        raise RecipeError(str(params_file), field, f"has no '{name}'; it has {sorted(table)}")
     return table[name]
 
 
-def _load_params(args: argparse.Namespace) -> recipes.Params:
-    params = recipes.load_params(args.params)
+def _load_params(args: argparse.Namespace) -> Params:
+    params = load_params(args.params)
     params.check_versions(str(args.params))
     return params
 
 
-def _print_notes(args: argparse.Namespace, params: recipes.Params) -> None:
+def _print_notes(args: argparse.Namespace, params: Params) -> None:
     """What params.yaml sets aside (stderr: stdout is the stage's report)."""
     for note in params.notes():
         print(f"note: {args.params}: {note}", file=sys.stderr)
 
 
-def _load_class(args: argparse.Namespace) -> tuple[recipes.Params, Contract, recipes.Recipe]:
+def _load_class(args: argparse.Namespace) -> tuple[Params, Contract, Recipe]:
     """Params, the model's contract and the class's recipe, checked in that order: the cheap
     checks of what the user typed come before anything read from earlier stages."""
     from .contract import read_contract
 
     _load_passes()
     params = _load_params(args)
-    pipeline = recipes.load_pipeline(args.pipeline)
+    pipeline = load_pipeline(args.pipeline)
     if args.target not in params.targets:
-        raise recipes.RecipeError(
+        raise RecipeError(
             str(args.params),
             "targets",
             f"'{args.target}' is not a target; targets: {params.targets}",
         )
     contract = read_contract(args.model)
-    recipe = recipes.load_class(
-        args.target, params, pipeline, args.configs, args.params, contract.input
-    )
+    recipe = load_class(args.target, params, pipeline, args.configs, args.params, contract.input)
     return params, contract, recipe
 
 
-def _allowed_chars(params: recipes.Params, model_dir: Path) -> str:
+def _allowed_chars(params: Params, model_dir: Path) -> str:
     """params.yaml's charset as characters; 'model' reads the model stage's dictionary."""
     from .contract import read_model_charset
 

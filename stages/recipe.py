@@ -1,5 +1,5 @@
-"""Typed models of configs/<class>.yaml, pipeline.yaml and params.yaml, loaded with errors that
-name the file and the field. Everything is validated before any model is loaded.
+"""Typed models of configs/<class>.yaml and pipeline.yaml, loaded with errors that name the file
+and the field. Everything is validated before any model is loaded.
 
 A class's recipe is merged from: the model's input contract (preprocessing) < pipeline.yaml
 `defaults` < configs/<class>.yaml < params.yaml `overrides.<class>`; an override of a pass's
@@ -9,36 +9,21 @@ the pass. Overrides of classes not in `targets` are ignored (Params.notes says s
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Self
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ocr_bundles_runtime.preprocess import Preprocess
 from ocr_bundles_runtime.session import Runtime
 
-from . import charset as charsets
 from . import registry
-from .contract import ModelParams, Strict
-from .data.folder import FolderSource
-from .data.sources import SyntheticSource
-from .errors import FieldValueError, RecipeError, UnknownNameError
-from .profiles.profile import CpuProfile
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # source and class names: folder- and DVC-safe
+from .contract import Strict
+from .errors import RecipeError, UnknownNameError
+from .params import Params
+from .yamlio import merge, raise_validation, read_yaml
 
 
 class Equivalence(Strict):
@@ -174,226 +159,6 @@ class Recipe(Strict):
         return _validate(source, data, steps)
 
 
-class DataParams(Strict):
-    """params.yaml `data:` every named source, split into calib / val / eval."""
-
-    synthetic: dict[str, SyntheticSource] = Field(
-        default_factory=dict, description="generated styles, by source name"
-    )
-    folders: dict[str, FolderSource] = Field(
-        default_factory=dict, description="folders of your own labeled images, by source name"
-    )
-
-    min_accuracy: float = Field(
-        0.3,
-        ge=0.0,
-        le=1.0,
-        description="a source the source model reads below this (share of its first val "
-        "images) is left out of calibration and validation: decisions on it would follow "
-        "noise; 0 keeps every source",
-    )
-
-    @model_validator(mode="after")
-    def _names(self) -> Self:
-        both = sorted(set(self.synthetic) & set(self.folders))
-        if both:
-            raise ValueError(f"source names {both} are used twice; give each source its own name")
-        bad = [n for n in self.sources() if not NAME.match(n)]
-        if bad:
-            raise ValueError(f"source names {bad} must be lowercase letters, digits, '_' or '-'")
-        if not self.sources():
-            raise ValueError("no data source: add one under synthetic or folders")
-        return self
-
-    def sources(self) -> list[str]:
-        """Every source (and so evaluation set) name, synthetic first, in params order."""
-        return [*self.synthetic, *self.folders]
-
-
-Baseline = Literal["stock", "stock_default", "naive_int8"]
-# baselines only one model source has: name -> (that source, what the baseline is)
-SOURCE_ONLY: dict[str, tuple[str, str]] = {"stock_default": ("ddddocr", "ddddocr's own int8 model")}
-
-
-class BenchParams(Strict):
-    repeats: int = Field(5, ge=1, description="interleaved rounds; figures are medians")
-    warm_images: int = Field(100, ge=1, description="images timed per round after warm-up")
-    warmup: int = Field(10, ge=0, description="untimed calls before timing")
-    long_session: int = Field(
-        5000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
-    )
-    long_session_scope: Literal["shipped", "all"] = Field(
-        "shipped",
-        description="which variants get a long session: shipped (stock, the bundle with and "
-        "without fallback, the arena flip, the runtime floors) or all (every variant: a stage "
-        "model, final, naive_int8 too; several times the bench's time)",
-    )
-    baselines: list[Baseline] = Field(
-        default_factory=lambda: ["stock", "stock_default", "naive_int8"],
-        description="measured beside every class in the same run: stock (what users run "
-        "today), stock_default (ddddocr's int8 model; skipped unless model.source is ddddocr), "
-        "naive_int8",
-    )
-
-
-class ServeParams(Strict):
-    """The escalation server's bench (serve_bench stage): one class's bundle behind HTTP, with
-    stock ddddocr served the same way in the same run."""
-
-    target: str = Field("high", description="the class whose bundle the server runs")
-    clients: list[int] = Field(
-        default_factory=lambda: [1, 4], min_length=1, description="concurrent clients per run"
-    )
-    requests: int = Field(300, ge=1, description="requests per run")
-    batching: list[bool] = Field(
-        default_factory=lambda: [True, False],
-        min_length=1,
-        description="batching on and/or off (only where the bundle's model batches)",
-    )
-
-    @field_validator("clients")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if min(value) < 1:
-            raise ValueError(f"client counts must be >= 1, got {value}")
-        return value
-
-
-class VerifyParams(Strict):
-    """The verify stage: each bundle on each CPU profile its class declares."""
-
-    images: int = Field(
-        100,
-        ge=1,
-        description="first images of each evaluation set run per profile (a fixed subset: "
-        "emulation costs 55-165x native time); one image is 100/images points",
-    )
-    client_images: int = Field(
-        300,
-        ge=1,
-        description="first images of each evaluation set the reference clients (clients/js: "
-        "onnxruntime-node and -web) read per pixel-feed bundle, against the Python runtime",
-    )
-
-
-class PreprocessBench(Strict):
-    images: int = Field(
-        600, ge=1, description="evaluation images per set each candidate is scored on"
-    )
-    candidates: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="named preprocessing changes to the model's input contract",
-    )
-
-
-class Params(Strict):
-    targets: list[str] = Field(min_length=1, description="device classes to build")
-    model: ModelParams = Field(default_factory=ModelParams)
-    charset: str = Field(
-        "lower_digits", description="allowed characters: a preset, 'chars:...' or 'model'"
-    )
-    data: DataParams = Field(description="data sources")
-    bench: BenchParams = Field(default_factory=BenchParams)
-    preprocess: PreprocessBench = Field(default_factory=PreprocessBench)
-    serve: ServeParams = Field(default_factory=ServeParams)
-    profiles: dict[str, CpuProfile] = Field(
-        default_factory=dict, description="named CPU profiles recipes declare (data, not code)"
-    )
-    verify: VerifyParams = Field(default_factory=VerifyParams)
-    versions: dict[str, str] = Field(description="pinned library versions the builds depend on")
-    overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per-class patches of recipe fields"
-    )
-
-    @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> Params:
-        # RecipeError is not a ValueError: pydantic lets it through with its file and field
-        self.cross_check((info.context or {}).get("file", "params.yaml"))
-        return self
-
-    def cross_check(self, file: str) -> None:
-        """Rules spanning fields, each reported at the field to change."""
-        try:
-            charsets.resolve(self.charset, [] if self.charset == charsets.MODEL else None)
-        except ValueError as e:
-            raise RecipeError(file, "charset", str(e)) from None
-        for name, src in self.data.synthetic.items():
-            if self.charset == charsets.MODEL:  # the model's dictionary: the stage checks
-                break
-            outside = sorted(set(src.style.alphabet or "") - set(self.allowed_chars()))
-            if outside:
-                raise RecipeError(
-                    file,
-                    f"data.synthetic.{name}.style.alphabet",
-                    f"uses {outside}, which charset '{self.charset}' excludes; remove the "
-                    "alphabet to follow the charset, or widen the charset",
-                )
-        for name, cand in self.preprocess.candidates.items():
-            try:
-                self.preprocess_for(cand)
-            except (TypeError, ValueError) as e:
-                raise RecipeError(file, f"preprocess.candidates.{name}", str(e)) from None
-
-    # Overrides of non-targets and baselines the source lacks are set aside, not refused, so
-    # that changing targets or model.source leaves params.yaml valid; notes() says what.
-
-    def ignored_overrides(self) -> list[str]:
-        """Classes with an override that are not targets: never read (see override_for)."""
-        return [name for name in self.overrides if name not in self.targets]
-
-    def override_for(self, target: str) -> dict[str, Any] | None:
-        """`overrides.<target>`, only for a target."""
-        return self.overrides.get(target) if target in self.targets else None
-
-    def skipped_baselines(self) -> dict[str, str]:
-        """Listed baselines that do not apply to model.source, with why."""
-        out = {}
-        for name in self.bench.baselines:
-            source, what = SOURCE_ONLY.get(name, (self.model.source, ""))
-            if source != self.model.source:
-                out[name] = f"{what} applies only to model.source {source}"
-        return out
-
-    def applicable_baselines(self) -> list[Baseline]:
-        """The baselines the baselines and bench stages run, in params order."""
-        skipped = self.skipped_baselines()
-        return [name for name in self.bench.baselines if name not in skipped]
-
-    def bench_as_run(self) -> BenchParams:
-        """`bench` with only the applicable baselines (what the bench stage measures)."""
-        return self.bench.model_copy(update={"baselines": self.applicable_baselines()})
-
-    def notes(self) -> list[str]:
-        """One line per setting that is set aside, naming its field."""
-        targets = ", ".join(self.targets)
-        out = [
-            f"overrides.{name} ignored: {name} is not in targets [{targets}]"
-            for name in self.ignored_overrides()
-        ]
-        skipped = self.skipped_baselines().items()
-        return out + [f"bench.baselines {n} skipped: {why}" for n, why in skipped]
-
-    def preprocess_for(self, changes: dict[str, Any]) -> Preprocess:
-        """The model's input contract with `changes` applied."""
-        return Preprocess(**merge(self.model.input.as_dict(), changes))
-
-    def check_versions(self, file: str) -> None:
-        """The installed libraries must be the ones params.yaml pins (DVC keys on these)."""
-        for lib, pinned in self.versions.items():
-            installed = metadata.version(lib)
-            if installed != pinned:
-                raise RecipeError(
-                    file,
-                    f"versions.{lib}",
-                    f"pins {pinned} but {installed} is "
-                    "installed; reinstall the project (pip install -e .)",
-                )
-
-    def allowed_chars(self, model_charset: list[str] | None = None) -> str:
-        """The allowed characters; charset 'model' needs the model stage's dictionary."""
-        return charsets.resolve(self.charset, model_charset)
-
-
 class Pipeline(Strict):
     stages: list[str] = Field(description="stage names, in data-flow order (matches dvc.yaml)")
     defaults: dict[str, Any] = Field(
@@ -401,76 +166,11 @@ class Pipeline(Strict):
     )
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RecipeError(str(path), "", "file not found") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(str(path), "", f"YAML syntax error: {e}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(str(path), "", f"must be a mapping, got {type(data).__name__}")
-    return data
-
-
-STYLE_TAGS = ("clean", "hard")  # pydantic adds the chosen generator to a style error's location
-
-
-def field_path(loc: tuple[Any, ...]) -> str:
-    """`data.synthetic.a.style.width` from pydantic's location, as the user wrote the field."""
-    loc = tuple(
-        part
-        for i, part in enumerate(loc)
-        if not (i and loc[i - 1] == "style" and part in STYLE_TAGS)
-    )
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
-
-
-def raise_validation(
-    file: str, prefix: str, err: ValidationError, fields: list[str] | None = None
-) -> NoReturn:
-    """Turn pydantic's error into one RecipeError naming file, field path, value and allowed."""
-    first = err.errors()[0]
-    cause = first.get("ctx", {}).get("error")
-    if isinstance(cause, FieldValueError):  # a dataclass section's own check names its field
-        first = {**first, "loc": (*first["loc"], cause.field)}
-    if first["type"] == "extra_forbidden" and fields:
-        first = {**first, "msg": f"unknown option; allowed options: {', '.join(fields)}"}
-    path = field_path((prefix, *first["loc"]) if prefix else tuple(first["loc"]))
-    given = first.get("input")
-    shown = "" if isinstance(given, dict) else f" (given: {given!r})"
-    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    raise RecipeError(file, path or "<root>", f"{first['msg']}{shown}{more}") from None
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    raw = read_yaml(path)
-    try:
-        return Params.model_validate(raw, context={"file": str(path)})
-    except ValidationError as e:
-        raise_validation(str(path), "", e)
-
-
 def load_pipeline(path: str | Path = "pipeline.yaml") -> Pipeline:
     try:
         return Pipeline.model_validate(read_yaml(path))
     except ValidationError as e:
         raise_validation(str(path), "", e)
-
-
-def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge of mappings; lists and scalars in `patch` replace."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def load_recipe(

@@ -28,11 +28,12 @@ from stages.data import clean
 from stages.data.dataset import SPLITS, Sample, image_name, read_sets, write_split
 from stages.decision_data import pass_context
 from stages.evaluate import EvalSets, evaluate_build
-from stages.recipe import Recipe, load_recipe, merge
+from stages.recipe import Recipe, load_recipe
 from stages.records import write_record
 from stages.scoring import Scoring
 from stages.source import probe
 from stages.source import write_source as _write_source
+from stages.yamlio import merge
 
 TINY_INPUT = Preprocess(height=tiny.HEIGHT, interpolation="bilinear")
 STYLE = clean.CaptchaStyle(width=48, height=16, alphabet="abcdef", font_size=(12, 14))

@@ -19,9 +19,9 @@ from stages.evaluate import EvalSets, reference_texts
 from stages.measure.bench import run_bench
 from stages.measure.preprocess import run as run_preprocess
 from stages.measure.variants import BenchInputs
+from stages.params import BenchParams
 from stages.profiles.host import host_arch
 from stages.profiles.profile import CpuProfile
-from stages.recipe import BenchParams
 from stages.records import write_record
 from stages.verify import verify_bundle
 

@@ -19,7 +19,8 @@ from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio
 from stages.measure import floor, machine, metrics, spawn
 from stages.measure.variants import Variant
-from stages.recipe import BenchParams, Budgets
+from stages.params import BenchParams
+from stages.recipe import Budgets
 from stages.records import BenchRecord, Ratios, SetAccuracy, VariantMetrics, read_record
 
 # ---------------------------------------------------------------------------- metrics

@@ -104,7 +104,7 @@ def test_a_failing_worker_raises_naming_the_command(tmp_path):
 
 
 def shipped_profiles() -> dict[str, CpuProfile]:
-    from stages.recipe import load_params
+    from stages.params import load_params
 
     return load_params(Path(__file__).resolve().parents[1] / "params.yaml").profiles
 

@@ -14,7 +14,9 @@ import stages.passes  # noqa: F401 - registers the passes recipes name
 from stages import recipe as recipes
 from stages import registry
 from stages.errors import RecipeError
+from stages.params import Params, load_params
 from stages.passes.fix_output_shape import FixOutputShapeOptions
+from stages.yamlio import field_path, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +50,7 @@ def _params(**patch: Any) -> dict[str, Any]:
         "versions": {},
         "overrides": {"high": {}, "mid": {}, "low": {}},
     }
-    return recipes.merge(base, patch)
+    return merge(base, patch)
 
 
 # ---------------------------------------------------------------------------- happy path
@@ -87,7 +89,7 @@ def test_defaults_are_not_mutated(tmp_path):
 
 def test_merge_is_deep_and_lists_replace():
     base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
-    out = recipes.merge(base, {"a": {"c": [3]}, "e": {"f": 2}})
+    out = merge(base, {"a": {"c": [3]}, "e": {"f": 2}})
     assert out == {"a": {"b": 1, "c": [3]}, "d": 1, "e": {"f": 2}}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
 
@@ -108,7 +110,7 @@ def test_resolved_round_trips_through_yaml(tmp_path):
 
 
 def test_every_configured_class_loads_with_the_real_files():
-    params = recipes.load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml")
     pipeline = recipes.load_pipeline(ROOT / "pipeline.yaml")
     for target in params.targets:
         r = recipes.load_class(target, params, pipeline, ROOT / "configs")
@@ -265,7 +267,7 @@ def test_override_through_params_and_load_class(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
     _write(configs / "low.yaml", {"description": "low", "passes": [{"fix_output_shape": {}}]})
-    params = recipes.Params.model_validate(
+    params = Params.model_validate(
         _params(
             overrides={
                 "low": {
@@ -285,7 +287,7 @@ def test_override_naming_a_pass_the_recipe_lacks(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
     _write(configs / "high.yaml", {"description": "h", "passes": [{"fix_output_shape": {}}]})
-    params = recipes.Params.model_validate(
+    params = Params.model_validate(
         _params(overrides={"high": {"passes": {"prune_charset": {"chars": "abc"}}}})
     )
     with pytest.raises(RecipeError) as info:
@@ -322,7 +324,7 @@ def test_load_class_unknown_class_lists_known_classes(tmp_path):
         _write(
             configs / f"{name}.yaml", {"description": name, "passes": [{"fix_output_shape": {}}]}
         )
-    params = recipes.Params.model_validate(_params())
+    params = Params.model_validate(_params())
     with pytest.raises(RecipeError) as info:
         recipes.load_class("ultra", params, recipes.Pipeline(stages=[]), configs)
     assert info.value.file == str(configs / "ultra.yaml")
@@ -336,7 +338,7 @@ def test_load_class_unknown_class_lists_known_classes(tmp_path):
 def _params_error(tmp_path: Path, data: dict[str, Any]) -> RecipeError:
     path = _write(tmp_path / "params.yaml", data)
     with pytest.raises(RecipeError) as info:
-        recipes.load_params(path)
+        load_params(path)
     assert info.value.file == str(path)
     assert str(info.value).startswith(str(path))
     return info.value
@@ -347,7 +349,7 @@ def test_params_happy_path(tmp_path):
         charset="chars:xyz12",
         data={"synthetic": {"clean": {"seed": 1, "style": {"alphabet": "zy1"}}}},
     )
-    p = recipes.load_params(_write(tmp_path / "params.yaml", data))
+    p = load_params(_write(tmp_path / "params.yaml", data))
     assert p.allowed_chars() == "xyz12"
     assert p.data.synthetic["clean"].style.alphabet == "zy1"
     assert p.targets == ["high", "mid", "low"]
@@ -355,7 +357,7 @@ def test_params_happy_path(tmp_path):
 
 def test_params_charset_alone_retargets_the_synthetic_alphabet(tmp_path):
     # no alphabet in the style: it follows the charset, so one edit retargets the data too
-    p = recipes.load_params(_write(tmp_path / "params.yaml", _params(charset="digits")))
+    p = load_params(_write(tmp_path / "params.yaml", _params(charset="digits")))
     assert p.data.synthetic["clean"].style.alphabet is None
     from stages.data.sources import resolved_style
 
@@ -385,7 +387,7 @@ def test_params_overrides_for_classes_not_in_targets_are_ignored_with_a_note(tmp
             "mid": {"preprocess": {"width_scale": 0.5}},
         },
     )
-    p = recipes.load_params(_write(tmp_path / "params.yaml", data))
+    p = load_params(_write(tmp_path / "params.yaml", data))
     assert p.ignored_overrides() == ["high", "ultra"]
     assert p.notes() == [
         "overrides.high ignored: high is not in targets [mid, low]",
@@ -403,7 +405,7 @@ def test_params_an_ignored_override_must_still_be_a_mapping(tmp_path):
 
 
 def test_params_with_every_override_a_target_has_no_notes(tmp_path):
-    p = recipes.load_params(_write(tmp_path / "params.yaml", _params()))
+    p = load_params(_write(tmp_path / "params.yaml", _params()))
     assert p.ignored_overrides() == [] and p.notes() == []
     assert p.override_for("low") == {}
 
@@ -430,7 +432,7 @@ def test_params_unknown_field(tmp_path):
 
 def test_check_versions_mismatch_names_the_pin_and_the_installed_version():
     installed = metadata.version("onnx")
-    params = recipes.Params.model_validate(_params(versions={"onnx": "0.0.1"}))
+    params = Params.model_validate(_params(versions={"onnx": "0.0.1"}))
     with pytest.raises(RecipeError) as info:
         params.check_versions("params.yaml")
     err = info.value
@@ -440,7 +442,7 @@ def test_check_versions_mismatch_names_the_pin_and_the_installed_version():
 
 def test_check_versions_accepts_the_installed_versions():
     pins = {lib: metadata.version(lib) for lib in ("onnx", "onnxruntime")}
-    recipes.Params.model_validate(_params(versions=pins)).check_versions("params.yaml")
+    Params.model_validate(_params(versions=pins)).check_versions("params.yaml")
 
 
 def test_load_pipeline_errors_name_the_file(tmp_path):
@@ -451,8 +453,8 @@ def test_load_pipeline_errors_name_the_file(tmp_path):
 
 
 def test_field_path_formats_indices_and_names():
-    assert recipes.field_path(("passes", 0, "x", "y")) == "passes[0].x.y"
-    assert recipes.field_path(()) == ""
+    assert field_path(("passes", 0, "x", "y")) == "passes[0].x.y"
+    assert field_path(()) == ""
 
 
 # ---------------------------------------------------------------------------- issue 13 / 11
@@ -576,7 +578,7 @@ def test_params_baselines_a_file_source_lacks_are_skipped_with_a_note(tmp_path):
         model={"source": "file", "path": "models/input/m.onnx"},
         bench={"baselines": ["stock", "stock_default", "naive_int8"]},
     )
-    p = recipes.load_params(_write(tmp_path / "params.yaml", data))
+    p = load_params(_write(tmp_path / "params.yaml", data))
     assert p.applicable_baselines() == ["stock", "naive_int8"]
     assert p.skipped_baselines() == {
         "stock_default": "ddddocr's own int8 model applies only to model.source ddddocr"
@@ -592,7 +594,7 @@ def test_params_baselines_a_file_source_lacks_are_skipped_with_a_note(tmp_path):
 
 
 def test_params_every_baseline_applies_to_the_ddddocr_source(tmp_path):
-    p = recipes.load_params(_write(tmp_path / "params.yaml", _params()))
+    p = load_params(_write(tmp_path / "params.yaml", _params()))
     assert p.model.source == "ddddocr"
     assert p.applicable_baselines() == ["stock", "stock_default", "naive_int8"]
     assert p.skipped_baselines() == {} and p.notes() == []
@@ -610,7 +612,7 @@ def test_params_model_file_source_needs_a_path(tmp_path):
 
 
 def test_shipped_recipes_declare_profiles_params_defines():
-    params = recipes.load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml")
     pipeline = recipes.load_pipeline(ROOT / "pipeline.yaml")
     for target in params.targets:
         r = recipes.load_class(target, params, pipeline, ROOT / "configs")
@@ -625,14 +627,14 @@ def test_a_recipe_naming_an_unknown_profile_names_the_field_and_the_known_ones(t
     recipe = {"description": "low", "passes": [{"fix_output_shape": {}}], "profiles": ["zx81"]}
     _write(configs / "low.yaml", recipe)
     profile = {"arch": "aarch64", "qemu_cpu": "cortex-a53", "note": "a53"}
-    params = recipes.Params.model_validate(_params(profiles={"arm64": profile}))
+    params = Params.model_validate(_params(profiles={"arm64": profile}))
     with pytest.raises(RecipeError) as info:
         recipes.load_class("low", params, recipes.Pipeline(stages=[]), configs)
     assert (info.value.file, info.value.field) == (str(configs / "low.yaml"), "profiles")
     assert "['zx81'] are not CPU profiles of params.yaml; known: ['arm64']" in str(info.value)
     # the same name given by an override is reported at the override
     _write(configs / "low.yaml", {**recipe, "profiles": ["arm64"]})
-    params = recipes.Params.model_validate(
+    params = Params.model_validate(
         _params(profiles={"arm64": profile}, overrides={"low": {"profiles": ["zx81"]}})
     )
     with pytest.raises(RecipeError) as info:
@@ -644,4 +646,4 @@ def test_a_profile_entry_with_an_unknown_field_is_refused(tmp_path):
     bad = {"arch": "aarch64", "note": "x", "qemu_model": "cortex-a53"}
     path = _write(tmp_path / "params.yaml", _params(profiles={"arm64": bad}))
     with pytest.raises(RecipeError, match=r"profiles\.arm64\.qemu_model"):
-        recipes.load_params(path)
+        load_params(path)

@@ -17,7 +17,8 @@ from ..build import decided_on
 from ..contract import Contract
 from ..data.dataset import read_sets
 from ..evaluate import EvalSets
-from ..recipe import BenchParams, Recipe
+from ..params import BenchParams
+from ..recipe import Recipe
 from ..records import (
     BaselinesRecord,
     BenchRecord,

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PipelineError
+from ..params import BenchParams
 from ..progress import Progress
-from ..recipe import BenchParams
 from .machine import ROOT
 from .variants import Variant
 

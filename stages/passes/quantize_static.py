@@ -46,6 +46,7 @@ _METHODS = {
     "entropy": ort_quant.CalibrationMethod.Entropy,
     "percentile": ort_quant.CalibrationMethod.Percentile,
 }
+CalibrateMethod = Literal["minmax", "entropy", "percentile"]  # the keys of _METHODS
 DEFAULT_PERCENTILE = 99.999
 # these calibrators stack every run's activations into one array, so shapes must agree
 _HISTOGRAM = {"entropy", "percentile"}
@@ -73,7 +74,7 @@ class QuantizeStaticOptions(BaseModel):
             "saturation hurts accuracy"
         ),
     )
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
+    calibrate_method: CalibrateMethod = Field(
         "minmax", description="how activation ranges are chosen from the calibration runs"
     )
     percentile: float = Field(

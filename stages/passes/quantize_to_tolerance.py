@@ -46,7 +46,7 @@ from ..registry import PassContext, register
 from . import _ort_quant as q
 from . import quantize_dynamic as qd
 from .convert_opset import default_opset
-from .quantize_static import QuantizeStaticOptions, quantize_static
+from .quantize_static import CalibrateMethod, QuantizeStaticOptions, quantize_static
 
 NAME = "quantize_to_tolerance"
 REPORT_KEY = f"report.{NAME}"
@@ -84,7 +84,7 @@ class QuantizeToToleranceOptions(BaseModel):
         default_factory=lambda: ["LSTM", "Gemm", "MatMul"],
         description="op types quantized dynamically (int8 weights); kept all-or-nothing",
     )
-    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field(
+    calibrate_method: CalibrateMethod = Field(
         "minmax", description="activation range method of the static group"
     )
     calibration_images: int = Field(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, get_args
 
 from ..measure.serve_bench import serve_table
-from ..recipe import Baseline
+from ..params import Baseline
 from ..records import BenchRecord, BuildRecord, Ratios, SourceUse
 from .class_page import client_rows, vectors_cell
 from .format import DASH, acc_cells, fmt, isa_words, pct, set_names, signed, table, times
