@@ -178,7 +178,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     candidates = {n: params.preprocess_for(c) for n, c in params.preprocess.candidates.items()}
     candidates = {"contract": contract.input, **candidates}
     result = run(
-        candidates, args.data, params.data.sources(), args.model, params.preprocess.images,
+        candidates, args.data, params.data.decision_sources(), args.model, params.preprocess.images,
         contract.scoring,
     )  # fmt: skip
     write_json(args.out, result)
@@ -198,8 +198,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     params, contract, recipe = _load_class(args)
     model = modelio.load(args.model / "model.onnx")
     context, sources = decision_context(
-        model, args.data, params.data.sources(), recipe, _allowed_chars(params, args.model),
-        contract.scoring, params.data.min_accuracy, str(args.params),
+        model, args.data, params.data.decision_sources(), recipe,
+        _allowed_chars(params, args.model), contract.scoring, params.data.min_accuracy,
+        str(args.params),
     )  # fmt: skip
     results = run_passes(model, recipe, context)
     write_build(args.out, recipe, results, args.target, sources)

@@ -56,11 +56,20 @@ class DataParams(Strict):
             raise ValueError(f"source names {bad} must be lowercase letters, digits, '_' or '-'")
         if not self.sources():
             raise ValueError("no data source: add one under synthetic or folders")
+        if not self.decision_sources():
+            raise ValueError(
+                "every data source is eval_only: the build needs one to calibrate and decide on"
+            )
         return self
 
     def sources(self) -> list[str]:
         """Every source (and so evaluation set) name, synthetic first, in params order."""
         return [*self.synthetic, *self.folders]
+
+    def decision_sources(self) -> list[str]:
+        """The sources decisions may see: every one not marked eval_only."""
+        every = {**self.synthetic, **self.folders}
+        return [name for name in self.sources() if not every[name].eval_only]
 
 
 Baseline = Literal["stock", "stock_default", "naive_int8"]

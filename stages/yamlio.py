@@ -27,7 +27,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-STYLE_TAGS = ("clean", "hard")  # pydantic adds the chosen generator to a style error's location
+# pydantic adds the chosen generator to a style error's location
+STYLE_TAGS = ("clean", "hard", "imagecaptcha")
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -62,7 +62,7 @@ def params() -> dict[str, Any]:
     out = {**shipped, "model": the_model_block(), "charset": "model"}
     out["data"] = {
         "synthetic": {
-            name: {**src, "calib": 4, "val": 8, "eval": 8}
+            name: {**src, "eval": 8, **({} if src.get("eval_only") else {"calib": 4, "val": 8})}
             for name, src in shipped["data"]["synthetic"].items()
         },
         "folders": {"lines": {"path": FOLDER, "calib": 0.25, "val": 0.25}},

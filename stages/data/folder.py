@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -42,6 +42,24 @@ class FolderSource(BaseModel):
     )
     calib: float = Field(0.15, ge=0, lt=1, description="share of images for calibration")
     val: float = Field(0.25, ge=0, lt=1, description="share of images the optimizer decides on")
+    eval_only: bool = Field(
+        False,
+        description="every image to eval: a held-out set no build decision ever sees",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_only_shares(cls, raw: Any) -> Any:
+        """An eval_only folder has no calib or val share: 0 unless given, refused if not 0."""
+        if not isinstance(raw, dict) or not raw.get("eval_only"):
+            return raw
+        given = {k: raw[k] for k in ("calib", "val") if raw.get(k)}
+        if given:
+            raise ValueError(
+                f"eval_only sources have no calibration or validation images, but {given} is "
+                "set; remove it (or set it to 0), or drop eval_only"
+            )
+        return {**raw, "calib": 0.0, "val": 0.0}
 
     @model_validator(mode="after")
     def _leaves_eval(self) -> FolderSource:

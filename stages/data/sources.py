@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from PIL import Image, ImageChops, ImageDraw
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from ..atomic import atomic_dir
 from ..errors import DataError
 from ..progress import Progress
 from ..records import SourceSummary, write_record
-from . import clean, hard
+from . import clean, hard, imagecaptcha
 from . import folder as folders
 from .dataset import SPLITS, SUMMARY_FILE, Sample, image_name, write_split
 
@@ -32,9 +32,24 @@ def _generator(value: Any) -> str:
 
 
 Style = Annotated[
-    Annotated[clean.CaptchaStyle, Tag("clean")] | Annotated[hard.HardStyle, Tag("hard")],
+    Annotated[clean.CaptchaStyle, Tag("clean")]
+    | Annotated[hard.HardStyle, Tag("hard")]
+    | Annotated[imagecaptcha.ImageCaptchaStyle, Tag("imagecaptcha")],
     Discriminator(_generator),
 ]
+
+
+# generator -> (style, seed, index) -> (label, image bytes); generator -> its fonts
+_SAMPLERS: dict[str, Callable[[Any, int, int], tuple[str, bytes]]] = {
+    "clean": clean.sample,
+    "hard": hard.sample_hard,
+    "imagecaptcha": imagecaptcha.sample_imagecaptcha,
+}
+_FONTS: dict[str, Callable[[Any], list[tuple[str, Any]]]] = {
+    "clean": clean.style_fonts,
+    "hard": hard.style_fonts,
+    "imagecaptcha": imagecaptcha.style_fonts,
+}
 
 
 class SyntheticSource(BaseModel):
@@ -48,8 +63,28 @@ class SyntheticSource(BaseModel):
     eval: int = Field(1000, ge=0, description="evaluation images (every reported accuracy)")
     style: Style = Field(
         default_factory=clean.CaptchaStyle,
-        description="the look: {generator: clean | hard, ...its fields}",
+        description="the look: {generator: clean | hard | imagecaptcha, ...its fields}",
     )
+    eval_only: bool = Field(
+        False,
+        description="evaluation only: no calibration or validation images, so no build "
+        "decision (calibration, quantization, preprocessing choice, conformance vectors) ever "
+        "sees this source; its column shows whether the claims carry over",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_only_splits(cls, raw: Any) -> Any:
+        """An eval_only source has no calib or val split: 0 unless given, refused if not 0."""
+        if not isinstance(raw, dict) or not raw.get("eval_only"):
+            return raw
+        given = {k: raw[k] for k in ("calib", "val") if raw.get(k)}
+        if given:
+            raise ValueError(
+                f"eval_only sources have no calibration or validation images, but {given} is "
+                "set; remove it (or set it to 0), or drop eval_only"
+            )
+        return {**raw, "calib": 0, "val": 0}
 
     def sizes(self) -> dict[str, int]:
         return {"calib": self.calib, "val": self.val, "eval": self.eval}
@@ -57,7 +92,7 @@ class SyntheticSource(BaseModel):
 
 def resolved_style(
     source: SyntheticSource, allowed: str, drawable_only: bool = False, where: str = "style"
-) -> clean.CaptchaStyle | hard.HardStyle:
+) -> clean.CaptchaStyle | hard.HardStyle | imagecaptcha.ImageCaptchaStyle:
     """The style with its alphabet: its own, or the pipeline's charset; with `drawable_only`
     (charset 'model': a dictionary no font covers) only the characters every font draws."""
     style = source.style
@@ -99,7 +134,7 @@ def synthetic_samples(
     source: SyntheticSource, style: Any, split: str, bar: Progress
 ) -> Iterator[Sample]:
     """Split `split` of a synthetic source; split k of seed s draws from seed s + k."""
-    sample = clean.sample if style.generator == "clean" else hard.sample_hard
+    sample = _SAMPLERS[style.generator]
     seed = source.seed + SPLITS.index(split)
     for index in range(source.sizes()[split]):
         label, data = sample(style, seed, index)
@@ -183,7 +218,7 @@ def check_glyphs(style: Any, where: str) -> None:
 
 
 def style_fonts(style: Any) -> list[tuple[str, Any]]:
-    return (clean if style.generator == "clean" else hard).style_fonts(style)
+    return _FONTS[style.generator](style)
 
 
 def _same_mask(font: Any, a: str, b: str) -> bool:

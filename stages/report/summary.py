@@ -55,7 +55,11 @@ def summary(
             serve_table(serve).strip(),
         ]
     if builds:
-        parts += ["### Data the decisions used (build.json: sources)", data_table(builds)]
+        evaluated = list(dict.fromkeys(s for m in metrics.values() for s in set_names(m)))
+        parts += [
+            "### Data the decisions used (build.json: sources)",
+            data_table(builds, evaluated),
+        ]
     if notes:
         parts += ["### Notes (params.yaml)", "\n".join(f"- {n}" for n in notes)]
     parts += [f"![{name}]({path})" for name, path in pictures.items()]
@@ -85,9 +89,10 @@ def profiles_table(metrics: dict[str, BenchRecord]) -> str:
     return table(header, rows) if rows else "No class declares a CPU profile."
 
 
-def data_table(builds: dict[str, BuildRecord]) -> str:
+def data_table(builds: dict[str, BuildRecord], evaluated: Sequence[str] = ()) -> str:
     """Per source: what its labels draw from, how well the source model reads it, and which
-    classes decided on it; a synthetic set's accuracy says nothing of characters it never draws."""
+    classes decided on it; a synthetic set's accuracy says nothing of characters it never draws.
+    An `evaluated` set no build read is evaluation only (params.yaml `eval_only`)."""
     names = list(dict.fromkeys(s for b in builds.values() for s in b.sources))
     rows = []
     for name in names:
@@ -99,6 +104,12 @@ def data_table(builds: dict[str, BuildRecord]) -> str:
             f"`{name}`", first.kind or "–", _coverage(first), " / ".join(read) + " %",
             ", ".join(used) or "none (below data.min_accuracy)",
         ])  # fmt: skip
+    rows += [
+        [f"`{name}`", DASH, DASH, "not read by any build",
+         "none: evaluation only (`eval_only`), no decision saw it"]
+        for name in evaluated
+        if name not in names
+    ]  # fmt: skip
     header = ["source", "kind", "label characters", "source model reads (val)", "decided on by"]
     return table(header, rows)
 
