@@ -23,13 +23,14 @@ from .progress import Progress, map_ordered, usable_cores
 from .records import (
     BUILD_FILE,
     BuildRecord,
+    Change,
     EvalRecord,
     ReferenceTexts,
     SetScore,
     VariantEval,
     read_record,
 )
-from .scoring import Scoring, agreement, score
+from .scoring import Scoring, agreement, flips, score
 
 EVAL_WORKERS_MAX = 8  # threads calling one session; texts do not depend on how many
 
@@ -60,14 +61,20 @@ def score_sets(
     labels: dict[str, list[str]],
     ref: dict[str, list[str]] | None,
     scoring: Scoring,
+    against: tuple[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, SetScore]:
+    """Per set: accuracy against the labels, agreement with `ref`, and with `against` (a
+    variant's name and texts) what changed both ways."""
     return {
         s: SetScore(
             **score(preds[s], labels[s], scoring),
             agreement=agreement(preds[s], ref[s], scoring) if ref is not None else None,
+            change=None if against is None else Change(
+                against=against[0], **flips(preds[s], against[1][s], labels[s], scoring)
+            ),
         )
         for s in preds
-    }
+    }  # fmt: skip
 
 
 class EvalSets:
@@ -140,15 +147,21 @@ def evaluate_build(
         )
     }
     record = read_record(build / BUILD_FILE, BuildRecord)
+    before = ("reference", ref_preds)  # each stage's input: the previous stage's texts
+    float_model = None  # the input of the first lossy pass: what the class quantizes
     for st in record.stages:
         preds = sets.predict(build / st.file, preprocess, rt, f"evaluate@{target} {st.stem}")
+        if float_model is None and not st.exact:
+            float_model = before
         variants[st.stem] = VariantEval(
             file=st.file,
             size_mb=st.size_mb,
-            sets=score_sets(preds, sets.labels, ref_preds, scoring),
+            sets=score_sets(preds, sets.labels, ref_preds, scoring, before),
         )
-    last = variants[record.stages[-1].stem]
-    variants["final"] = last.model_copy(
-        update={"file": "model.onnx", "size_mb": round(modelio.size_mb(build / "model.onnx"), 3)}
+        before = (st.stem, preds)
+    variants["final"] = VariantEval(
+        file="model.onnx",
+        size_mb=round(modelio.size_mb(build / "model.onnx"), 3),
+        sets=score_sets(before[1], sets.labels, ref_preds, scoring, float_model or before),
     )
     return EvalRecord(target=target, sets=sets.sizes, variants=variants)

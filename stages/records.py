@@ -167,11 +167,24 @@ class LengthScore(Record):
     accuracy: float
 
 
+class Change(Record):
+    """Texts against another model's on the same images (scoring.flips): what a pass changed,
+    or what a class's quantization changed against the float model it quantized."""
+
+    against: str  # the variant compared with: reference or a stage's stem
+    agreement: float
+    right_to_wrong: int  # images the other model read right and this one wrong
+    wrong_to_right: int
+
+
 class SetScore(Record):
     images: int
     accuracy: float
     cer: float
     agreement: float | None = None  # with the reference model's normalized texts
+    # a stage: against its input; final: against the float model it quantizes (the input of
+    # the first lossy pass; final itself when no pass is lossy)
+    change: Change | None = None
     by_length: dict[str, LengthScore]
 
 
@@ -213,6 +226,7 @@ class SetAccuracy(Record):
     accuracy: float
     cer: float
     agreement: float | None = None
+    change: Change | None = None  # final: against the float model it quantizes (SetScore)
 
 
 class VariantMetrics(Record):

@@ -72,5 +72,20 @@ def agreement(preds: Sequence[str], reference: Sequence[str], scoring: Scoring) 
     return round(_mean(same), 5)
 
 
+def flips(
+    preds: Sequence[str], other: Sequence[str], labels: Sequence[str], scoring: Scoring
+) -> dict[str, Any]:
+    """How `preds` differ from another model's texts on the same images, both ways: agreement
+    alone hides whether the changed answers were right (int8 flips many uncertain answers in
+    both directions, so accuracy can hold while fidelity does not)."""
+    n = [(scoring.normalize(a), scoring.normalize(b), scoring.normalize(t))
+         for a, b, t in zip(preds, other, labels, strict=True)]  # fmt: skip
+    return {
+        "agreement": round(_mean([a == b for a, b, _ in n]), 5),
+        "right_to_wrong": sum(b == t != a for a, b, t in n),
+        "wrong_to_right": sum(a == t != b for a, b, t in n),
+    }
+
+
 def _mean(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0

@@ -53,8 +53,17 @@ def test_evaluate_build_scores_every_variant_on_every_set(tmp_path):
     # an exact pass and the same preprocessing: identical predictions
     fixed = record.variants["01-fix_output_shape"]
     assert all(r.agreement == 1.0 for r in fixed.sets.values())
+    # each stage against its input; final against the float model it quantizes (the input
+    # of the first lossy pass, here stage 01)
+    assert {r.change.against for r in fixed.sets.values()} == {"reference"}
+    assert all(r.change.agreement == 1.0 for r in fixed.sets.values())
+    quantized = record.variants["02-quantize_dynamic"]
+    assert {r.change.against for r in quantized.sets.values()} == {"01-fix_output_shape"}
+    for s, r in quantized.sets.items():  # the flips account for the accuracy change exactly
+        moved = round((r.accuracy - fixed.sets[s].accuracy) * r.images)
+        assert r.change.wrong_to_right - r.change.right_to_wrong == moved
     final = record.variants["final"]
-    assert final.sets == record.variants["02-quantize_dynamic"].sets
+    assert final.sets == quantized.sets
     assert final.size_mb == round(modelio.size_mb(tmp_path / "build/tiny/model/model.onnx"), 3)
 
 

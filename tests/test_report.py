@@ -14,7 +14,7 @@ from PIL import Image
 
 from stages import report
 from stages.errors import PipelineError
-from stages.records import BenchRecord, BuildRecord, read_record
+from stages.records import BenchRecord, BuildRecord, EvalRecord, read_record
 from stages.report import plots
 from stages.report.format import signed, times
 
@@ -77,6 +77,17 @@ def test_summary_rows_per_class_and_per_set(written: dict) -> None:
     # inside reports/, the same summary links to its neighbours and to ../plots
     inside = page(written, "summary.md")
     assert "](../plots/pareto.png)" in inside and "| [low](low.md) |" in inside
+
+
+def test_fidelity_rows_name_the_float_model_each_class_quantizes(written: dict) -> None:
+    text = written["text"]
+    assert "### Fidelity: what each class's final model reads against the float model" in text
+    rows = [r for r in text.splitlines() if r.startswith("| ")]
+    for target in written["targets"]:
+        evaluation = read_record(written["builds"] / target / "eval.json", EvalRecord)
+        change = evaluation.variants["final"].sets["clean"].change
+        cells = f"| {target} | {change.against} | {change.agreement:.3f}, -{change.right_to_wrong}"
+        assert any(r.startswith(cells) for r in rows), (target, change)
 
 
 def test_pictures_are_real_images(written: dict) -> None:

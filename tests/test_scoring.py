@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.scoring import Scoring, edit_distance
+from stages.scoring import Scoring, edit_distance, flips
 from stages.scoring import agreement as _agreement
 from stages.scoring import score as _score
 
@@ -148,3 +148,14 @@ def test_casefold_compares_case_insensitively_everywhere():
 def test_by_length_uses_the_normalized_label():
     out = _score(["ab"], [" ab "], Scoring(strip=True))
     assert out["by_length"] == {"2": {"n": 1, "accuracy": 1.0}}
+
+
+def test_flips_count_both_ways_against_the_other_model():
+    labels = ["ab", "cd", "ef", "gh", "ij"]
+    other = ["ab", "cd", "xx", "yy", "ij"]  # right, right, wrong, wrong, right
+    preds = ["ab", "zz", "ef", "yy", " ij "]  # right, wrong, right, same wrong, right (strip)
+    got = flips(preds, other, labels, Scoring())
+    assert got == {"agreement": 0.6, "right_to_wrong": 1, "wrong_to_right": 1}
+    assert flips(other, other, labels, Scoring())["agreement"] == 1.0
+    with pytest.raises(ValueError):
+        flips(preds[:2], other, labels, Scoring())

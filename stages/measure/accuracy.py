@@ -23,7 +23,7 @@ def accuracy_table(
         pool.update(baselines.variants)
     return {
         name: {
-            s: SetAccuracy(accuracy=r.accuracy, cer=r.cer, agreement=r.agreement)
+            s: SetAccuracy(accuracy=r.accuracy, cer=r.cer, agreement=r.agreement, change=r.change)
             for s, r in v.sets.items()
         }
         for name, v in pool.items()

@@ -4,7 +4,7 @@ compute floor, CPU profiles and clients, stages, the quantization decision, accu
 from __future__ import annotations
 
 from ..records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, ProfileRun
-from .format import DASH, acc_cells, fmt, isa_words, pct, set_names, signed, table
+from .format import DASH, acc_cells, change_cell, fmt, isa_words, pct, set_names, signed, table
 
 
 def variants_table(m: BenchRecord) -> str:
@@ -175,7 +175,10 @@ def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalReco
                 f"{c.max_abs_diff:.3g}" if c else DASH,
                 fmt(c.argmax_agreement, 4) if c else DASH,
                 *[
-                    f"{pct(v.sets[s].accuracy)} ({pct(v.sets[s].agreement)})" if v else DASH
+                    f"{pct(v.sets[s].accuracy)} ({pct(v.sets[s].agreement)}); "
+                    f"{change_cell(v.sets[s].change)}"
+                    if v
+                    else DASH
                     for s in sets
                 ],
             ]
@@ -186,7 +189,7 @@ def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalReco
         "size MB",
         "max abs diff",
         "argmax agreement",
-        *[f"{s}: accuracy % (agrees with reference %)" for s in sets],
+        *[f"{s}: accuracy % (agrees with reference %); vs its input: agreement, -/+" for s in sets],
     ]
     return table(header, rows)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..records import BenchRecord, VariantMetrics
+from ..records import BenchRecord, Change, VariantMetrics
 
 DASH = "–"
 
@@ -61,6 +61,14 @@ def acc_cells(v: VariantMetrics, sets: list[str], ref: VariantMetrics | None = N
         delta = f" ({signed((r.accuracy - base.accuracy) * 100)})" if base else ""
         out.append(f"{pct(r.accuracy)}{delta}")
     return out
+
+
+def change_cell(c: Change | None) -> str:
+    """Agreement with the compared model's texts, then answers it read right and this one
+    wrong (-) and the other way round (+)."""
+    if c is None:
+        return DASH
+    return f"{fmt(c.agreement, 3)}, -{c.right_to_wrong} / +{c.wrong_to_right}"
 
 
 def isa_words(m: BenchRecord) -> str:

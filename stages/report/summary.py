@@ -11,9 +11,20 @@ from typing import Any, get_args
 
 from ..measure.serve_bench import serve_table
 from ..params import Baseline
-from ..records import BenchRecord, BuildRecord, Ratios, SourceUse
+from ..records import BenchRecord, BuildRecord, Change, Ratios, SourceUse, VariantMetrics
 from .class_page import client_rows, vectors_cell
-from .format import DASH, acc_cells, fmt, isa_words, pct, set_names, signed, table, times
+from .format import (
+    DASH,
+    acc_cells,
+    change_cell,
+    fmt,
+    isa_words,
+    pct,
+    set_names,
+    signed,
+    table,
+    times,
+)
 
 # the baselines' names, in their order in recipe.Baseline: the one list of them
 BASELINES: tuple[str, ...] = get_args(Baseline)
@@ -42,6 +53,8 @@ def summary(
         profiles_table(metrics),
         "### Accuracy per evaluation set",
         accuracy_table(metrics),
+        "### Fidelity: what each class's final model reads against the float model it quantizes",
+        fidelity_table(metrics),
         "### Baselines",
         baselines_table(metrics),
     ]
@@ -222,6 +235,27 @@ def accuracy_table(metrics: dict[str, BenchRecord]) -> str:
                 size = v.ships_mb if v.ships_mb is not None else v.size_mb
                 rows.append([f"{target} {name}", fmt(size, 2), *acc_cells(v, sets, ref)])
     return table(["model", "size MB", *[f"{s} % (vs reference)" for s in sets]], rows)
+
+
+def fidelity_table(metrics: dict[str, BenchRecord]) -> str:
+    """Per class and set: agreement of final's texts with the float model it quantizes, and
+    the answers that changed both ways (- right to wrong, + wrong to right); accuracy can hold
+    while many answers flip, and only agreement carries over to images no decision saw."""
+    sets = list(dict.fromkeys(s for m in metrics.values() for s in set_names(m)))
+    rows = []
+    for target, m in metrics.items():
+        final = m.variants.get("final")
+        if final is None:
+            continue
+        against = next((r.change.against for r in final.sets.values() if r.change), DASH)
+        rows.append([target, against, *[change_cell(_change(final, s)) for s in sets]])
+    header = ["class", "float model", *[f"{s}: agreement, -/+" for s in sets]]
+    return table(header, rows)
+
+
+def _change(v: VariantMetrics, s: str) -> Change | None:
+    r = v.sets.get(s)
+    return r.change if r is not None else None
 
 
 def baselines_table(metrics: dict[str, BenchRecord]) -> str:
