@@ -65,6 +65,7 @@ class StageResult:
     exact: bool
     divergence: dict[str, float]
     report: dict[str, Any] = field(default_factory=dict)  # what the pass chose and why
+    measured: dict[str, Any] = field(default_factory=dict)  # report fields of this CPU
 
     @property
     def filename(self) -> str:
@@ -201,7 +202,8 @@ def run_passes(
         if spec.exact:
             check_exact(step.name, ref, new_out, recipe.equivalence)
         div = divergence(ref, new_out) | {"dropped_best": dropped_best(current, new, current_out)}
-        results.append(StageResult(i, step.name, new, seconds, spec.exact, div, report))
+        report, measured = split_measured(report, spec)
+        results.append(StageResult(i, step.name, new, seconds, spec.exact, div, report, measured))
         current, current_out = new, new_out
     return results
 
@@ -222,6 +224,18 @@ def pop_reports(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
 
 def versions() -> dict[str, str]:
     return {lib: metadata.version(lib) for lib in LIBRARIES}
+
+
+def split_measured(
+    report: dict[str, Any], spec: registry.PassSpec
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pass's report without its measured fields, and those fields (PassSpec.measured)."""
+    mine = report.get(spec.name)
+    if not spec.measured or not isinstance(mine, dict):
+        return report, {}
+    kept = {k: v for k, v in mine.items() if k not in spec.measured}
+    measured = {k: v for k, v in mine.items() if k in spec.measured}
+    return {**report, spec.name: kept}, ({spec.name: measured} if measured else {})
 
 
 def build_record(
@@ -250,7 +264,9 @@ def check_record(target: str, results: list[StageResult]) -> CheckRecord:
         machine={"cpu": host_cpu(), "isa": host_isa()},
         stages=[
             StageCheck(
-                file=f"stages/{r.filename}", **{k: round(v, 6) for k, v in r.divergence.items()}
+                file=f"stages/{r.filename}",
+                **{k: round(v, 6) for k, v in r.divergence.items()},
+                measured=r.measured,
             )
             for r in results
         ],

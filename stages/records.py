@@ -102,7 +102,8 @@ class ToleranceReport(Record):
     validation set, the nodes kept float and why."""
 
     reference: dict[str, float]  # set -> accuracy (%) of the input model
-    sensitivity: list[SensitivityRow]
+    # the pass's own report has it; build.json does not (PassSpec.measured: checks.json)
+    sensitivity: list[SensitivityRow] = Field(default_factory=list)
     steps: list[ToleranceStep]
     float_nodes: list[str] = Field(default_factory=list)
     why: dict[str, str] = Field(default_factory=dict)
@@ -145,6 +146,12 @@ class StageCheck(Record):
     max_rel_diff: float
     argmax_agreement: float  # on the classes both models share
     dropped_best: float = 0.0  # steps whose best input class the pass removed (pruning)
+    # the pass's report fields that measure this CPU's kernels (PassSpec.measured), by pass
+    measured: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def sensitivity(self) -> list[SensitivityRow]:
+        rows = self.measured.get("quantize_to_tolerance", {}).get("sensitivity", [])
+        return [SensitivityRow.model_validate(r) for r in rows]
 
 
 class CheckRecord(Record):

@@ -33,6 +33,11 @@ class PassSpec:
     # exact passes must keep outputs within the recipe's equivalence tolerance (on the classes
     # both models share); lossy ones (quantization, fp16) report their divergence instead.
     exact: bool
+    # report fields that measure the build CPU's float kernels (a rounding that flips one int8
+    # value moves them by about 1 %, differently on AVX2, VNNI or ARM): the build writes them
+    # beside the model folder (checks.json), never into build.json, so equal decisions give a
+    # byte-identical model folder on every build machine
+    measured: tuple[str, ...] = ()
 
     @property
     def doc(self) -> str:
@@ -58,7 +63,9 @@ class PassContext:
 _PASSES: dict[str, PassSpec] = {}
 
 
-def register(name: str, options: type[BaseModel], kind: Kind, exact: bool):
+def register(
+    name: str, options: type[BaseModel], kind: Kind, exact: bool, measured: tuple[str, ...] = ()
+):
     """Decorator: register `fn(model, options, context) -> ModelProto` as pass `name`.
 
     The function must not mutate `model`. It raises PassError when it cannot do what its options
@@ -71,7 +78,7 @@ def register(name: str, options: type[BaseModel], kind: Kind, exact: bool):
             raise ValueError(f"pass '{name}' registered twice")
         if fn.__name__ != name:
             raise ValueError(f"pass function '{fn.__name__}' must be named like its key '{name}'")
-        _PASSES[name] = PassSpec(name, fn, options, kind, exact)
+        _PASSES[name] = PassSpec(name, fn, options, kind, exact, measured)
         return fn
 
     return wrap

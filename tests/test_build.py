@@ -355,3 +355,38 @@ def test_kept_columns_map_duplicate_dictionary_entries_in_order():
     new = modelio.CtcSpec("x", "y", ["", "a", "a", "c"])
     assert build.kept_columns(old, new) == [0, 1, 3, 4]
     assert build.kept_columns(old, old) is None
+
+
+def test_measured_report_fields_go_to_checks_json_not_the_model_folder(tmp_path):
+    """A pass's fields tagged `measured` (quantize_to_tolerance's sensitivities, whose last
+    digits follow the build CPU's kernels) leave build.json, so equal decisions give equal
+    model folders on every build machine; checks.json keeps them for the report."""
+    saved = dict(registry._PASSES)
+
+    def _tmp_measuring(model, options, context):
+        """Report a decision and a measurement."""
+        out = _scaled_head(model, options.factor)
+        report = {"chose": "all", "sensitivity": [{"node": "head", "rel_mse": 0.0123}]}
+        out.metadata_props.add(key="report._tmp_measuring", value=json.dumps(report))
+        return out
+
+    try:
+        registry.register(
+            "_tmp_measuring", ScaleOptions, kind="quantize", exact=False, measured=("sensitivity",)
+        )(_tmp_measuring)
+        results = run_passes(
+            tiny.tiny_ctc(), _recipe(PassStep("_tmp_measuring", ScaleOptions())), _context()
+        )
+    finally:
+        registry._PASSES.clear()
+        registry._PASSES.update(saved)
+    assert results[0].report == {"_tmp_measuring": {"chose": "all"}}
+    out = tmp_path / "build" / "model"
+    write_build(out, _recipe(PassStep("_tmp_measuring", ScaleOptions())), results, "tiny")
+    stage = read_record(out / "build.json", BuildRecord).stages[0]
+    assert stage.report == {"_tmp_measuring": {"chose": "all"}}
+    assert "0.0123" not in (out / "build.json").read_text()
+    check = read_record(tmp_path / "build" / "checks.json", CheckRecord).stages[0]
+    assert check.measured == {
+        "_tmp_measuring": {"sensitivity": [{"node": "head", "rel_mse": 0.0123}]}
+    }

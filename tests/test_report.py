@@ -14,7 +14,7 @@ from PIL import Image
 
 from stages import report
 from stages.errors import PipelineError
-from stages.records import BenchRecord, BuildRecord, EvalRecord, read_record
+from stages.records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, read_record
 from stages.report import plots
 from stages.report.format import signed, times
 
@@ -50,14 +50,18 @@ def test_class_report_has_every_section(written: dict) -> None:
 
 
 def test_quantization_decision_comes_from_the_real_build_record(written: dict) -> None:
-    """build.json stores the pass report under stages[i].report; the report reads it through
-    the record's own type, so the shape cannot drift unnoticed."""
+    """build.json stores the pass's decision under stages[i].report and checks.json its
+    measured sensitivities (they follow the build CPU's kernels); the report reads both through
+    their records' types, so the shape cannot drift unnoticed."""
     build = read_record(written["builds"] / "low" / "model" / "build.json", BuildRecord)
     decision = build.stages[-1].tolerance()
-    assert decision is not None and decision.sensitivity
+    assert decision is not None and not decision.sensitivity  # not in the model folder
+    checks = read_record(written["builds"] / "low" / "checks.json", CheckRecord)
+    rows = checks.of(build.stages[-1].file).sensitivity()
+    assert rows
     text = page(written, "low.md")
-    for row in decision.sensitivity:
-        assert f"| {row.node} | {row.op_type} | {row.group} |" in text
+    for row in rows:
+        assert f"| {row.node} | {row.op_type} | {row.group} | {row.rel_mse:.3g} |" in text
     assert "A variant is accepted only when every set is within tolerance" in text
     assert "clean acc % (agreement)" in text and "hard acc % (agreement)" in text
     assert "Kept float:" in text

@@ -142,7 +142,7 @@ class _Plan:
     cache: dict[tuple[tuple[str, ...], bool], onnx.ModelProto] = field(default_factory=dict)
 
 
-@register(NAME, QuantizeToToleranceOptions, kind="quantize", exact=False)
+@register(NAME, QuantizeToToleranceOptions, kind="quantize", exact=False, measured=("sensitivity",))
 def quantize_to_tolerance(
     model: onnx.ModelProto, options: QuantizeToToleranceOptions, context: PassContext
 ) -> onnx.ModelProto:

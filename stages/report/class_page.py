@@ -194,15 +194,16 @@ def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalReco
     return table(header, rows)
 
 
-def sensitivity_sections(build: BuildRecord) -> list[str]:
+def sensitivity_sections(build: BuildRecord, checks: CheckRecord) -> list[str]:
     out = []
     for st in build.stages:
         rep = st.tolerance()
         if rep is None:
             continue
+        check = checks.of(st.file)
         rows = [
             [s.node, s.op_type, s.group, f"{s.rel_mse:.3g}", fmt(s.quantized)]
-            for s in rep.sensitivity
+            for s in (check.sensitivity() if check else [])
         ]
         sens = table(["node", "op", "group", "rel. MSE", "quantized"], rows)
         sets = list(rep.reference)
@@ -226,7 +227,8 @@ def sensitivity_sections(build: BuildRecord) -> list[str]:
             f"### {st.stem}\n\nValidation accuracy of the input model: {ref}. A variant is "
             f"accepted only when every set is within tolerance.\n\n{steps}\n\nKept float:\n\n"
             f"{why}\n\nSensitivity (output error when only this node is quantized, on "
-            f"calibration images of every source):\n\n{sens}"
+            f"calibration images of every source; checks.json: its last digits follow the "
+            f"build CPU's kernels):\n\n{sens}"
         )
     return out
 
@@ -365,7 +367,7 @@ def class_report(
         "## Stages (divergence from checks.json, accuracy from eval.json)",
         stages_section(build, checks, evaluation),
     ]
-    sens = sensitivity_sections(build)
+    sens = sensitivity_sections(build, checks)
     if sens:
         parts += ["## Quantization decision", *sens]
     parts += ["## Accuracy by label length", by_length_section(evaluation)]
