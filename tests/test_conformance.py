@@ -222,3 +222,27 @@ def test_the_tolerance_covers_what_the_class_profile_computes(tmp_path: Path):
         result = compare(v, spec.text_of(y), steps_of(y, spec.layout), record.tolerance)
         assert result.ok, result.reason
         assert result.max_value_diff <= doc["measured"]["arm64"] + 1e-3
+
+
+def test_the_tolerance_is_measured_on_emulable_profiles_only_for_integer_models(tmp_path):
+    """A float model's results agree across ISAs to ~1e-5, under the tolerance floor: it is
+    not emulated (high's cost ~40 s per candidate on x86-avx2 under QEMU); an int8 model is,
+    on every profile QEMU emulates."""
+    import tiny
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from stages import modelio
+    from stages.bundle import measured_profiles
+    from stages.profiles.profile import CpuProfile
+
+    profiles = {
+        "a53": CpuProfile(arch="aarch64", qemu_cpu="cortex-a53", note="emulable"),
+        "vnni": CpuProfile(arch="x86_64", requires=["avx512_vnni"], note="no QEMU model"),
+    }
+    float_model = tiny.tiny_ctc()
+    assert measured_profiles(profiles, float_model) == {}
+    modelio.save(float_model, tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8)
+    int8 = modelio.load(tmp_path / "q.onnx")
+    assert modelio.quantized_ops(int8)
+    assert list(measured_profiles(profiles, int8)) == ["a53"]
