@@ -310,7 +310,7 @@ class ProfileSet(Record):
 class ProfileRun(Record):
     """The shipped model on one CPU profile (verify/<C>.json, metrics/<C>.json `profiles`)."""
 
-    how: str  # native | emulated | unavailable
+    how: str  # native | emulated | float (this machine's run stands for it) | unavailable
     note: str  # what the profile's int8 kernels do differently
     emulator: str | None = None  # the command prefix, where emulated
     reason: str | None = None  # why it did not run, where unavailable

@@ -7,6 +7,7 @@ import json
 
 from stages.records import BenchRecord, VerifyRecord, read_record
 from stages.report import runs_on_section
+from stages.scoring import Scoring
 
 
 def test_this_machine_as_a_profile_reads_exactly_what_this_machine_reads(measured: dict):
@@ -61,3 +62,33 @@ def test_a_profile_is_judged_on_the_sets_the_build_decided_on():
     assert within_budget(sets, 0.5, None) is False
     assert within_budget(sets, 0.5, ["lines"]) is True
     assert within_budget(sets, None, ["lines"]) is None
+
+
+def test_a_float_model_is_not_emulated_and_this_machines_run_stands_for_it(
+    measured: dict, monkeypatch
+):
+    """Float kernels agree across ISAs to ~1e-5, so an emulated profile of a float bundle reads
+    this machine's outputs (how 'float', with why) instead of hours under QEMU; an int8 model
+    on the same profile would be emulated (the fake emulator here would then fail)."""
+    import pytest
+
+    from stages import verify
+    from stages.data.dataset import read_sets
+    from stages.errors import PipelineError
+    from stages.evaluate import EvalSets
+    from stages.profiles.profile import CpuProfile, Placement
+
+    monkeypatch.setattr(
+        verify, "place", lambda p: Placement("emulated", ("/nonexistent/qemu-x86_64", "-cpu"))
+    )
+    sets = EvalSets(read_sets(measured["root"] / "data", ["clean"], "eval"))
+    ref = {"clean": ["abc"] * len(sets.labels["clean"])}
+    profiles = {"emu": CpuProfile(arch="x86_64", qemu_cpu="Haswell", note="emulated x86")}
+    bundle = measured["root"] / "bundles" / "high"
+    rec = verify.verify_bundle("high", bundle, sets, ref, profiles, 3, Scoring(), 0.5,
+                               integer=False)  # fmt: skip
+    run = rec.profiles["emu"]
+    assert run.how == "float" and "not emulated" in (run.reason or "")
+    assert run.sets["clean"].agreement_build == 1.0 and run.sets["clean"].max_abs_diff == 0.0
+    with pytest.raises((PipelineError, OSError)):
+        verify.verify_bundle("high", bundle, sets, ref, profiles, 3, Scoring(), 0.5)

@@ -286,7 +286,9 @@ def runs_on_section(m: BenchRecord) -> str:
         if run.how == "unavailable":
             rows.append([name, f"not run: {run.reason}", *[DASH] * len(sets), DASH, DASH])
             continue
-        how = "native" if run.how == "native" else f"emulated (`{run.emulator}`)"
+        how = {"native": "native", "float": f"this machine's run ({run.reason})"}.get(
+            run.how, f"emulated (`{run.emulator}`)"
+        )
         rows.append(
             [
                 name,
