@@ -169,9 +169,9 @@ def cmd_folder(args: argparse.Namespace) -> int:
 @verb("preprocess", "measure every preprocessing candidate on every evaluation set",
       _params, _model, _data, _out)  # fmt: skip
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .atomic import write_json
     from .contract import read_contract
     from .measure.preprocess import run
+    from .records import write_record
 
     params = _load_params(args)
     contract = read_contract(args.model)
@@ -181,10 +181,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         candidates, args.data, params.data.decision_sources(), args.model, params.preprocess.images,
         contract.scoring,
     )  # fmt: skip
-    write_json(args.out, result)
-    for name, row in result["candidates"].items():
-        acc = ", ".join(f"{s} {v['accuracy']:.4f}" for s, v in row["sets"].items())
-        print(f"preprocess: {name}: {row['preprocess_ms']} ms/image, accuracy {acc}")
+    write_record(args.out, result)
+    for name, row in result.candidates.items():
+        acc = ", ".join(f"{s} {v.accuracy:.4f}" for s, v in row.sets.items())
+        print(f"preprocess: {name}: {row.preprocess_ms} ms/image, accuracy {acc}")
     return 0
 
 
