@@ -45,6 +45,7 @@ from .records import (
     BuildRecord,
     CheckRecord,
     RecipeFile,
+    RecordError,
     SourceUse,
     StageCheck,
     StageRecord,
@@ -306,6 +307,8 @@ def read_recipe(build_model_dir: Path) -> Recipe:
     from . import passes  # noqa: F401 - registers the passes the recipe names
 
     path = Path(build_model_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise RecordError(f"{path}: missing; run the build stage first")
     return Recipe.from_resolved(read_record(path, RecipeFile).recipe, str(path))
 
 
