@@ -44,6 +44,7 @@ from .records import (
     RECIPE_FILE,
     BuildRecord,
     CheckRecord,
+    RecipeFile,
     RecordError,
     SourceUse,
     StageCheck,
@@ -289,9 +290,9 @@ def write_build(
         final = results[-1].model
         modelio.save(final, tmp / "model.onnx")
         write_json(tmp / "charset.json", modelio.spec(final).charset)
-        write_json(
+        write_record(
             tmp / RECIPE_FILE,
-            {"target": target, "recipe": recipe.resolved(), "versions": versions()},
+            RecipeFile(target=target, recipe=recipe.resolved(), versions=versions()),
         )
         write_record(tmp / BUILD_FILE, build_record(target, results, tmp, sources or {}))
     write_json(
@@ -306,11 +307,9 @@ def read_recipe(build_model_dir: Path) -> Recipe:
     from . import passes  # noqa: F401 - registers the passes the recipe names
 
     path = Path(build_model_dir) / RECIPE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecordError(f"{path}: missing; run the build stage first") from None
-    return Recipe.from_resolved(data["recipe"], str(path))
+    if not path.is_file():
+        raise RecordError(f"{path}: missing; run the build stage first")
+    return Recipe.from_resolved(read_record(path, RecipeFile).recipe, str(path))
 
 
 def decided_on(build_model_dir: Path) -> list[str] | None:

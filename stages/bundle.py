@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +66,7 @@ from .errors import ModelError, PipelineError, ProfileError
 from .evaluate import eval_runtime
 from .profiles.profile import CpuProfile, place
 from .profiles.run import run_on
+from .progress import usable_cores
 from .recipe import Recipe
 from .records import BUILD_FILE, BuildRecord, EvalRecord, read_record
 from .source import batches, probe_inputs
@@ -431,13 +433,22 @@ class ProfileAgreement:
 
     def __call__(self, cands: list[conformance_vectors.Candidate]) -> list[float | None]:
         xs = [self.inputs(c.png) for c in cands]
-        for name, profile in self.profiles.items():
-            placement = place(profile)
+        placements = {name: place(profile) for name, profile in self.profiles.items()}
+        for name, placement in placements.items():
             if placement.how == "unavailable":
                 raise ProfileError(f"{self.label}: profile {name}: {placement.reason}")
             print(f"{self.label}: {len(xs)} vector candidates on {name} ({placement.how})")
-            outs = run_on(placement, self.model, self.plan, xs, f"{self.label} {name}")
-            self.gaps[name] |= {c.png: self._gap(c, y) for c, y in zip(cands, outs, strict=True)}
+        # one single-threaded emulator per profile: side by side on every core
+        with ThreadPoolExecutor(max_workers=max(1, usable_cores())) as pool:
+            futures = {
+                name: pool.submit(run_on, pl, self.model, self.plan, xs, f"{self.label} {name}")
+                for name, pl in placements.items()
+            }
+            for name, future in futures.items():
+                outs = future.result()
+                self.gaps[name] |= {
+                    c.png: self._gap(c, y) for c, y in zip(cands, outs, strict=True)
+                }
         return [self._worst(c.png) for c in cands]
 
     def measured(self, chosen: list[conformance_vectors.Candidate]) -> dict[str, float]:

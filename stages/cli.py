@@ -169,9 +169,9 @@ def cmd_folder(args: argparse.Namespace) -> int:
 @verb("preprocess", "measure every preprocessing candidate on every evaluation set",
       _params, _model, _data, _out)  # fmt: skip
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .atomic import write_json
     from .contract import read_contract
     from .measure.preprocess import run
+    from .records import write_record
 
     params = _load_params(args)
     contract = read_contract(args.model)
@@ -181,10 +181,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         candidates, args.data, params.data.decision_sources(), args.model, params.preprocess.images,
         contract.scoring,
     )  # fmt: skip
-    write_json(args.out, result)
-    for name, row in result["candidates"].items():
-        acc = ", ".join(f"{s} {v['accuracy']:.4f}" for s, v in row["sets"].items())
-        print(f"preprocess: {name}: {row['preprocess_ms']} ms/image, accuracy {acc}")
+    write_record(args.out, result)
+    for name, row in result.candidates.items():
+        acc = ", ".join(f"{s} {v.accuracy:.4f}" for s, v in row.sets.items())
+        print(f"preprocess: {name}: {row.preprocess_ms} ms/image, accuracy {acc}")
     return 0
 
 
@@ -361,25 +361,23 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 @verb("verify", "run the class's bundle on every CPU profile it declares (emulated where needed)",
       _params, _target, _model, _data, _build, _verify_args, _out)  # fmt: skip
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import modelio
     from .build import decided_on, read_recipe
     from .contract import read_contract
     from .data.dataset import read_sets
     from .evaluate import EvalSets, reference_texts
     from .records import write_record
-    from .verify import verify_bundle
+    from .verify import integer_model, verify_bundle
 
     params = _load_params(args)
     contract = read_contract(args.model)
     recipe = read_recipe(args.build)
     sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
-    integer = bool(modelio.quantized_ops(modelio.load(args.build / "model.onnx")))
     record = verify_bundle(
         args.target, args.bundle, sets, reference_texts(args.reference, sets, contract.input),
         {p: _named(params.profiles, p, args.params, "profiles") for p in recipe.profiles},
         params.verify.images, contract.scoring,
         recipe.budgets.max_accuracy_drop_pts, decided_on(args.build), params.verify.client_images,
-        integer,
+        integer_model(args.build),
     )  # fmt: skip
     write_record(args.out, record)
     for name, run in record.profiles.items():

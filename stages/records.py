@@ -70,6 +70,15 @@ class SourceSummary(Record):
 # ---------------------------------------------------------------------------- build
 
 
+class RecipeFile(Record):
+    """build/<C>/model/recipe.json: the resolved recipe the build ran (downstream stages read
+    this, never the YAML) and the library versions it ran with."""
+
+    target: str
+    recipe: dict[str, Any]  # Recipe.resolved(); recipe.Recipe.from_resolved reads it back
+    versions: dict[str, str]
+
+
 class SourceUse(Record):
     """Whether a build's decisions used a data source: the source model's accuracy on its
     first val images, and whether that reached data.min_accuracy."""
@@ -224,6 +233,34 @@ class BaselinesRecord(Record):
     stock: str  # what `stock` means for this source, in words
     sets: dict[str, int]
     variants: dict[str, VariantEval]
+
+
+# ---------------------------------------------------------------------------- preprocess
+
+
+class CandidateSet(Record):
+    images: int
+    accuracy: float
+    cer: float
+
+
+class PreprocessCandidate(Record):
+    """One preprocessing candidate: its settings, its cost in a fresh interpreter (the probe)
+    and the reference model's accuracy per set with it."""
+
+    name: str
+    settings: dict[str, Any]  # Preprocess.as_dict()
+    preprocess_ms: float  # median per image
+    import_rss_mb: float  # what importing its backend adds to peak RSS
+    import_ms: float
+    sets: dict[str, CandidateSet]
+
+
+class PreprocessRecord(Record):
+    """metrics/preprocess.json: every candidate on the first images of each decision set."""
+
+    images: dict[str, int]  # set -> images scored
+    candidates: dict[str, PreprocessCandidate]
 
 
 # ---------------------------------------------------------------------------- bench

@@ -30,7 +30,7 @@ from ocr_bundles_runtime.manifest import BundleSpec, find_bundle, parse_bundle, 
 from ocr_bundles_runtime.preprocess import model_input
 from ocr_bundles_runtime.session import session_plan
 
-from . import client_runs
+from . import client_runs, modelio
 from .evaluate import EvalSets, eval_runtime
 from .profiles.host import host_cpu, host_isa
 from .profiles.profile import CpuProfile, Placement, place
@@ -47,6 +47,12 @@ FLOAT_REASON = (
     "(tests/test_profiles.py), so this machine's run stands for this profile; not emulated "
     "(high's model on x86-avx2 under QEMU: ~40 s per image)"
 )
+
+
+def integer_model(build_dir: Path) -> bool:
+    """Whether the build's final model holds integer (quantized) ops: only then can a CPU's
+    kernels change what it reads."""
+    return bool(modelio.quantized_ops(modelio.load(Path(build_dir) / "model.onnx")))
 
 
 def check_vectors(

@@ -11,7 +11,6 @@ from typing import Any
 import builders
 
 from ocr_bundles_runtime.preprocess import Preprocess
-from stages.atomic import write_json
 from stages.baselines import build_baselines
 from stages.build import read_recipe
 from stages.data.dataset import read_sets
@@ -99,5 +98,5 @@ def measure_project(root: Path) -> dict[str, Any]:
         write_record(metrics / f"{target}.json", record)
     candidates = {"contract": contract.input, "area": Preprocess(height=8, interpolation="area")}
     pre = run_preprocess(candidates, root / "data", list(SOURCES), source, 5, contract.scoring)
-    write_json(metrics / "preprocess.json", pre)
+    write_record(metrics / "preprocess.json", pre)
     return {"root": root, "metrics": metrics, "builds": root / "build", "targets": list(CLASSES)}

@@ -111,7 +111,7 @@ def test_unknown_verb_is_a_usage_error():
 def test_a_source_params_lacks_is_named_with_the_ones_it_has(tmp_path):
     proc = stages_cli("synthetic", "--source", "nope", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr
-    assert "data.synthetic: has no 'nope'; it has ['clean', 'hard']" in proc.stderr
+    assert "data.synthetic: has no 'nope'; it has ['clean', 'hard', 'unseen']" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

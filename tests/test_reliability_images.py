@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import time
+import typing
 import zlib
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from test_runtime import make_bundle
 
 from ocr_bundles_runtime import Recognizer, Result
 from ocr_bundles_runtime.preprocess import IMAGE_ERRORS, ImageError, Preprocess, preprocess
+from ocr_bundles_runtime.recognizer import Status
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {
@@ -260,11 +262,14 @@ FUZZ = settings(
 )
 
 
-def only_image_errors(fn, data: bytes) -> None:
+def only_image_errors(fn, data: bytes):
+    """fn's result, or None when it refused the bytes with a named image error and a message;
+    anything else (a crash, a bare exception) fails the test."""
     try:
-        fn(data)
+        return fn(data)
     except ImageError as e:
-        assert e.code in IMAGE_ERRORS
+        assert e.code in IMAGE_ERRORS and str(e).strip(), (e.code, str(e))
+        return None
 
 
 @NO_BOMB_WARNING
@@ -272,11 +277,21 @@ def only_image_errors(fn, data: bytes) -> None:
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=4096), mutated()))
 def test_fuzz_preprocess(backend: str, data: bytes):
-    only_image_errors(lambda d: preprocess(d, SPECS[backend]), data)
+    spec = SPECS[backend]
+    x = only_image_errors(lambda d: preprocess(d, spec), data)
+    if x is not None:  # accepted bytes give the model's input, never garbage
+        assert x.dtype == np.float32 and x.ndim == 4
+        assert x.shape[:3] == (1, spec.channels, spec.height) and x.shape[3] >= 1
+        assert np.isfinite(x).all() and x.min() >= -3.0 and x.max() <= 3.0
 
 
 @NO_BOMB_WARNING
 @FUZZ
 @given(data=st.one_of(st.binary(max_size=4096), mutated()))
 def test_fuzz_predict(recognizer: Recognizer, data: bytes):
-    only_image_errors(recognizer.predict, data)
+    result = only_image_errors(recognizer.predict, data)
+    if result is not None:  # a read: a text of the charset, a probability, a known status
+        assert isinstance(result, Result) and isinstance(result.text, str)
+        assert set(result.text) <= set("".join(recognizer.spec.charset))
+        assert 0.0 <= result.confidence <= 1.0
+        assert result.status in typing.get_args(Status)

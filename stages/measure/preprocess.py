@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from ocr_bundles_runtime.preprocess import Preprocess
 from ocr_bundles_runtime.session import Runtime
@@ -23,6 +22,7 @@ from ocr_bundles_runtime.session import Runtime
 from ..data.dataset import read_sets
 from ..errors import PipelineError
 from ..evaluate import EvalSets, eval_runtime, score_sets
+from ..records import CandidateSet, PreprocessCandidate, PreprocessRecord
 from ..scoring import Scoring
 
 
@@ -41,18 +41,19 @@ def probe(spec: Preprocess, images: list[Path]) -> dict[str, float]:
 
 def measure(
     name: str, spec: Preprocess, sets: EvalSets, model: Path, scoring: Scoring
-) -> dict[str, Any]:
+) -> PreprocessCandidate:
     preds = sets.predict(model, spec, eval_runtime(Runtime()), f"preprocess: {name}")
     scores = score_sets(preds, sets.labels, None, scoring)
     timing_images = next(iter(sets.images.values()))
-    return {
-        "name": name,
-        "settings": spec.as_dict(),
+    return PreprocessCandidate(
+        name=name,
+        settings=spec.as_dict(),
         **probe(spec, timing_images),
-        "sets": {
-            s: {"images": r.images, "accuracy": r.accuracy, "cer": r.cer} for s, r in scores.items()
+        sets={
+            s: CandidateSet(images=r.images, accuracy=r.accuracy, cer=r.cer)
+            for s, r in scores.items()
         },
-    }
+    )
 
 
 def run(
@@ -62,8 +63,8 @@ def run(
     model_dir: Path,
     images: int,
     scoring: Scoring,
-) -> dict[str, Any]:
+) -> PreprocessRecord:
     sets = EvalSets({s: items[:images] for s, items in read_sets(data, sources, "eval").items()})
     model = model_dir / "model.onnx"
     rows = [measure(n, s, sets, model, scoring) for n, s in candidates.items()]
-    return {"images": sets.sizes, "candidates": {r["name"]: r for r in rows}}
+    return PreprocessRecord(images=sets.sizes, candidates={r.name: r for r in rows})

@@ -11,7 +11,15 @@ from typing import Any, get_args
 
 from ..measure.serve_bench import serve_table
 from ..params import Baseline
-from ..records import BenchRecord, BuildRecord, Change, Ratios, SourceUse, VariantMetrics
+from ..records import (
+    BenchRecord,
+    BuildRecord,
+    Change,
+    PreprocessRecord,
+    Ratios,
+    SourceUse,
+    VariantMetrics,
+)
 from .class_page import client_rows, vectors_cell
 from .format import (
     DASH,
@@ -32,7 +40,7 @@ BASELINES: tuple[str, ...] = get_args(Baseline)
 
 def summary(
     metrics: dict[str, BenchRecord],
-    preprocess: dict[str, Any] | None,
+    preprocess: PreprocessRecord | None,
     choices: dict[str, dict[str, Any]],
     pictures: dict[str, str],
     serve: dict[str, Any] | None = None,
@@ -291,23 +299,23 @@ def baselines_table(metrics: dict[str, BenchRecord]) -> str:
     return table(header, rows)
 
 
-def preprocess_table(result: dict[str, Any], choices: dict[str, dict[str, Any]]) -> str:
+def preprocess_table(result: PreprocessRecord, choices: dict[str, dict[str, Any]]) -> str:
     """Every candidate's cost and accuracy on every set, and which class chose it."""
-    cands = result["candidates"]
-    sets = list(result["images"])
+    cands = result.candidates
+    sets = list(result.images)
     rows = []
     for name, row in cands.items():
-        chosen = [c for c, settings in choices.items() if settings == row["settings"]]
+        chosen = [c for c, settings in choices.items() if settings == row.settings]
         rows.append(
             [
                 name,
                 ", ".join(chosen) or DASH,
-                fmt(row["preprocess_ms"], 3),
-                fmt(row["import_rss_mb"], 1),
-                *[pct(row["sets"][s]["accuracy"]) for s in sets],
+                fmt(row.preprocess_ms, 3),
+                fmt(row.import_rss_mb, 1),
+                *[pct(row.sets[s].accuracy) for s in sets],
             ]
         )
-    unmatched = [c for c, s in choices.items() if all(s != r["settings"] for r in cands.values())]
+    unmatched = [c for c, s in choices.items() if all(s != r.settings for r in cands.values())]
     note = (
         f"\n\nNot among the candidates: {', '.join(unmatched)} (add their settings to "
         "params.yaml preprocess.candidates to measure them)."
@@ -315,7 +323,7 @@ def preprocess_table(result: dict[str, Any], choices: dict[str, dict[str, Any]])
         else ""
     )
     header = ["candidate", "used by", "ms / image", "imports MB", *[f"{s} %" for s in sets]]
-    images = ", ".join(f"{s} {n}" for s, n in result["images"].items())
+    images = ", ".join(f"{s} {n}" for s, n in result.images.items())
     return table(header, rows) + f"\n\nImages per set: {images}." + note
 
 

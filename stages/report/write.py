@@ -24,6 +24,8 @@ from ..records import (
     BuildRecord,
     CheckRecord,
     EvalRecord,
+    PreprocessRecord,
+    RecipeFile,
     read_record,
 )
 from . import plots
@@ -114,9 +116,9 @@ def write_reports(
     for t, (m, b, c, e) in loaded.items():
         write_text(reports_dir / f"{t}.md", class_report(m, b, c, e))
     pre_path = metrics_dir / "preprocess.json"
-    preprocess = json.loads(pre_path.read_text()) if pre_path.is_file() else None
+    preprocess = read_record(pre_path, PreprocessRecord) if pre_path.is_file() else None
     choices = {
-        t: json.loads((builds / t / "model" / RECIPE_FILE).read_text())["recipe"]["preprocess"]
+        t: read_record(builds / t / "model" / RECIPE_FILE, RecipeFile).recipe["preprocess"]
         for t in targets
     }
     pictures = plots.write_pictures(pareto_rows(metrics), size_rows(metrics), plots_dir)
