@@ -11,7 +11,7 @@ import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -28,6 +28,20 @@ class Sample(NamedTuple):
     name: str  # file name inside the split folder
     label: str
     data: bytes  # the image file's bytes
+
+
+def eval_only_splits(raw: Any, zero: float) -> Any:
+    """A source's raw params with `eval_only`: no calib or val split (0 unless given, refused if
+    not 0), so no decision can see it; other params as they are."""
+    if not isinstance(raw, dict) or not raw.get("eval_only"):
+        return raw
+    given = {k: raw[k] for k in ("calib", "val") if raw.get(k)}
+    if given:
+        raise ValueError(
+            f"eval_only sources have no calibration or validation images, but {given} is "
+            "set; remove it (or set it to 0), or drop eval_only"
+        )
+    return {**raw, "calib": zero, "val": zero}
 
 
 def png_bytes(img: Image.Image) -> bytes:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ocr_bundles_runtime.preprocess import Preprocess, load_pixels
 
 from ..errors import DataError, ImageError
-from .dataset import LABELS_FILE, SPLITS, Sample, read_labels
+from .dataset import LABELS_FILE, SPLITS, Sample, eval_only_splits, read_labels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 SHOWN = 8  # offending files named in one error message
@@ -50,16 +50,7 @@ class FolderSource(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _eval_only_shares(cls, raw: Any) -> Any:
-        """An eval_only folder has no calib or val share: 0 unless given, refused if not 0."""
-        if not isinstance(raw, dict) or not raw.get("eval_only"):
-            return raw
-        given = {k: raw[k] for k in ("calib", "val") if raw.get(k)}
-        if given:
-            raise ValueError(
-                f"eval_only sources have no calibration or validation images, but {given} is "
-                "set; remove it (or set it to 0), or drop eval_only"
-            )
-        return {**raw, "calib": 0.0, "val": 0.0}
+        return eval_only_splits(raw, 0.0)
 
     @model_validator(mode="after")
     def _leaves_eval(self) -> FolderSource:

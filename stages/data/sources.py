@@ -21,7 +21,7 @@ from ..progress import Progress
 from ..records import SourceSummary, write_record
 from . import clean, hard, imagecaptcha
 from . import folder as folders
-from .dataset import SPLITS, SUMMARY_FILE, Sample, image_name, write_split
+from .dataset import SPLITS, SUMMARY_FILE, Sample, eval_only_splits, image_name, write_split
 
 
 def _generator(value: Any) -> str:
@@ -75,16 +75,7 @@ class SyntheticSource(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _eval_only_splits(cls, raw: Any) -> Any:
-        """An eval_only source has no calib or val split: 0 unless given, refused if not 0."""
-        if not isinstance(raw, dict) or not raw.get("eval_only"):
-            return raw
-        given = {k: raw[k] for k in ("calib", "val") if raw.get(k)}
-        if given:
-            raise ValueError(
-                f"eval_only sources have no calibration or validation images, but {given} is "
-                "set; remove it (or set it to 0), or drop eval_only"
-            )
-        return {**raw, "calib": 0, "val": 0}
+        return eval_only_splits(raw, 0)
 
     def sizes(self) -> dict[str, int]:
         return {"calib": self.calib, "val": self.val, "eval": self.eval}
