@@ -158,8 +158,9 @@ class StageCheck(Record):
     # the pass's report fields that measure this CPU's kernels (PassSpec.measured), by pass
     measured: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    def sensitivity(self) -> list[SensitivityRow]:
-        rows = self.measured.get("quantize_to_tolerance", {}).get("sensitivity", [])
+    def sensitivity(self, pass_name: str) -> list[SensitivityRow]:
+        """The per-node sensitivities pass `pass_name` measured (none when it reported none)."""
+        rows = self.measured.get(pass_name, {}).get("sensitivity", [])
         return [SensitivityRow.model_validate(r) for r in rows]
 
 

@@ -57,7 +57,7 @@ def test_quantization_decision_comes_from_the_real_build_record(written: dict) -
     decision = build.stages[-1].tolerance()
     assert decision is not None and not decision.sensitivity  # not in the model folder
     checks = read_record(written["builds"] / "low" / "checks.json", CheckRecord)
-    rows = checks.of(build.stages[-1].file).sensitivity()
+    rows = checks.of(build.stages[-1].file).sensitivity(build.stages[-1].pass_name)
     assert rows
     text = page(written, "low.md")
     for row in rows:

@@ -203,7 +203,7 @@ def sensitivity_sections(build: BuildRecord, checks: CheckRecord) -> list[str]:
         check = checks.of(st.file)
         rows = [
             [s.node, s.op_type, s.group, f"{s.rel_mse:.3g}", fmt(s.quantized)]
-            for s in (check.sensitivity() if check else [])
+            for s in (check.sensitivity(st.pass_name) if check else [])
         ]
         sens = table(["node", "op", "group", "rel. MSE", "quantized"], rows)
         sets = list(rep.reference)
