@@ -29,7 +29,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import onnx
 import onnxruntime.quantization as ort_quant
-from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -83,6 +83,14 @@ class QuantizeStaticOptions(BaseModel):
         le=100.0,
         description="percentile of |activation| kept in range; only for calibrate_method "
         "percentile",
+    )
+    histogram_bins: int = Field(
+        2048,
+        ge=128,
+        le=65536,
+        description="histogram bins of the entropy and percentile calibrators; entropy searches "
+        "thresholds only between 128 quantized bins and this many, so onnxruntime's entropy "
+        "default (128 bins) would return the min/max range",
     )
     op_types: list[str] = Field(
         default_factory=lambda: ["Conv"],
@@ -140,7 +148,7 @@ def quantize_static(
     out = q.run_quantizer(
         NAME,
         work,
-        lambda src, dst: _quantize(src, dst, args),
+        lambda src, dst: _quantize(src, dst, args, _calibrator_options(options)),
         fix=_failure_advice(options, samples),
     )
     if not q.quantized_ops(out):
@@ -157,8 +165,6 @@ def _ort_arguments(options: QuantizeStaticOptions, reader: _Reader) -> dict[str,
         # zero-point-0 weights: what onnxruntime's int8 kernels are fastest with
         "WeightSymmetric": True,
     }
-    if options.calibrate_method == "percentile":
-        extra["CalibPercentile"] = options.percentile
     return {
         "calibration_data_reader": reader,
         "quant_format": _FORMATS[options.quant_format],
@@ -186,19 +192,39 @@ def snap(values: np.ndarray, outward_up: bool) -> np.ndarray:
     return np.ldexp(steps / 2.0**RANGE_BITS, exponent).astype(np.asarray(values).dtype)
 
 
-def _quantize(src: str, dst: str, args: dict[str, Any]) -> None:
-    """quantize_static with its activation ranges snapped: calibrate (onnxruntime writes the
-    ranges to its calibration cache), snap the cache, quantize again from the cache alone.
+def _calibrator_options(options: QuantizeStaticOptions) -> dict[str, Any]:
+    """Options of onnxruntime's calibrator. quantize_static forwards no bin count, so its entropy
+    calibration keeps its 128-bin default, whose one candidate threshold is the min/max range:
+    the calibrator is driven here instead."""
+    if options.calibrate_method == "minmax":
+        return {}
+    out: dict[str, Any] = {"num_bins": options.histogram_bins}
+    if options.calibrate_method == "percentile":
+        out["percentile"] = options.percentile
+    return out
+
+
+def _quantize(src: str, dst: str, args: dict[str, Any], calibrator: dict[str, Any]) -> None:
+    """quantize_static from snapped activation ranges: calibrate, round the ranges outward
+    (`snap`), write them as onnxruntime's calibration cache, quantize from the cache alone.
 
     The ranges come from float runs on the build machine's kernels; unsnapped, AVX2 and
     AVX-512 builds would write scales differing in the last bits."""
-    cache = Path(dst).with_name("ranges.json")
-    ort_quant.quantize_static(src, dst, calibration_cache_path=cache, **args)
-    ranges = load_tensors_data(cache)
+    work = Path(dst).parent
+    cal = create_calibrator(
+        Path(src),
+        args["op_types_to_quantize"],
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=args["calibrate_method"],
+        extra_options=calibrator,
+    )
+    cal.collect_data(args["calibration_data_reader"])
+    ranges = cal.compute_data()
+    del cal
     for data in ranges.data.values():
         data.lowest = snap(data.lowest, outward_up=False)
         data.highest = snap(data.highest, outward_up=True)
-    cache.unlink()
+    cache = work / "ranges.json"
     save_tensors_data(ranges, cache)
     again = {**args, "calibration_data_reader": None}
     ort_quant.quantize_static(src, dst, calibration_cache_path=cache, **again)

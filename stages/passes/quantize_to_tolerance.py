@@ -8,9 +8,11 @@ After:  static QDQ (quantize_static, calibrated on every source's calib images) 
         exact-match accuracy and prediction agreement stay within `max_accuracy_drop_pts` and
         `min_agreement` of the input model on EACH validation set (one per data source), not
         on their average. Only when no k works with the dynamic group quantized is it kept
-        float, and k searched again. The decision goes to metadata 'report.quantize_to_tolerance'
-        (records.ToleranceReport): every node's sensitivity, each tried k with its per-set
-        accuracy/agreement, the float nodes and why.
+        float, and k searched again. The fully quantized model is tried first: nodes are ranked
+        only when it fails (or with always_rank), so a model that meets the tolerance costs no
+        per-node quantizations. The decision goes to metadata 'report.quantize_to_tolerance'
+        (records.ToleranceReport): each node's sensitivity when ranked, each tried k with its
+        per-set accuracy/agreement, the float nodes and why.
 Exact: no; the tolerance on the validation sets is the contract. The decision depends only on
        the model, these options and the data: never on timings, so a rebuild is identical.
 
@@ -46,7 +48,12 @@ from ..registry import PassContext, register
 from . import _ort_quant as q
 from . import quantize_dynamic as qd
 from .convert_opset import default_opset
-from .quantize_static import CalibrateMethod, QuantizeStaticOptions, quantize_static
+from .quantize_static import (
+    DEFAULT_PERCENTILE,
+    CalibrateMethod,
+    QuantizeStaticOptions,
+    quantize_static,
+)
 
 NAME = "quantize_to_tolerance"
 REPORT_KEY = f"report.{NAME}"
@@ -85,7 +92,18 @@ class QuantizeToToleranceOptions(BaseModel):
         description="op types quantized dynamically (int8 weights); kept all-or-nothing",
     )
     calibrate_method: CalibrateMethod = Field(
-        "minmax", description="activation range method of the static group"
+        "minmax",
+        description="activation range method of the static group (quantize_static's "
+        "calibrate_method)",
+    )
+    percentile: float = Field(
+        DEFAULT_PERCENTILE,
+        gt=90.0,
+        le=100.0,
+        description="percentile of |activation| kept in range, for calibrate_method percentile",
+    )
+    histogram_bins: int = Field(
+        2048, ge=128, le=65536, description="histogram bins of entropy/percentile calibration"
     )
     calibration_images: int = Field(
         32,
@@ -112,6 +130,12 @@ class QuantizeToToleranceOptions(BaseModel):
     max_float_nodes: int = Field(
         8, ge=0, description="give up (PassError) rather than keep more static nodes float"
     )
+    always_rank: bool = Field(
+        False,
+        description="measure every node's sensitivity even when the fully quantized model meets "
+        "the tolerance (for the report; one quantization and probe per node); by default nodes "
+        "are ranked only when some must stay float",
+    )
 
     @model_validator(mode="after")
     def _disjoint(self) -> Self:
@@ -124,6 +148,11 @@ class QuantizeToToleranceOptions(BaseModel):
             )
         if not self.static_op_types and not self.dynamic_op_types:
             raise ValueError("static_op_types and dynamic_op_types are both empty")
+        if self.percentile != DEFAULT_PERCENTILE and self.calibrate_method != "percentile":
+            raise ValueError(
+                f"percentile is only used with calibrate_method: percentile, not "
+                f"{self.calibrate_method}; remove percentile or change calibrate_method"
+            )
         return self
 
 
@@ -148,8 +177,12 @@ def quantize_to_tolerance(
 ) -> onnx.ModelProto:
     """Static+dynamic int8, keeping the fewest most sensitive nodes float to meet a tolerance."""
     plan = _prepare(model, options, context)
-    order = _rank(plan, options, context)
-    out, report = _search(plan, order, options, context)
+    out = _attempt(plan, options, context, (), True)
+    order = _rank(plan, options, context) if out is None or options.always_rank else []
+    if out is not None:
+        report = _report(plan, order, 0, True)
+    else:
+        out, report = _search(plan, order, options, context)
     result = q.finish(out, model)
     kept = [p for p in result.metadata_props if p.key != REPORT_KEY]
     del result.metadata_props[:]
@@ -229,6 +262,8 @@ def _static_options(
         op_types=list(options.static_op_types),
         nodes_to_exclude=exclude,
         calibrate_method=options.calibrate_method,
+        percentile=options.percentile,
+        histogram_bins=options.histogram_bins,
         reduce_range=options.reduce_range,
         per_channel=options.static_per_channel,
         calibration_images=options.calibration_images,
@@ -382,16 +417,33 @@ def _search(
     tries = [(k, True) for k in ks]
     if plan.dynamic_nodes:
         tries += [(k, False) for k in ks]
+    done = {(s.k, s.dynamic) for s in plan.steps}
     for k, dynamic in tries:
-        model = _build(plan, options, context, tuple(order[:k]), dynamic)
-        if not q.quantized_ops(model):
-            continue  # everything float: not a quantization
-        sets = _evaluate(plan, model, context)
-        accepted = all(_within(plan, options, name, r) for name, r in sets.items())
-        plan.steps.append(ToleranceStep(k=k, dynamic=dynamic, sets=sets, accepted=accepted))
-        if accepted:
+        if (k, dynamic) in done:
+            continue
+        model = _attempt(plan, options, context, tuple(order[:k]), dynamic)
+        if model is not None:
             return model, _report(plan, order, k, dynamic)
     raise PassError(NAME, _failure(plan, options))
+
+
+def _attempt(
+    plan: _Plan,
+    options: QuantizeToToleranceOptions,
+    context: PassContext,
+    float_static: tuple[str, ...],
+    dynamic: bool,
+) -> onnx.ModelProto | None:
+    """The variant if it meets the tolerance on every set; each evaluated variant is a step."""
+    model = _build(plan, options, context, float_static, dynamic)
+    if not q.quantized_ops(model):
+        return None  # everything float: not a quantization
+    sets = _evaluate(plan, model, context)
+    accepted = all(_within(plan, options, name, r) for name, r in sets.items())
+    plan.steps.append(
+        ToleranceStep(k=len(float_static), dynamic=dynamic, sets=sets, accepted=accepted)
+    )
+    return model if accepted else None
 
 
 def _within(

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.resources
 import json
 import time
@@ -80,7 +81,8 @@ def opset12(model: onnx.ModelProto) -> onnx.ModelProto:
 def test_loose_tolerance_quantizes_everything_with_no_float_node():
     model = tiny.tiny_ctc()
     before = model.SerializeToString()
-    out = quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), context(model))
+    opts = QuantizeToToleranceOptions(always_rank=True, **LOOSE)
+    out = quantize_to_tolerance(model, opts, context(model))
     onnx.checker.check_model(out)
     ops = tiny.op_counts(out)
     # Conv in QDQ: Q+DQ on its activation in/out, DQ of int8 weight and int32 bias
@@ -114,6 +116,35 @@ def test_loose_tolerance_quantizes_everything_with_no_float_node():
     assert modelio.spec(out) == modelio.spec(model)
     assert out.graph.output[0] == model.graph.output[0]
     assert model.SerializeToString() == before
+
+
+def test_nodes_are_ranked_only_when_the_fully_quantized_model_fails(monkeypatch):
+    model = tiny.tiny_ctc()
+    ctx = context(model)
+    ranked = quantize_to_tolerance(
+        model, QuantizeToToleranceOptions(always_rank=True, **LOOSE), ctx
+    )
+    calls = []
+    rank = qtt._rank
+    monkeypatch.setattr(qtt, "_rank", lambda *a: calls.append(1) or rank(*a))
+    lazy = quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), ctx)
+    assert calls == [] and report(lazy).sensitivity == []
+    assert steps(report(lazy)) == steps(report(ranked)) == [(0, True, True)]
+    # the same model either way; only the report's measured sensitivities differ
+    strip = [p for p in lazy.metadata_props if p.key == qtt.REPORT_KEY]
+    assert strip and lazy.graph == ranked.graph
+    # a tolerance the fully quantized model misses ranks the nodes (and fails here: the
+    # tiny model's texts flip whichever node stays float)
+    strict = QuantizeToToleranceOptions(min_agreement=1.0, max_accuracy_drop_pts=0.0)
+    evaluated = []
+    evaluate = qtt._evaluate
+    monkeypatch.setattr(qtt, "_evaluate", lambda *a: evaluated.append(1) or evaluate(*a))
+    with pytest.raises(PassError, match="no variant"):
+        quantize_to_tolerance(model, strict, ctx)
+    assert calls == [1]
+    # k=0 and k=1 with the dynamic group int8, then k=0 with it float (k=1 with it float is
+    # the float model): the first try is not evaluated twice
+    assert len(evaluated) == 3
 
 
 def test_report_round_trips_through_its_record():
@@ -254,7 +285,7 @@ def test_unreachable_tolerance_raises_with_the_best_numbers():
 
 def test_keep_one_sensitivity_ranks_every_candidate():
     model = tiny.tiny_ctc(head="matmul")
-    opts = QuantizeToToleranceOptions(sensitivity="keep_one", **LOOSE)
+    opts = QuantizeToToleranceOptions(sensitivity="keep_one", always_rank=True, **LOOSE)
     out = quantize_to_tolerance(model, opts, context(model))
     rep = report(out)
     assert [s.node for s in rep.sensitivity] == ["conv", "lstm", "head_mm"]
@@ -265,7 +296,9 @@ def test_keep_one_sensitivity_ranks_every_candidate():
 def test_empty_static_op_types_keeps_conv_float():
     model = tiny.tiny_ctc()
     out = quantize_to_tolerance(
-        model, QuantizeToToleranceOptions(static_op_types=[], **LOOSE), context(model)
+        model,
+        QuantizeToToleranceOptions(static_op_types=[], always_rank=True, **LOOSE),
+        context(model),
     )
     ops = tiny.op_counts(out)
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
@@ -278,6 +311,30 @@ def test_empty_static_op_types_keeps_conv_float():
         ("head", "dynamic"),
     ]
     assert rep.float_nodes == [] and steps(rep) == [(0, True, True)]
+
+
+def test_percentile_calibration_reaches_the_static_group():
+    # an outlier pixel in one calibration image: minmax spends the input's 8 bits on it, a
+    # 99th-percentile range clips it, so the static group's input scale must shrink
+    model = tiny.tiny_ctc()
+    images = [x.copy() for x in tiny.inputs(8)]
+    images[3][0, 0, 2, 5] = 40.0
+    ctx = dataclasses.replace(context(model), calibration=images)
+
+    def input_scale(opts: QuantizeToToleranceOptions) -> float:
+        out = quantize_to_tolerance(model, opts, ctx)
+        inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+        image = out.graph.input[0].name
+        q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == image)
+        return float(inits[q.input[1]])
+
+    flat = {"static_per_channel": False, "dynamic_op_types": [], **LOOSE}
+    minmax = input_scale(QuantizeToToleranceOptions(**flat))
+    pct = input_scale(
+        QuantizeToToleranceOptions(calibrate_method="percentile", percentile=99.0, **flat)
+    )
+    assert minmax == pytest.approx(40.0 / 255, rel=0.02)
+    assert pct < minmax / 4
 
 
 def test_static_per_channel_at_opset12_is_refused_before_any_work(monkeypatch):
@@ -310,7 +367,8 @@ def test_unnamed_nodes_get_names_the_report_uses():
     model = tiny.tiny_ctc()
     for node in model.graph.node:
         node.name = ""
-    out = quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), context(model))
+    opts = QuantizeToToleranceOptions(always_rank=True, **LOOSE)
+    out = quantize_to_tolerance(model, opts, context(model))
     assert {s.node for s in report(out).sensitivity} == {"Conv_0", "LSTM_5", "Gemm_8"}
     assert not any(n.name == "" for n in out.graph.node if n.op_type == "Conv")
 
@@ -352,6 +410,8 @@ def test_options_are_checked():
         QuantizeToToleranceOptions(static_op_types=[], dynamic_op_types=[])
     with pytest.raises(pydantic.ValidationError):
         QuantizeToToleranceOptions(min_agreement=1.5)
+    with pytest.raises(pydantic.ValidationError, match="percentile is only used"):
+        QuantizeToToleranceOptions(percentile=99.9)
     assert registry.get("quantize_to_tolerance").exact is False
 
 
