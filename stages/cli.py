@@ -461,9 +461,9 @@ def _served_bundle(p: argparse.ArgumentParser) -> None:
 @verb("serve-bench", "measure the escalation server against stock ddddocr served the same way",
       _params, _data, _served_bundle, _out)  # fmt: skip
 def cmd_serve_bench(args: argparse.Namespace) -> int:
-    from .atomic import write_json
     from .data.dataset import interleave, read_sets
     from .measure.serve_bench import serve_bench, serve_table
+    from .records import write_record
 
     params = _load_params(args)
     s = params.serve
@@ -477,7 +477,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     sets = read_sets(args.data, params.data.sources(), "eval")
     images = interleave([[p for p, _ in items] for items in sets.values()])
     result = serve_bench(args.bundle, images, s.clients, s.requests, s.batching)
-    write_json(args.out, result)
+    write_record(args.out, result)
     print(serve_table(result))
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -95,6 +95,13 @@ class BenchParams(Strict):
         description="measured beside every class in the same run: stock (what users run "
         "today), stock_default (ddddocr's int8 model; skipped unless model.source is ddddocr), "
         "naive_int8",
+    )
+    floor_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [256, 512, 1024],
+        min_length=1,
+        description="n of the n x n x n MatMul and MatMulInteger the compute floor times (the "
+        "fastest of them is the floor's rate): small ones stay in cache, large ones amortize "
+        "call overhead",
     )
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .atomic import write_json
 from .errors import PipelineError
+from .yamlio import field_path
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -36,7 +37,14 @@ def read_record(path: str | Path, model: type[R]) -> R:
         return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise RecordError(f"{path}: missing; run the stage that writes it first") from None
-    except (ValueError, ValidationError) as e:
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise RecordError(
+            f"{path}: not a valid {model.__name__} ({field_path(first['loc']) or '<root>'}: "
+            f"{first['msg']}{more}); rerun the stage that writes it"
+        ) from None
+    except ValueError as e:  # not JSON
         raise RecordError(
             f"{path}: not a valid {model.__name__} ({str(e).splitlines()[0]}); rerun the stage "
             "that writes it"
@@ -391,6 +399,21 @@ class VerifyRecord(Record):
     client_images_per_set: int | None = None
 
 
+class MemorySetting(Record):
+    """One row of metrics/<C>.json `memory_settings`: a flipped session memory setting on the
+    shipped file against the recipe's own (mem:recipe), same run; deltas are this minus that."""
+
+    variant: str  # mem:recipe or mem:<setting>
+    setting: str  # recipe, or the flip, e.g. enable_cpu_mem_arena=off
+    cold_start_ms: float | None
+    peak_rss_mb: float | None
+    rss_growth_mb: float | None  # None: no long session for this variant
+    warm_p50_ms: float | None
+    peak_rss_delta_mb: float | None
+    cold_start_delta_ms: float | None
+    warm_p50_delta_ms: float | None
+
+
 class BenchRecord(Record):
     """metrics/<C>.json"""
 
@@ -409,7 +432,62 @@ class BenchRecord(Record):
     bundle_ratios_spread: dict[str, list[float]] = Field(default_factory=dict)
     vs_stock_default: Ratios | None = None
     budgets: dict[str, Budget]
-    memory_settings: list[dict[str, Any]] = Field(default_factory=list)
+    memory_settings: list[MemorySetting] = Field(default_factory=list)
     compute_floor: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, ProfileRun] = Field(default_factory=dict)  # verify/<C>.json's runs
     clients: dict[str, ClientRun] = Field(default_factory=dict)  # verify/<C>.json's clients
+
+
+# ---------------------------------------------------------------------------- serve_bench
+
+
+class ServedBundle(Record):
+    path: str
+    target: str
+    batch: bool  # the model takes a batch dimension (else no batched runs)
+    formats: list[str]
+
+
+class ServeSettings(Record):
+    workers: int
+    batch: int
+    batch_wait_ms: float
+    server_cores: list[int]
+    client_cores: list[int]
+    requests: int  # per run
+    stock_requests: int | None  # per stock run; None: stock not served
+    warmup: int  # untimed requests per server before the runs
+
+
+class Latency(Record):
+    p50: float | None  # None: no request answered
+    p95: float | None
+
+
+class ServeRun(Record):
+    """One backend at one client count: `requests` recognitions from `clients` threads."""
+
+    backend: Literal["bundle", "stock"]
+    batching: bool
+    clients: int
+    requests: int
+    ok: int
+    errors: dict[str, int]  # error code -> requests
+    wall_s: float
+    throughput_rps: float | None
+    latency_ms: Latency
+    batches: int
+    mean_batch_size: float | None
+    # against stock at the same clients (None: stock not served or no figure)
+    throughput_vs_stock: float | None = None
+    p50_vs_stock: float | None = None
+
+
+class ServeRecord(Record):
+    """metrics/serve.json: the escalation server against stock ddddocr served the same way."""
+
+    machine: dict[str, Any]  # measure.machine.machine_info(), as BenchRecord's
+    bundle: ServedBundle
+    images: int  # in the pool the clients send from
+    settings: ServeSettings
+    runs: list[ServeRun]  # interleaved: every backend at N clients, then the next N

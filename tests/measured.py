@@ -54,7 +54,12 @@ PROFILES = {
     "far": CpuProfile(arch="aarch64", requires=["sve2"], note="an ARM CPU with no QEMU model"),
 }
 PARAMS = BenchParams(
-    repeats=2, warm_images=6, warmup=1, long_session=30, baselines=["stock", "naive_int8"]
+    repeats=2,
+    warm_images=6,
+    warmup=1,
+    long_session=30,
+    baselines=["stock", "naive_int8"],
+    floor_sizes=[32],
 )
 
 
@@ -94,7 +99,7 @@ def measure_project(root: Path) -> dict[str, Any]:
             sets=list(SOURCES),
             verify=root / "verify" / f"{target}.json",
         )
-        record = run_bench(inputs, read_recipe(inputs.build), contract, PARAMS, floor_sizes=(32,))
+        record = run_bench(inputs, read_recipe(inputs.build), contract, PARAMS)
         write_record(metrics / f"{target}.json", record)
     candidates = {"contract": contract.input, "area": Preprocess(height=8, interpolation="area")}
     pre = run_preprocess(candidates, root / "data", list(SOURCES), source, 5, contract.scoring)

@@ -12,14 +12,16 @@ import numpy as np
 import onnx
 import pytest
 import tiny
+import yaml
 from onnx import helper, numpy_helper
 
 from ocr_bundles_runtime.decode import decode
 from ocr_bundles_runtime.preprocess import Preprocess
-from stages import modelio
+from stages import cli, modelio
+from stages.errors import RecipeError
 from stages.measure import floor, machine, metrics, spawn
 from stages.measure.variants import Variant
-from stages.params import BenchParams
+from stages.params import BenchParams, load_params
 from stages.recipe import Budgets
 from stages.records import BenchRecord, Ratios, SetAccuracy, VariantMetrics, read_record
 
@@ -274,6 +276,46 @@ def test_matmul_rates_are_plausible() -> None:
         assert n in (32, 64) and 1e7 < rate < 1e13
 
 
+def test_params_yaml_floor_sizes_are_the_bench_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench.floor_sizes: parsed from the committed params.yaml, and what the bench verb hands
+    run_bench (which times those sizes: test_ratios_budgets_memory_table_and_facts)."""
+    root = Path(__file__).resolve().parents[1]
+    committed = yaml.safe_load((root / "params.yaml").read_text())["bench"]["floor_sizes"]
+    assert load_params(root / "params.yaml").bench.floor_sizes == committed
+    params = {
+        "targets": ["low"],
+        "model": {"source": "file", "path": "models/input/m.onnx"},
+        "data": {"synthetic": {"clean": {"seed": 1}}},
+        "bench": {"floor_sizes": [48, 96]},
+        "versions": {},
+        "overrides": {"low": {}},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    got: list[BenchParams] = []
+
+    def bench(_inputs: Any, _recipe: Any, _contract: Any, params: BenchParams) -> Any:
+        got.append(params)
+        return BenchRecord.model_construct(ratios=None)
+
+    monkeypatch.setattr("stages.measure.bench.run_bench", bench)
+    monkeypatch.setattr("stages.build.read_recipe", lambda _dir: None)
+    monkeypatch.setattr("stages.contract.read_contract", lambda _dir: None)
+    monkeypatch.setattr("stages.records.write_record", lambda *_a: None)
+    argv = ["bench", "--params", str(tmp_path / "params.yaml"), "--target", "low"]
+    argv += ["--model", "m", "--data", "d", "--build", "b", "--eval", "e"]
+    argv += ["--bundle", "u", "--baselines", "s", "--verify", "v", "--out", "o"]
+    assert cli.main(argv) == 0
+    assert [p.floor_sizes for p in got] == [[48, 96]]
+
+    params["bench"] = {"floor_sizes": [256, 0]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(RecipeError) as info:
+        load_params(tmp_path / "params.yaml")
+    assert info.value.field == "bench.floor_sizes[1]" and "given: 0" in str(info.value)
+
+
 def test_runtime_floor_model_keeps_the_contract_and_decodes_to_nothing() -> None:
     spec = modelio.spec(tiny.tiny_ctc(wrong_output_shape=False))
     model = floor.floor_model(spec, Preprocess(height=tiny.HEIGHT))
@@ -412,12 +454,17 @@ def test_ratios_budgets_memory_table_and_facts(low: BenchRecord) -> None:
     assert set(low.bundle_ratios_spread) >= {"warm_speedup", "cpu"}
     assert low.budgets["max_size_mb"].ok is True  # a few KB against 1 MB
     assert low.budgets["max_attributable_rss_ratio"].ok is False  # an impossible limit
-    assert low.memory_settings[0]["setting"] == "recipe"
+    assert (low.memory_settings[0].variant, low.memory_settings[0].setting) == (
+        "mem:recipe",
+        "recipe",
+    )
     assert low.machine["cpu"] and "isa" in low.machine
     assert low.dataset["eval_images"] == {"clean": 10, "hard": 10}
     assert low.stock.startswith("the source model")
     assert low.threads == 1 and low.affinity == [sorted(os.sched_getaffinity(0))[0]]
     assert low.compute_floor["final"]["mmacs"]["total"] > 0
+    # PARAMS.floor_sizes (tests/measured.py), not params.yaml's defaults
+    assert low.compute_floor["rate_op"].startswith("onnxruntime MatMul fp32 32^3 / MatMulInteger")
 
 
 def test_timed_accuracy_compares_texts_by_the_contract_s_scoring():

@@ -14,7 +14,14 @@ from PIL import Image
 
 from stages import report
 from stages.errors import PipelineError
-from stages.records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, read_record
+from stages.records import (
+    BenchRecord,
+    BuildRecord,
+    CheckRecord,
+    EvalRecord,
+    read_record,
+    write_record,
+)
 from stages.report import plots
 from stages.report.format import signed, times
 
@@ -128,7 +135,9 @@ def test_a_record_of_another_shape_is_refused(written: dict, tmp_path: Path) -> 
     data = json.loads((tmp_path / "metrics" / "low.json").read_text())
     data["variants"]["final"]["accuracy"] = 0.9  # the old flat shape
     (tmp_path / "metrics" / "low.json").write_text(json.dumps(data))
-    with pytest.raises(PipelineError, match="not a valid BenchRecord"):
+    with pytest.raises(
+        PipelineError, match=r"not a valid BenchRecord \(variants\.final\.accuracy: Extra inputs"
+    ):
         report.write_reports(["low"], tmp_path / "metrics", written["builds"], tmp_path, tmp_path)
 
 
@@ -179,7 +188,7 @@ def test_the_server_bench_gets_its_own_section(measured: dict, tmp_path: Path) -
         measured["root"] / "bundles" / "high", images, [1], 6, [False], stock=False, warmup=1
     )
     shutil.copytree(measured["metrics"], tmp_path / "metrics")
-    (tmp_path / "metrics" / "serve.json").write_text(json.dumps(result))
+    write_record(tmp_path / "metrics" / "serve.json", result)
     text = report.write_reports(
         measured["targets"],
         tmp_path / "metrics",

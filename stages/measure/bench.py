@@ -8,7 +8,6 @@ processes, variants.py lists what is timed and accuracy.py gathers each variant'
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..records import (
     BaselinesRecord,
     BenchRecord,
     EvalRecord,
+    MemorySetting,
     SetAccuracy,
     VariantMetrics,
     VerifyRecord,
@@ -98,7 +98,7 @@ def with_attributable(records: dict[str, VariantMetrics]) -> dict[str, VariantMe
     }
 
 
-def memory_table(records: dict[str, VariantMetrics]) -> list[dict[str, Any]]:
+def memory_table(records: dict[str, VariantMetrics]) -> list[MemorySetting]:
     """Each flipped memory setting against the recipe's, same file, same run."""
     base = records.get("mem:recipe")
     if base is None or base.skipped:
@@ -108,17 +108,17 @@ def memory_table(records: dict[str, VariantMetrics]) -> list[dict[str, Any]]:
         if not name.startswith("mem:") or v.skipped:
             continue
         rows.append(
-            {
-                "variant": name,
-                "setting": "recipe" if name == "mem:recipe" else name[4:],
-                "cold_start_ms": v.cold_start_ms,
-                "peak_rss_mb": v.peak_rss_mb,
-                "rss_growth_mb": v.rss_growth_mb,
-                "warm_p50_ms": v.warm_p50_ms,
-                "peak_rss_delta_mb": _delta(v.peak_rss_mb, base.peak_rss_mb),
-                "cold_start_delta_ms": _delta(v.cold_start_ms, base.cold_start_ms),
-                "warm_p50_delta_ms": _delta(v.warm_p50_ms, base.warm_p50_ms),
-            }
+            MemorySetting(
+                variant=name,
+                setting="recipe" if name == "mem:recipe" else name[4:],
+                cold_start_ms=v.cold_start_ms,
+                peak_rss_mb=v.peak_rss_mb,
+                rss_growth_mb=v.rss_growth_mb,
+                warm_p50_ms=v.warm_p50_ms,
+                peak_rss_delta_mb=_delta(v.peak_rss_mb, base.peak_rss_mb),
+                cold_start_delta_ms=_delta(v.cold_start_ms, base.cold_start_ms),
+                warm_p50_delta_ms=_delta(v.warm_p50_ms, base.warm_p50_ms),
+            )
         )
     return rows
 
@@ -170,9 +170,9 @@ def run_bench(
     recipe: Recipe,
     contract: Contract,
     params: BenchParams,
-    floor_sizes: Sequence[int] = (256, 512, 1024),
 ) -> BenchRecord:
-    """Measure every variant of a build and assemble metrics/<C>.json's record."""
+    """Measure every variant of a build and assemble metrics/<C>.json's record (the compute
+    floor's MatMul sizes are params.floor_sizes)."""
     evaluation = read_record(inputs.eval_json, EvalRecord)
     base = (
         read_record(inputs.baselines / ACCURACY_FILE, BaselinesRecord) if params.baselines else None
@@ -218,7 +218,7 @@ def run_bench(
         },
         images,
         {n: {"model_p50_ms": v.model_p50_ms} for n, v in records.items()},
-        floors.matmul_rates(floor_sizes),
+        floors.matmul_rates(params.floor_sizes),
         recipe.runtime.intra_op_threads,
     )
     final, bundle = records["final"], records["bundle"]

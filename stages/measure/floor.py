@@ -97,7 +97,7 @@ def count_macs(model: onnx.ModelProto, x: np.ndarray) -> dict[str, int]:
 Rate = tuple[float, int]  # best multiply-accumulates per second, and the n x n x n that did it
 
 
-def matmul_rates(sizes: Sequence[int] = (256, 512, 1024), tries: int = 10) -> dict[str, Rate]:
+def matmul_rates(sizes: Sequence[int], tries: int = 10) -> dict[str, Rate]:
     """Best single-thread MACs/s of an onnxruntime n x n x n MatMul (fp32) and MatMulInteger
     (uint8 x int8, the kernel dynamic quantization runs) over `sizes`: small ones stay in
     cache, large ones amortize call overhead. The fastest this machine runs these models' ops."""

@@ -31,13 +31,14 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ocr_bundles_runtime.manifest import find_bundle, parse_bundle
 
 from ..errors import PipelineError
+from ..records import ServedBundle, ServeRecord, ServeRun, ServeSettings, write_record
 from ..serve.settings import Settings
 from .machine import ROOT, machine_info, pinned_cores
 
@@ -53,7 +54,7 @@ class ServeBenchError(PipelineError):
 
 @dataclass(frozen=True)
 class ServerSpec:
-    backend: str  # bundle | stock
+    backend: Literal["bundle", "stock"]
     batching: bool
 
 
@@ -186,7 +187,7 @@ def serve_bench(
     server_cores: int | None = None,
     warmup: int = 8,
     start_timeout_s: float = START_TIMEOUT_S,
-) -> dict[str, Any]:
+) -> ServeRecord:
     """Throughput (recognitions/s), latency p50/p95 and errors per (backend, batching, clients).
 
     stock: also serve stock ddddocr (StockBackend) and drive it the same way, `stock_requests`
@@ -211,7 +212,7 @@ def serve_bench(
     if stock:
         specs.append(ServerSpec("stock", False))
     servers: list[ServerProcess] = []
-    runs: list[dict[str, Any]] = []
+    runs: list[ServeRun] = []
     try:
         for s in specs:
             args = ["--backend", s.backend, *common]
@@ -232,28 +233,27 @@ def serve_bench(
             server.stop()
     if failed:
         raise ServeBenchError(f"a server died during the bench: {failed}")
-    _add_ratios(runs)
-    return {
-        "machine": machine_info(),
-        "bundle": {
-            "path": str(root),
-            "target": spec.manifest.target,
-            "batch": spec.batch,
-            "formats": list(spec.manifest.formats),
-        },
-        "images": len(pool),
-        "settings": {
-            "workers": workers,
-            "batch": batch,
-            "batch_wait_ms": batch_wait_ms,
-            "server_cores": s_cores,
-            "client_cores": c_cores,
-            "requests": requests,
-            "stock_requests": (stock_requests or requests) if stock else None,
-            "warmup": warmup,
-        },
-        "runs": runs,
-    }
+    return ServeRecord(
+        machine=machine_info(),
+        bundle=ServedBundle(
+            path=str(root),
+            target=spec.manifest.target,
+            batch=spec.batch,
+            formats=list(spec.manifest.formats),
+        ),
+        images=len(pool),
+        settings=ServeSettings(
+            workers=workers,
+            batch=batch,
+            batch_wait_ms=batch_wait_ms,
+            server_cores=s_cores,
+            client_cores=c_cores,
+            requests=requests,
+            stock_requests=(stock_requests or requests) if stock else None,
+            warmup=warmup,
+        ),
+        runs=with_ratios(runs),
+    )
 
 
 def _run(
@@ -263,62 +263,67 @@ def _run(
     requests: int,
     stock_requests: int | None,
     cores: list[int],
-) -> dict[str, Any]:
+) -> ServeRun:
     n = (stock_requests or requests) if server.spec.backend == "stock" else requests
     before = server.metrics()
     result = drive(server.url, pool, clients, n, cores)
     after = server.metrics()
     batches = after["batches"] - before["batches"]
     items = after["batched_items"] - before["batched_items"]
-    return {
-        "backend": server.spec.backend,
-        "batching": server.spec.batching,
-        "clients": clients,
+    return ServeRun(
+        backend=server.spec.backend,
+        batching=server.spec.batching,
+        clients=clients,
         **result,
-        "batches": batches,
-        "mean_batch_size": round(items / batches, 3) if batches else None,
-    }
+        batches=batches,
+        mean_batch_size=round(items / batches, 3) if batches else None,
+    )
 
 
-def _add_ratios(runs: list[dict[str, Any]]) -> None:
-    """Each bundle run's throughput and p50 as a multiple of stock's at the same clients."""
-    stock = {r["clients"]: r for r in runs if r["backend"] == "stock"}
+def with_ratios(runs: list[ServeRun]) -> list[ServeRun]:
+    """Each run's throughput and p50 as a multiple of stock's at the same clients."""
+    stock = {r.clients: r for r in runs if r.backend == "stock"}
+    out = []
     for r in runs:
-        base = stock.get(r["clients"])
-        r["throughput_vs_stock"] = _ratio(r["throughput_rps"], base and base["throughput_rps"])
-        r["p50_vs_stock"] = _ratio(r["latency_ms"]["p50"], base and base["latency_ms"]["p50"])
+        base = stock.get(r.clients)
+        ratios = {
+            "throughput_vs_stock": _ratio(r.throughput_rps, base and base.throughput_rps),
+            "p50_vs_stock": _ratio(r.latency_ms.p50, base and base.latency_ms.p50),
+        }
+        out.append(r.model_copy(update=ratios))
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
-def serve_table(result: dict[str, Any]) -> str:
+def serve_table(result: ServeRecord) -> str:
     """A markdown table of the runs, with the machine and settings under it."""
     rows = [
         "| backend | batching | clients | recognitions/s | p50 ms | p95 ms | mean batch "
         "| errors | throughput vs stock |",
         "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for r in result["runs"]:
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0"
+    for r in result.runs:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "0"
         rows.append(
-            f"| {r['backend']} | {'on' if r['batching'] else 'off'} | {r['clients']} "
-            f"| {_fmt(r['throughput_rps'], 1)} | {_fmt(r['latency_ms']['p50'], 2)} "
-            f"| {_fmt(r['latency_ms']['p95'], 2)} | {_fmt(r['mean_batch_size'], 2)} "
-            f"| {errors} | {_fmt(r['throughput_vs_stock'], 2, 'x')} |"
+            f"| {r.backend} | {'on' if r.batching else 'off'} | {r.clients} "
+            f"| {_fmt(r.throughput_rps, 1)} | {_fmt(r.latency_ms.p50, 2)} "
+            f"| {_fmt(r.latency_ms.p95, 2)} | {_fmt(r.mean_batch_size, 2)} "
+            f"| {errors} | {_fmt(r.throughput_vs_stock, 2, 'x')} |"
         )
-    m, s = result["machine"], result["settings"]
+    m, s = result.machine, result.settings
     rows.append("")
     rows.append(
         f"{m['cpu']} ({m['usable_cores']} usable cores); server pinned to cores "
-        f"{s['server_cores']}, clients to {s['client_cores']}; {s['workers']} worker threads, "
-        f"batch {s['batch']}, wait {s['batch_wait_ms']} ms; {s['requests']} requests per run"
-        + (f" ({s['stock_requests']} for stock)" if s["stock_requests"] else "")
-        + f", {result['images']} images, one connection per request."
+        f"{s.server_cores}, clients to {s.client_cores}; {s.workers} worker threads, "
+        f"batch {s.batch}, wait {s.batch_wait_ms} ms; {s.requests} requests per run"
+        + (f" ({s.stock_requests} for stock)" if s.stock_requests else "")
+        + f", {result.images} images, one connection per request."
         + (
             ""
-            if result["bundle"]["batch"]
+            if result.bundle.batch
             else " No batched rows: this bundle's model has a fixed batch of 1, so the server "
             "runs requests one by one on its worker pool (batching needs a model with a batch "
             "dimension; tests/test_serve.py checks it on one)."
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_record(args.out, result)
     print(serve_table(result))
     return 0
 

@@ -107,14 +107,14 @@ def memory_section(m: BenchRecord) -> str:
         return "No memory-setting variants were measured."
     rows = [
         [
-            r["setting"],
-            fmt(r["cold_start_ms"], 0),
-            fmt(r["peak_rss_mb"], 1),
-            fmt(r["rss_growth_mb"], 1),
-            fmt(r["warm_p50_ms"], 2),
-            signed(r["peak_rss_delta_mb"]),
-            signed(r["cold_start_delta_ms"], 0),
-            signed(r["warm_p50_delta_ms"], 2),
+            r.setting,
+            fmt(r.cold_start_ms, 0),
+            fmt(r.peak_rss_mb, 1),
+            fmt(r.rss_growth_mb, 1),
+            fmt(r.warm_p50_ms, 2),
+            signed(r.peak_rss_delta_mb),
+            signed(r.cold_start_delta_ms, 0),
+            signed(r.warm_p50_delta_ms, 2),
         ]
         for r in m.memory_settings
     ]

@@ -17,6 +17,7 @@ from ..records import (
     Change,
     PreprocessRecord,
     Ratios,
+    ServeRecord,
     SourceUse,
     VariantMetrics,
 )
@@ -43,7 +44,7 @@ def summary(
     preprocess: PreprocessRecord | None,
     choices: dict[str, dict[str, Any]],
     pictures: dict[str, str],
-    serve: dict[str, Any] | None = None,
+    serve: ServeRecord | None = None,
     notes: Sequence[str] = (),
     builds: dict[str, BuildRecord] | None = None,
 ) -> str:
@@ -70,7 +71,7 @@ def summary(
         parts += ["### Preprocessing candidates (reference model, per set)"]
         parts += [preprocess_table(preprocess, choices)]
     if serve:
-        target = serve["bundle"]["target"]
+        target = serve.bundle.target
         parts += [
             f"### Recognition server ({target} bundle) against stock ddddocr served the same way",
             serve_table(serve).strip(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ..records import (
     EvalRecord,
     PreprocessRecord,
     RecipeFile,
+    ServeRecord,
     read_record,
 )
 from . import plots
@@ -124,7 +124,7 @@ def write_reports(
     pictures = plots.write_pictures(pareto_rows(metrics), size_rows(metrics), plots_dir)
     rel = {n: f"{plots_dir.name}/{p.name}" for n, p in pictures.items()}
     serve_path = metrics_dir / "serve.json"
-    serve = json.loads(serve_path.read_text()) if serve_path.is_file() else None
+    serve = read_record(serve_path, ServeRecord) if serve_path.is_file() else None
     builds_read = {t: b for t, (_, b, _, _) in loaded.items()}
     text = summary(metrics, preprocess, choices, rel, serve, notes, builds_read)
     inside = text.replace("](plots/", "](../plots/").replace("](reports/", "](")
