@@ -398,6 +398,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("levers", "build and score variants of a class's pass options beside its shipped model",
+      _params, _target, _model, _data, _build, _out)  # fmt: skip
+def cmd_levers(args: argparse.Namespace) -> int:
+    from .levers import measure_levers
+    from .records import write_record
+
+    _load_passes()
+    params = _load_params(args)
+    record = measure_levers(params, args.target, args.model, args.data, args.build,
+                            str(args.params))  # fmt: skip
+    write_record(args.out, record)
+    for r in record.rows:
+        sets = [(f"val {s}", x) for s, x in r.val.items()] + list(r.eval.items())
+        agree = ", ".join(f"{s} {x.agreement:.3f}" for s, x in sets)
+        print(f"levers@{args.target} {r.name}: {r.error or agree}")
+    if not record.rows:
+        print(f"levers@{args.target}: no variants (params.yaml levers.variants.{args.target})")
+    return 0
+
+
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="the class's bundle folder")
     p.add_argument("--baselines", type=Path, required=True, help="the baselines stage's folder")

@@ -145,6 +145,22 @@ class VerifyParams(Strict):
     )
 
 
+class LeverParams(Strict):
+    """The levers stage: variants of a class's pass options measured beside the shipped model."""
+
+    eval_images: int | None = Field(
+        None, ge=1, description="first images of each evaluation set scored; null: all"
+    )
+    timing_images: int = Field(
+        200, ge=1, description="images of the first evaluation set timed per variant"
+    )
+    variants: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="per class, named patches of its pass options (as in overrides.<class>."
+        "passes): each is built with the class's decision data and scored",
+    )
+
+
 class PreprocessBench(Strict):
     images: int = Field(
         600, ge=1, description="evaluation images per set each candidate is scored on"
@@ -169,6 +185,7 @@ class Params(Strict):
         default_factory=dict, description="named CPU profiles recipes declare (data, not code)"
     )
     verify: VerifyParams = Field(default_factory=VerifyParams)
+    levers: LeverParams = Field(default_factory=LeverParams)
     versions: dict[str, str] = Field(description="pinned library versions the builds depend on")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-class patches of recipe fields"
@@ -238,6 +255,11 @@ class Params(Strict):
         out = [
             f"overrides.{name} ignored: {name} is not in targets [{targets}]"
             for name in self.ignored_overrides()
+        ]
+        out += [
+            f"levers.variants.{name} ignored: {name} is not in targets [{targets}]"
+            for name in self.levers.variants
+            if name not in self.targets
         ]
         skipped = self.skipped_baselines().items()
         return out + [f"bench.baselines {n} skipped: {why}" for n, why in skipped]

@@ -259,6 +259,12 @@ def _patched(step: PassStep, patch: Any, source: str) -> PassStep:
         raise_validation(source, f"passes.{step.name}", e, list(options_type.model_fields))
 
 
+def patched(recipe: Recipe, pass_patch: dict[str, Any], source: str) -> Recipe:
+    """`recipe` with its passes' options patched as an override patches them (a pass patched
+    with null is dropped); errors name `source`."""
+    return recipe.model_copy(update={"passes": _patch_steps(recipe.passes, pass_patch, source)})
+
+
 def load_class(
     target: str,
     params: Params,

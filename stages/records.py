@@ -491,3 +491,41 @@ class ServeRecord(Record):
     images: int  # in the pool the clients send from
     settings: ServeSettings
     runs: list[ServeRun]  # interleaved: every backend at N clients, then the next N
+
+
+class LeverSet(Record):
+    """A variant's texts on one set against the float model the class quantizes."""
+
+    images: int
+    accuracy: float  # exact match, 0..1
+    accuracy_delta_pts: float  # against the float model's accuracy on the same images
+    agreement: float  # texts equal to the float model's (0..1)
+    right_to_wrong: int  # images the float model read right and the variant wrong
+    wrong_to_right: int
+
+
+class LeverRow(Record):
+    """One variant of a class's pass options: what the build made of it, and its figures."""
+
+    name: str  # "shipped": the class's model as built
+    patch: dict[str, Any]  # params.yaml levers.variants.<class>.<name>
+    error: str | None = None  # the pass refused (a gate it cannot meet: its best numbers)
+    size_mb: float | None = None
+    warm_ms: float | None = None  # median per image, this machine, beside the float model's
+    float_nodes: list[str] = Field(default_factory=list)  # what the quantizer kept float
+    val: dict[str, LeverSet] = Field(default_factory=dict)  # decision sets
+    eval: dict[str, LeverSet] = Field(default_factory=dict)  # evaluation sets (no decision)
+
+
+class LeverRecord(Record):
+    """metrics/levers/<C>.json: a class's quantization variants against its float model (no
+    rows when params.yaml lists no variant for the class)."""
+
+    target: str
+    machine: dict[str, Any]  # measure.machine.machine_info(): whose kernels timed the rows
+    eval_images: int | None  # first images per evaluation set (None: all)
+    timing_images: int
+    float_model: str | None = None  # the build's file every row is compared with
+    float_size_mb: float | None = None
+    float_warm_ms: float | None = None
+    rows: list[LeverRow] = Field(default_factory=list)  # "shipped" first

@@ -41,6 +41,7 @@ CLASSES: dict[str, dict[str, Any]] = {
                     "min_agreement": 0.0,
                     "calibration_images": 4,
                     "sensitivity_images": 2,
+                    "always_rank": True,  # the report's sensitivity table has rows to show
                 }
             },
         ],

@@ -171,6 +171,15 @@ def params() -> dict[str, Any]:
         # the machine running the tests, natively: verify@C does real work in seconds
         "profiles": {"here": {"arch": host_arch(), "note": "the test machine"}},
         "verify": {"images": 4, "client_images": 4},
+        "levers": {
+            "eval_images": 4,
+            "timing_images": 3,
+            "variants": {
+                "high": {},
+                "mid": {},
+                "low": {"per_channel": {"quantize_dynamic": {"per_channel": True}}},
+            },
+        },
         "versions": real["versions"],
         # per_channel exists in the baseline so `dvc exp run -S` can set it without new keys
         "overrides": {

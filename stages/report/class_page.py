@@ -1,10 +1,12 @@
 """The per-class page, reports/<C>.md: facts of the run, variants, budgets, memory settings,
-compute floor, CPU profiles and clients, stages, the quantization decision, accuracy by length."""
+compute floor, CPU profiles and clients, stages, the quantization decision, the levers measured,
+accuracy by length."""
 
 from __future__ import annotations
 
-from ..records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, ProfileRun
+from ..records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, LeverRecord, ProfileRun
 from .format import DASH, acc_cells, change_cell, fmt, isa_words, pct, set_names, signed, table
+from .levers import levers_section
 
 
 def variants_table(m: BenchRecord) -> str:
@@ -312,8 +314,9 @@ def runs_on_section(m: BenchRecord) -> str:
     speed = (
         f"- Speed and memory figures above are {', '.join(native)}'s: measured on this machine."
         if native
-        else f"- Speed and memory figures above come from this machine, {isa_words(m)}, which is "
-        "none of the class's profiles: they say nothing of the speed on its devices."
+        else f"- Speed and memory figures above come from this machine, "
+        f"{isa_words(m.machine)}, which is none of the class's profiles: they say nothing of "
+        "the speed on its devices."
     )
     notes.append(speed)
     return "\n".join(
@@ -350,7 +353,11 @@ def clients_section(m: BenchRecord) -> str:
 
 
 def class_report(
-    m: BenchRecord, build: BuildRecord, checks: CheckRecord, evaluation: EvalRecord
+    m: BenchRecord,
+    build: BuildRecord,
+    checks: CheckRecord,
+    evaluation: EvalRecord,
+    levers: LeverRecord | None = None,
 ) -> str:
     parts = [
         f"# Device class `{m.target}`",
@@ -372,5 +379,8 @@ def class_report(
     sens = sensitivity_sections(build, checks)
     if sens:
         parts += ["## Quantization decision", *sens]
+    lev = levers_section(levers)
+    if lev:
+        parts += ["## Levers: what each quantization option buys", *lev]
     parts += ["## Accuracy by label length", by_length_section(evaluation)]
     return "\n\n".join(p for p in parts if p) + "\n"

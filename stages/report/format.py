@@ -71,8 +71,9 @@ def change_cell(c: Change | None) -> str:
     return f"{fmt(c.agreement, 3)}, -{c.right_to_wrong} / +{c.wrong_to_right}"
 
 
-def isa_words(m: BenchRecord) -> str:
-    isa = m.machine.get("isa", [])
+def isa_words(machine: dict[str, Any]) -> str:
+    """The measuring machine (a record's `machine`) and its int8 extensions in words."""
+    isa = machine.get("isa", [])
     vnni = {"avx512_vnni", "avx_vnni"} & set(isa)
     kind = "with VNNI" if vnni else "without VNNI" if "avx2" in isa else "no x86 int8 extension"
-    return f"{m.machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"
+    return f"{machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"

@@ -55,7 +55,7 @@ def summary(
     parts = [
         "### Results per device class (the bundle an app ships)",
         results_table(metrics),
-        f"### Against stock, same run on {isa_words(first)} (median ratio, [min–max] over "
+        f"### Against stock, same run on {isa_words(first.machine)} (median ratio, [min–max] over "
         "interleaved rounds)",
         ratios_table(metrics),
         "### What each CPU profile reads (verify stage: the shipped model, fixed subset)",

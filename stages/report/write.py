@@ -23,6 +23,7 @@ from ..records import (
     BuildRecord,
     CheckRecord,
     EvalRecord,
+    LeverRecord,
     PreprocessRecord,
     RecipeFile,
     ServeRecord,
@@ -99,7 +100,9 @@ def load_class(metrics_dir: Path, builds: Path, target: str) -> tuple:
     b = read_record(builds / target / "model" / BUILD_FILE, BuildRecord)
     c = read_record(builds / target / CHECKS_FILE, CheckRecord)
     e = read_record(builds / target / "eval.json", EvalRecord)
-    return m, b, c, e
+    lever_path = metrics_dir / "levers" / f"{target}.json"
+    lev = read_record(lever_path, LeverRecord) if lever_path.is_file() else None
+    return m, b, c, e, lev
 
 
 def write_reports(
@@ -112,9 +115,9 @@ def write_reports(
 ) -> str:
     """Write every report, picture and plot file; returns the summary markdown."""
     loaded = {t: load_class(metrics_dir, builds, t) for t in targets}
-    metrics = {t: m for t, (m, _, _, _) in loaded.items()}
-    for t, (m, b, c, e) in loaded.items():
-        write_text(reports_dir / f"{t}.md", class_report(m, b, c, e))
+    metrics = {t: m for t, (m, *_) in loaded.items()}
+    for t, (m, b, c, e, lev) in loaded.items():
+        write_text(reports_dir / f"{t}.md", class_report(m, b, c, e, lev))
     pre_path = metrics_dir / "preprocess.json"
     preprocess = read_record(pre_path, PreprocessRecord) if pre_path.is_file() else None
     choices = {
@@ -125,7 +128,7 @@ def write_reports(
     rel = {n: f"{plots_dir.name}/{p.name}" for n, p in pictures.items()}
     serve_path = metrics_dir / "serve.json"
     serve = read_record(serve_path, ServeRecord) if serve_path.is_file() else None
-    builds_read = {t: b for t, (_, b, _, _) in loaded.items()}
+    builds_read = {t: b for t, (_, b, *_) in loaded.items()}
     text = summary(metrics, preprocess, choices, rel, serve, notes, builds_read)
     inside = text.replace("](plots/", "](../plots/").replace("](reports/", "](")
     write_text(reports_dir / "summary.md", inside)

@@ -1,0 +1,222 @@
+"""The levers stage: what each quantization option buys, measured beside the shipped model.
+
+params.yaml `levers.variants.<class>.<name>` patches the class's pass options as an override
+does (on the resolved recipe the build wrote, so a patch that changes calibrate_method away
+from percentile also sets percentile back to its default). Each variant is built from the
+source model with the class's own decision data, exactly as the build builds; a variant whose
+gate cannot be met keeps the pass's message, which names the best numbers it found.
+
+Every row, the shipped model first, is compared with the float model the class quantizes (the
+input of its first lossy pass, as built): agreement and flips both ways on every validation set
+(what decisions saw) and on every evaluation set (which no decision saw), accuracy against that
+model's, size, and the median warm time per image on this machine beside the float model's in
+the same process, with the int8 kernels the shipped .ort runs (`int8_kernels: fast`; the texts
+use the recipe's kernels, as evaluate does).
+
+metrics/levers/<C>.json: records.LeverRecord, read by the report's class pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ocr_bundles_runtime.session import Runtime, make_session, run
+
+from . import charset as charsets
+from . import modelio
+from .build import BUILD_FILE, read_recipe, run_passes
+from .contract import read_contract, read_model_charset
+from .data.dataset import read_sets
+from .decision_data import decision_context
+from .errors import PassError
+from .evaluate import EvalSets, eval_runtime, predict
+from .measure.machine import machine_info
+from .params import Params
+from .recipe import Recipe, patched
+from .records import BuildRecord, LeverRecord, LeverRow, LeverSet, read_record
+from .registry import PassContext
+from .scoring import Scoring, flips, score
+
+Texts = dict[str, list[str]]
+Sets = dict[str, tuple[list[np.ndarray], list[str]]]  # per set: tensors, labels
+WARMUP = 10
+
+
+def float_stage(build: Path, source: Path) -> Path:
+    """The float model the class quantizes: the input of its first lossy pass (the source
+    model when that pass is the first), or the final model when no pass is lossy."""
+    record = read_record(build / BUILD_FILE, BuildRecord)
+    for i, st in enumerate(record.stages):
+        if not st.exact:
+            return build / record.stages[i - 1].file if i else source
+    return build / "model.onnx"
+
+
+def decision_sets(context: PassContext) -> Sets:
+    return {s: ([x for x, _ in v], [t for _, t in v]) for s, v in context.validation.items()}
+
+
+def evaluation_sets(sets: EvalSets, recipe: Recipe, images: int | None) -> Sets:
+    tensors = sets.tensors(recipe.preprocess)
+    return {s: (tensors[s][:images], sets.labels[s][:images]) for s in tensors}
+
+
+def texts(model: Path, sets: Sets, rt: Runtime) -> Texts:
+    return {s: predict(model, xs, rt) for s, (xs, _) in sets.items()}
+
+
+def compare(preds: Texts, ref: Texts, sets: Sets, scoring: Scoring) -> dict[str, LeverSet]:
+    """Per set: the variant's texts against the float model's and the labels."""
+    out = {}
+    for s, (_, labels) in sets.items():
+        mine, theirs = score(preds[s], labels, scoring), score(ref[s], labels, scoring)
+        change = flips(preds[s], ref[s], labels, scoring)
+        out[s] = LeverSet(
+            images=len(labels),
+            accuracy=mine["accuracy"],
+            accuracy_delta_pts=round(100 * (mine["accuracy"] - theirs["accuracy"]), 3),
+            **change,
+        )
+    return out
+
+
+def warm_ms(model: bytes, xs: list[np.ndarray], rt: Runtime) -> float:
+    """Median milliseconds per image after WARMUP runs, with the kernels a bundle's .ort runs
+    (the exact-kernel rewrite applies only when an .onnx loads)."""
+    session = make_session(model, dataclasses.replace(rt, int8_kernels="fast"))
+    for x in xs[:WARMUP]:
+        run(session, x)
+    times = []
+    for x in xs:
+        t0 = time.perf_counter()
+        run(session, x)
+        times.append(1000 * (time.perf_counter() - t0))
+    return round(statistics.median(times), 3)
+
+
+def float_nodes(report: dict[str, Any]) -> list[str]:
+    """The nodes a quantization pass's report says it kept float."""
+    kept = {n for r in report.values() if isinstance(r, dict) for n in r.get("float_nodes", [])}
+    return sorted(kept)
+
+
+class Scorer:
+    """One class's float reference and sets; rows built and scored against them."""
+
+    def __init__(
+        self, float_path: Path, recipe: Recipe, val: Sets, evals: Sets, scoring: Scoring,
+        timed: int,
+    ) -> None:  # fmt: skip
+        self.recipe, self.val, self.evals, self.scoring = recipe, val, evals, scoring
+        self.rt = eval_runtime(recipe.runtime)
+        self.float_path = float_path
+        self.timing = next(iter({**evals, **val}.values()))[0][:timed]
+        self.ref_val = texts(self.float_path, val, self.rt)
+        self.ref_eval = texts(self.float_path, evals, self.rt)
+
+    def header(self, rows: list[LeverRow]) -> dict[str, Any]:
+        return dict(
+            float_model=self.float_path.name,
+            float_size_mb=size_mb(self.float_path.read_bytes()),
+            float_warm_ms=warm_ms(self.float_path.read_bytes(), self.timing, self.recipe.runtime),
+            rows=rows,
+        )
+
+    def row(
+        self, name: str, patch: dict[str, Any], model: onnx.ModelProto, kept: list[str]
+    ) -> LeverRow:
+        data = model.SerializeToString()
+        with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(data)
+            val, evals = texts(path, self.val, self.rt), texts(path, self.evals, self.rt)
+        return LeverRow(
+            name=name,
+            patch=patch,
+            size_mb=size_mb(data),
+            warm_ms=warm_ms(data, self.timing, self.recipe.runtime),
+            float_nodes=kept,
+            val=compare(val, self.ref_val, self.val, self.scoring),
+            eval=compare(evals, self.ref_eval, self.evals, self.scoring),
+        )
+
+
+def size_mb(data: bytes) -> float:
+    return round(len(data) / 1e6, 3)
+
+
+def measure_class(
+    target: str,
+    source: Path,
+    build: Path,
+    context: PassContext,
+    sets: EvalSets,
+    variants: dict[str, dict[str, Any]],
+    scoring: Scoring,
+    eval_images: int | None,
+    timing_images: int,
+    params_file: str = "params.yaml",
+) -> dict[str, Any]:
+    """The shipped model and every variant of `variants` (built from the model stage's folder
+    `source`), scored against the class's float model on its decision sets and on the
+    evaluation sets."""
+    recipe = read_recipe(build)
+    scorer = Scorer(
+        float_stage(build, source / "model.onnx"), recipe, decision_sets(context),
+        evaluation_sets(sets, recipe, eval_images), scoring, timing_images,
+    )  # fmt: skip
+    build_record = read_record(build / BUILD_FILE, BuildRecord)
+    shipped_kept = float_nodes({k: v for st in build_record.stages for k, v in st.report.items()})
+    print(f"levers@{target}: shipped", flush=True)
+    rows = [scorer.row("shipped", {}, onnx.load(build / "model.onnx"), shipped_kept)]
+    model = onnx.load(source / "model.onnx")
+    for i, (name, patch) in enumerate(variants.items(), start=1):
+        print(f"levers@{target}: variant {i}/{len(variants)} {name} ...", flush=True)
+        where = f"{params_file}: levers.variants.{target}.{name}"
+        try:
+            results = run_passes(model, patched(recipe, patch, where), context)
+        except PassError as e:
+            rows.append(LeverRow(name=name, patch=patch, error=str(e)))
+            print(f"levers@{target}: {name} refused: {e}", flush=True)
+            continue
+        kept = float_nodes({k: v for r in results for k, v in r.report.items()})
+        rows.append(scorer.row(name, patch, results[-1].model, kept))
+    return scorer.header(rows)
+
+
+def measure_levers(
+    params: Params, target: str, model_dir: Path, data: Path, build: Path,
+    params_file: str = "params.yaml",
+) -> LeverRecord:  # fmt: skip
+    """params.levers.variants.<target>, built and scored; no rows when it lists none."""
+    lev = params.levers
+    record = {
+        "target": target,
+        "machine": machine_info(),
+        "eval_images": lev.eval_images,
+        "timing_images": lev.timing_images,
+    }
+    variants = lev.variants.get(target)
+    if not variants:
+        return LeverRecord(**record)
+    contract = read_contract(model_dir)
+    sets = EvalSets(read_sets(data, params.data.sources(), "eval"))
+    whole = params.charset == charsets.MODEL
+    allowed = params.allowed_chars(read_model_charset(model_dir) if whole else None)
+    context, _ = decision_context(
+        modelio.load(model_dir / "model.onnx"), data, params.data.decision_sources(),
+        read_recipe(build), allowed, contract.scoring, params.data.min_accuracy, params_file,
+    )  # fmt: skip
+    measured = measure_class(
+        target, model_dir, build, context, sets, variants, contract.scoring,
+        lev.eval_images, lev.timing_images, params_file,
+    )  # fmt: skip
+    return LeverRecord(**record, **measured)

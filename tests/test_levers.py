@@ -1,0 +1,133 @@
+"""The levers stage: variants of a class's pass options built with its decision data and
+scored against the float model it quantizes (stages/levers.py), and their report section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import builders
+import pytest
+
+from stages.data.dataset import read_sets
+from stages.errors import RecipeError
+from stages.evaluate import EvalSets
+from stages.levers import compare, float_stage, measure_class
+from stages.recipe import patched
+from stages.records import LeverRecord, LeverSet, read_record, write_record
+from stages.report.levers import levers_section
+from stages.scoring import Scoring
+
+PASSES = [
+    {"fix_output_shape": {}},
+    {"quantize_dynamic": {"op_types": ["LSTM", "Gemm", "MatMul"], "per_channel": False}},
+]
+LOOSE = {"min_agreement": 0.0, "max_accuracy_drop_pts": 100.0}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("levers")
+    builders.write_source(root)
+    builders.write_data(root)
+    builders.build_class(root, "low", PASSES)
+    return root
+
+
+def measure(root: Path, variants: dict, eval_images: int | None = None) -> LeverRecord:
+    build = root / "build" / "low" / "model"
+    rec = builders.recipe(PASSES)
+    fields = measure_class(
+        "low", root / "models" / "source", build, builders.context(root, rec),
+        EvalSets(read_sets(root / "data", ["clean", "hard"], "eval")), variants, Scoring(),
+        eval_images, 4,
+    )  # fmt: skip
+    return LeverRecord(target="low", machine={"cpu": "test", "isa": []}, eval_images=eval_images,
+                       timing_images=4, **fields)  # fmt: skip
+
+
+def test_compare_counts_agreement_flips_and_the_accuracy_change():
+    sets = {"s": ([None] * 4, ["ab", "cd", "ef", "gh"])}
+    got = compare({"s": ["ab", "xx", "ef", "gh "]}, {"s": ["ab", "cd", "zz", "gh"]}, sets,
+                  Scoring())  # fmt: skip
+    # float: ab cd right, zz wrong, gh right (3/4); variant: ab right, xx wrong, ef right,
+    # "gh " right after strip (3/4)
+    assert got["s"] == LeverSet(images=4, accuracy=0.75, accuracy_delta_pts=0.0, agreement=0.5,
+                                right_to_wrong=1, wrong_to_right=1)  # fmt: skip
+
+
+def test_the_float_model_is_the_input_of_the_first_lossy_pass(project: Path):
+    build = project / "build" / "low" / "model"
+    assert float_stage(build, Path("src.onnx")) == build / "stages" / "01-fix_output_shape.onnx"
+
+
+def test_shipped_row_then_variants_each_built_and_scored(project: Path):
+    lev = measure(project, {
+        "same": {"quantize_dynamic": {}},
+        "per_channel": {"quantize_dynamic": {"per_channel": True}},
+        "lstm_only": {"quantize_dynamic": {"op_types": ["LSTM"]}},
+    }, eval_images=6)  # fmt: skip
+    rows = {r.name: r for r in lev.rows}
+    assert [r.name for r in lev.rows] == ["shipped", "same", "per_channel", "lstm_only"]
+    assert lev.float_model == "01-fix_output_shape.onnx" and lev.float_warm_ms > 0
+    shipped = rows["shipped"]
+    assert set(shipped.val) == {"clean", "hard"} and set(shipped.eval) == {"clean", "hard"}
+    assert all(s.images == 6 for s in shipped.eval.values())
+    assert all(s.images == builders.SIZES["val"] for s in shipped.val.values())
+    # an empty patch rebuilds the shipped model: the same figures, so a row measures its patch
+    same = rows["same"]
+    assert (same.size_mb, same.val, same.eval) == (shipped.size_mb, shipped.val, shipped.eval)
+    # the Gemm left float reads differently here: the patch reached the build
+    lstm_only = rows["lstm_only"]
+    assert (lstm_only.val, lstm_only.eval) != (shipped.val, shipped.eval)
+    assert rows["per_channel"].patch == {"quantize_dynamic": {"per_channel": True}}
+    for r in lev.rows:
+        assert r.error is None and r.warm_ms > 0
+        for s in [*r.val.values(), *r.eval.values()]:
+            assert 0.0 <= s.agreement <= 1.0
+            flipped = s.right_to_wrong + s.wrong_to_right
+            assert flipped <= round((1 - s.agreement) * s.images)
+    # the record round-trips through its file
+    path = project / "levers.json"
+    write_record(path, lev)
+    assert read_record(path, LeverRecord) == lev
+
+
+def test_a_gate_the_pass_cannot_meet_is_recorded_with_its_message(project: Path):
+    variants = {"strict": {"quantize_dynamic": None, "fix_output_shape": {}}}
+    # dropping the only lossy pass leaves a float model: nothing to refuse, agreement 1.0
+    lev = measure(project, variants)
+    assert lev.rows[1].error is None
+    assert all(s.agreement == 1.0 for s in lev.rows[1].val.values())
+    tolerance = [
+        {"fix_output_shape": {}},
+        {"quantize_to_tolerance": {"static_op_types": [], "min_agreement": 1.0,
+                                   "max_accuracy_drop_pts": 0.0}},
+    ]  # fmt: skip
+    root = project / "strict"
+    builders.write_source(root)
+    builders.write_data(root)
+    builders.build_class(root, "low", [tolerance[0], {"quantize_to_tolerance": {
+        "static_op_types": [], **LOOSE}}])  # fmt: skip
+    lev = measure(
+        root, {"gate_1": {"quantize_to_tolerance": tolerance[1]["quantize_to_tolerance"]}}
+    )
+    row = lev.rows[1]
+    assert row.error is not None and "no variant" in row.error and "agreement" in row.error
+    assert row.val == {} and row.size_mb is None
+
+
+def test_a_patch_naming_a_pass_the_recipe_lacks_is_refused_naming_the_variant():
+    rec = builders.recipe(PASSES)
+    with pytest.raises(RecipeError, match=r"levers.variants.low.x.*no such pass.*fix_output"):
+        patched(rec, {"prune_charset": {}}, "params.yaml: levers.variants.low.x")
+
+
+def test_report_section_shows_every_row_and_the_refused_ones(project: Path):
+    lev = measure(project, {"per_channel": {"quantize_dynamic": {"per_channel": True}}})
+    refused = lev.rows[1].model_copy(update={"name": "gate", "error": "no variant met it"})
+    lev = lev.model_copy(update={"rows": [*lev.rows, refused]})
+    text = "\n\n".join(levers_section(lev))
+    assert "| shipped | none |" in text and "| per_channel | none |" in text
+    assert "`gate` refused: no variant met it" in text
+    assert "val clean" in text and "hard (eval)" in text and "01-fix_output_shape.onnx" in text
+    assert levers_section(None) == [] and levers_section(lev.model_copy(update={"rows": []})) == []
