@@ -147,14 +147,21 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 @verb("folder", "check, split and copy one folder of your own labeled images",
       _params, _dictionary, _source, _out)  # fmt: skip
 def cmd_folder(args: argparse.Namespace) -> int:
+    from .contract import read_contract
     from .data.sources import write_folder
 
     params = _load_params(args)
     source = _named(params.data.folders, args.source, args.params, "data.folders")
-    scoring = params.model.scoring
+    contract = read_contract(args.model)
     allowed = _allowed_chars(params, args.model)
     summary = write_folder(
-        args.source, source, allowed, scoring.normalize, args.out, str(args.params)
+        args.source,
+        source,
+        allowed,
+        contract.scoring.normalize,
+        args.out,
+        str(args.params),
+        spec=contract.input,
     )
     print(
         f"folder@{args.source}: {summary.splits} -> {args.out}; skipped "
