@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages.data import clean, dataset
 from stages.data.dataset import Sample, read_split, write_split
 from stages.data.folder import FolderSource, label_from_name, split_of
-from ocr_bundles_runtime.preprocess import Preprocess
 from stages.data.sources import SyntheticSource, check_glyphs, write_folder, write_synthetic
 from stages.errors import DataError
 from stages.records import EvalRecord, SourceSummary, read_record
