@@ -209,7 +209,7 @@ def input_spec(model: onnx.ModelProto, contract: Contract, recipe: Recipe) -> In
     batch = contract.batch and final_batches(model, pre)
     return InputSpec(
         name=tensor.name,
-        shape=["batch" if batch else 1, pre.channels, pre.height, "width"],
+        shape=["batch" if batch else 1, "channels", "height", "width"],  # preprocess's numbers
         dtype=onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name,
         min_width=pre.pad_to_width or MIN_WIDTH,
         batch=batch,

@@ -109,10 +109,10 @@ def cmd_model(args: argparse.Namespace) -> int:
     params = _load_params(args)
     model, contract, charset, origin = load_source(params.model, str(args.params))
     write_source(args.out, model, contract, charset, origin)
-    size = model.ByteSize() / 1e6
+    size, out = model.ByteSize() / 1e6, contract.output
     print(
-        f"model: {origin.get('file')} -> {args.out} ({size:.1f} MB, {contract.classes} classes, "
-        f"input {contract.input.channels}x{contract.input.height}, {contract.kind}, "
+        f"model: {origin.get('file')} -> {args.out} ({size:.1f} MB, {out.classes} classes, "
+        f"input {contract.input.channels}x{contract.input.height}, {out.kind}, "
         f"batch {'yes' if contract.batch else 'no'})"
     )
     return 0

@@ -12,6 +12,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ocr_bundles_runtime.manifest_record import OutputSpec
 from ocr_bundles_runtime.preprocess import Preprocess
 
 from .errors import ModelError
@@ -105,19 +106,24 @@ class ModelParams(Strict):
         return self
 
 
+CHARSET_FILE = "charset.json"
+
+
 class Contract(BaseModel):
-    """models/source/contract.json: the resolved contract every later stage reads."""
+    """models/source/contract.json: the resolved contract, one typed record every later stage
+    reads through `read_contract`. `input` and `output` are the very types the bundle's
+    manifest carries (runtime/ocr_bundles_runtime/manifest_record.py), so the contract reaches
+    the runtime's preprocessing and decoding without being re-derived on the way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input_name: str
-    output_name: str
-    input: Preprocess
-    layout: Literal["TBC", "BTC"]
-    blank: int
-    kind: Literal["logits", "probabilities"]
-    classes: int
+    input: Preprocess = Field(description="the preprocessing that makes the model's input")
+    input_name: str = Field(description="the model's image input")
     batch: bool = Field(description="the model accepts a batch dimension > 1")
+    output: OutputSpec = Field(description="the CTC output: name, classes, layout, blank, kind")
+    charset: Literal["charset.json"] = Field(
+        CHARSET_FILE, description="the file beside this one: a JSON list, index = class"
+    )
     scoring: Scoring
 
     def dump(self) -> dict:
@@ -135,9 +141,6 @@ def read_contract(model_dir: Path) -> Contract:
         raise ModelError(f"{path}: missing; run the model stage first (dvc repro model)") from None
     except ValueError as e:
         raise ModelError(f"{path}: invalid ({e}); rerun the model stage") from e
-
-
-CHARSET_FILE = "charset.json"
 
 
 def read_model_charset(model_dir: Path) -> list[str]:

@@ -46,7 +46,7 @@ def test_manifest_lists_every_file_with_its_hash(low: Path):
     for name, entry in doc["files"].items():
         data = (low / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    assert doc["format_version"] == 3 and doc["target"] == "low"
+    assert doc["format_version"] == 4 and doc["target"] == "low"
     assert doc["formats"] == ["ort", "onnx"]
     assert doc["output"] | {} == {
         "name": "logits",
@@ -55,7 +55,8 @@ def test_manifest_lists_every_file_with_its_hash(low: Path):
         "blank": 0,
         "kind": "logits",
     }
-    assert doc["input"]["shape"] == [1, 1, tiny.HEIGHT, "width"] and doc["input"]["batch"] is False
+    assert doc["input"]["shape"] == [1, "channels", "height", "width"]  # numbers: preprocess
+    assert doc["input"]["batch"] is False and doc["preprocess"]["channels"] == 1
     assert doc["preprocess"]["height"] == tiny.HEIGHT
     assert doc["scoring"] == {"strip": True, "casefold": False}
     assert doc["confidence_threshold"] == 0.4

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ocr_bundles_runtime.manifest_record import OutputSpec
 from ocr_bundles_runtime.preprocess import Preprocess
 from stages import cli
 from stages.contract import Contract
@@ -24,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 STYLE = {"width": 64, "height": 24, "font_size": [14, 16], "min_length": 2, "max_length": 3}
 CONTRACT = Contract(
-    input_name="x", output_name="y", input=Preprocess(), layout="TBC", blank=0,
-    kind="logits", classes=37, batch=False, scoring=Scoring(),
+    input=Preprocess(), input_name="x", batch=False,
+    output=OutputSpec(name="y", classes=37, layout="TBC", blank=0), scoring=Scoring(),
 ).dump()  # fmt: skip
 EVAL = 1200  # images in the eval split: a run takes a few seconds, enough to be killed in
 
