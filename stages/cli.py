@@ -147,12 +147,14 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 @verb("folder", "check, split and copy one folder of your own labeled images",
       _params, _dictionary, _source, _out)  # fmt: skip
 def cmd_folder(args: argparse.Namespace) -> int:
-    from .contract import read_contract
     from .data.sources import write_folder
 
     params = _load_params(args)
     source = _named(params.data.folders, args.source, args.params, "data.folders")
-    contract = read_contract(args.model)
+    # the contract as declared: contract.json's `input` and `scoring` are these very values
+    # (source.probe copies them), and reading them here keeps a model file replaced in place
+    # (a new contract.json, same params) from rerunning every folder scan
+    contract = params.model
     allowed = _allowed_chars(params, args.model)
     summary = write_folder(
         args.source,

@@ -15,19 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocr_bundles_runtime.manifest_record import OutputSpec
-from ocr_bundles_runtime.preprocess import Preprocess
 from stages import cli
-from stages.contract import Contract
-from stages.scoring import Scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 STYLE = {"width": 64, "height": 24, "font_size": [14, 16], "min_length": 2, "max_length": 3}
-CONTRACT = Contract(
-    input=Preprocess(), input_name="x", batch=False,
-    output=OutputSpec(name="y", classes=37, layout="TBC", blank=0), scoring=Scoring(),
-).dump()  # fmt: skip
 EVAL = 1200  # images in the eval split: a run takes a few seconds, enough to be killed in
 
 
@@ -173,12 +165,7 @@ def folder_params(root: Path, images: Path) -> Path:
 
 
 def run_folder(capsys: pytest.CaptureFixture[str], params: Path, out: Path) -> dict[str, bytes]:
-    model = params.parent / "models" / "source"
-    if not (model / "contract.json").is_file():  # the folder scan reads images as it says
-        model.mkdir(parents=True)
-        (model / "contract.json").write_text(json.dumps(CONTRACT))
     argv = ["folder", "--source", "mine", "--params", str(params), "--out", str(out)]
-    argv += ["--model", str(model)]
     rc = cli.main(argv)
     assert rc == 0, capsys.readouterr().err
     return tree(out)

@@ -80,7 +80,7 @@ def argv(root: Path, verb: str, target: str = "low", source: str = "clean") -> l
         ],
         "model": [],
         "synthetic": ["--source", source],
-        "folder": ["--source", source, *model],
+        "folder": ["--source", source],
         "preprocess": [*model, *data],
         "evaluate": ["--target", target, *model, *data, *build],
         "baselines": [*model, *data],

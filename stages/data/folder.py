@@ -90,7 +90,7 @@ def scan(
     spec: Preprocess,
 ) -> Scan:
     """Read and check the folder; DataError for what the user must fix, skips for the rest.
-    `spec`: the contract's preprocessing (contract.json `input`), whose decoder and pixel limit
+    `spec`: the contract's preprocessing (model.input), whose decoder and pixel limit
     the recognizer will apply to these images."""
     root = Path(source.path)
     if not root.is_dir():

@@ -178,7 +178,7 @@ def write_folder(
     spec: Preprocess,
 ) -> SourceSummary:
     """Check, split and copy the folder `name` into `out` atomically; returns its summary.
-    `spec`: the contract's preprocessing (read_contract(...).input)."""
+    `spec`: the contract's preprocessing (params.yaml model.input, as contract.json holds it)."""
     scan = folders.scan(source, f"{params_file}: data.folders.{name}", normalize, allowed, spec)
     parts = folders.split(scan.samples, source)
     with atomic_dir(out) as tmp:
