@@ -1,12 +1,14 @@
 """The recognizer's contract, declared once in params.yaml `model:` and resolved by the model
-stage into models/source/contract.json. The reference preprocessing, the candidates, every
-pass's checks, evaluation, the bundle manifest and the runtime all derive from it; ddddocr's
-contract is just the default values.
+stage into models/source/contract.json (`Contract`, read through `read_contract`). The build
+writes it for the model it made into recipe.json (`Contract.for_model`), which evaluate and the
+bundle read; the manifest carries its output, preprocessing and scoring to every runtime.
+ddddocr's contract is just the default values.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Self
 
@@ -128,6 +130,13 @@ class Contract(BaseModel):
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")
+
+    def for_model(self, output_name: str, classes: int, blank: int) -> Contract:
+        """This contract as a model built from the source has it: input, layout, kind and
+        scoring unchanged; the output's name, classes and blank the model's (prune_charset
+        drops classes). The build writes it into recipe.json for evaluate and bundle."""
+        output = replace(self.output, name=output_name, classes=classes, blank=blank)
+        return self.model_copy(update={"output": output})
 
 
 CONTRACT_FILE = "contract.json"

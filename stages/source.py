@@ -6,9 +6,12 @@ params.yaml `model:`. The model is run once here, so a wrong contract (height, c
 layout, logits vs probabilities, charset length) fails now, with the field to change.
 
 models/source/
-  model.onnx      the source model with the `ocr.*` metadata (charset, layout, blank, kind)
-  charset.json    class index -> string
-  contract.json   the resolved contract (contract.Contract) every later stage reads
+  model.onnx      the source model with the `ocr.*` metadata (charset, layout, blank, kind),
+                  written from the contract: each stage model keeps its own (prune_charset)
+  charset.json    class index -> string (the contract's `charset`)
+  contract.json   the resolved contract (contract.Contract): input, output, charset, scoring;
+                  the build carries it into recipe.json (Contract.for_model), the bundle into
+                  manifest.json
   source.json     where the model came from and its SHA-256
 """
 

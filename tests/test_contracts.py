@@ -263,7 +263,7 @@ def build(root: Path, case: Case) -> Path:
     )
     model = modelio.load(root / "models" / "source" / "model.onnx")
     out = root / "build" / TARGET / "model"
-    write_build(out, rec, run_passes(model, rec, context), TARGET)
+    write_build(out, rec, run_passes(model, rec, context), TARGET, contract=contract)
     return out
 
 
