@@ -8,7 +8,8 @@ columns are renormalized first, since a pruned Softmax renormalizes over the kep
 build/<C>/model/           (the DVC output later stages depend on; byte-identical on rebuild)
   stages/NN-<pass>.onnx    every pass's output
   model.onnx, charset.json the final model
-  recipe.json              the resolved recipe (what evaluate, bundle and bench read)
+  recipe.json              the resolved recipe and the final model's contract (what evaluate,
+                           bundle and bench read)
   build.json               records.BuildRecord: each pass's report (what it decided)
 build/<C>/timings.json     seconds per pass (nothing depends on it)
 build/<C>/checks.json      records.CheckRecord: each stage's divergence from its input, on this
@@ -30,11 +31,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+from pydantic import ValidationError
 
 from ocr_bundles_runtime.session import quiet_cpu_session, run
 
 from . import modelio, registry
 from .atomic import atomic_dir, write_json
+from .contract import CHARSET_FILE, Contract
 from .errors import PassError
 from .profiles.host import host_cpu, host_isa
 from .recipe import Equivalence, Recipe
@@ -52,6 +55,7 @@ from .records import (
     read_record,
     write_record,
 )
+from .yamlio import field_path
 
 LIBRARIES = ("onnx", "onnxruntime", "onnxsim", "numpy")
 TIMINGS_FILE = "timings.json"
@@ -280,6 +284,8 @@ def write_build(
     results: list[StageResult],
     target: str,
     sources: dict[str, SourceUse] | None = None,
+    *,
+    contract: Contract,
 ) -> None:
     """Every stage model, the final model and the records (with which data sources the
     decisions used) into `out` atomically; the pass timings and divergences beside it, in
@@ -289,11 +295,15 @@ def write_build(
             modelio.save(r.model, tmp / "stages" / r.filename)
         final = results[-1].model
         modelio.save(final, tmp / "model.onnx")
-        write_json(tmp / "charset.json", modelio.spec(final).charset)
-        write_record(
-            tmp / RECIPE_FILE,
-            RecipeFile(target=target, recipe=recipe.resolved(), versions=versions()),
+        spec = modelio.spec(final)
+        write_json(tmp / CHARSET_FILE, spec.charset)
+        record = RecipeFile(
+            target=target,
+            recipe=recipe.resolved(),
+            contract=contract.for_model(spec.output_name, len(spec.charset), spec.blank).dump(),
+            versions=versions(),
         )
+        write_record(tmp / RECIPE_FILE, record)
         write_record(tmp / BUILD_FILE, build_record(target, results, tmp, sources or {}))
     write_json(
         out.parent / TIMINGS_FILE,
@@ -310,6 +320,22 @@ def read_recipe(build_model_dir: Path) -> Recipe:
     if not path.is_file():
         raise RecordError(f"{path}: missing; run the build stage first")
     return Recipe.from_resolved(read_record(path, RecipeFile).recipe, str(path))
+
+
+def read_build_contract(build_model_dir: Path) -> Contract:
+    """The contract of the build's final model, as recipe.json holds it: what evaluate scores
+    with and the bundle's manifest carries to every runtime."""
+    path = Path(build_model_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise RecordError(f"{path}: missing; run the build stage first")
+    try:
+        return Contract.model_validate(read_record(path, RecipeFile).contract)
+    except ValidationError as e:  # the first wrong field, by its path
+        first = e.errors()[0]
+        field = field_path(("contract", *first["loc"]))
+        raise RecordError(
+            f"{path}: not a valid contract ({field}: {first['msg']}); rerun the build"
+        ) from None
 
 
 def decided_on(build_model_dir: Path) -> list[str] | None:

@@ -50,7 +50,6 @@ from ocr_bundles_runtime.manifest_record import (
     FileEntry,
     InputSpec,
     ModelFiles,
-    OutputSpec,
     ScoringSpec,
 )
 from ocr_bundles_runtime.preprocess import MIN_WIDTH, model_input, preprocess
@@ -209,7 +208,7 @@ def input_spec(model: onnx.ModelProto, contract: Contract, recipe: Recipe) -> In
     batch = contract.batch and final_batches(model, pre)
     return InputSpec(
         name=tensor.name,
-        shape=["batch" if batch else 1, pre.channels, pre.height, "width"],
+        shape=["batch" if batch else 1, "channels", "height", "width"],  # preprocess's numbers
         dtype=onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name,
         min_width=pre.pad_to_width or MIN_WIDTH,
         batch=batch,
@@ -258,8 +257,8 @@ def manifest(
     inputs: InputSpec | None = None,
 ) -> dict[str, Any]:
     """The manifest.json document (see the module docstring for the folder it describes),
-    through the typed record every runtime reads."""
-    ctc = modelio.spec(final)
+    through the typed record every runtime reads. `contract`: the final model's, as the build
+    wrote it in recipe.json (read_build_contract): its output and scoring travel as they are."""
     formats = list(recipe.bundle.formats)
     optional = [n for n in files if n.startswith("fallback.") or n == ORT_CONFIG]
     ships = [n for n in files if n not in optional] + [MANIFEST]
@@ -279,7 +278,7 @@ def manifest(
         target=target,
         formats=formats,  # type: ignore[arg-type]
         input=inputs or input_spec(final, contract, recipe),
-        output=OutputSpec(ctc.output_name, len(ctc.charset), ctc.layout, ctc.blank, ctc.kind),  # type: ignore[arg-type]
+        output=contract.output,
         preprocess=recipe.preprocess,
         runtime=recipe.runtime,
         scoring=ScoringSpec(**contract.scoring.as_dict()),

@@ -109,10 +109,10 @@ def cmd_model(args: argparse.Namespace) -> int:
     params = _load_params(args)
     model, contract, charset, origin = load_source(params.model, str(args.params))
     write_source(args.out, model, contract, charset, origin)
-    size = model.ByteSize() / 1e6
+    size, out = model.ByteSize() / 1e6, contract.output
     print(
-        f"model: {origin.get('file')} -> {args.out} ({size:.1f} MB, {contract.classes} classes, "
-        f"input {contract.input.channels}x{contract.input.height}, {contract.kind}, "
+        f"model: {origin.get('file')} -> {args.out} ({size:.1f} MB, {out.classes} classes, "
+        f"input {contract.input.channels}x{contract.input.height}, {out.kind}, "
         f"batch {'yes' if contract.batch else 'no'})"
     )
     return 0
@@ -151,10 +151,19 @@ def cmd_folder(args: argparse.Namespace) -> int:
 
     params = _load_params(args)
     source = _named(params.data.folders, args.source, args.params, "data.folders")
-    scoring = params.model.scoring
+    # the contract as declared: contract.json's `input` and `scoring` are these very values
+    # (source.probe copies them), and reading them here keeps a model file replaced in place
+    # (a new contract.json, same params) from rerunning every folder scan
+    contract = params.model
     allowed = _allowed_chars(params, args.model)
     summary = write_folder(
-        args.source, source, allowed, scoring.normalize, args.out, str(args.params)
+        args.source,
+        source,
+        allowed,
+        contract.scoring.normalize,
+        args.out,
+        str(args.params),
+        spec=contract.input,
     )
     print(
         f"folder@{args.source}: {summary.splits} -> {args.out}; skipped "
@@ -203,7 +212,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         str(args.params),
     )  # fmt: skip
     results = run_passes(model, recipe, context)
-    write_build(args.out, recipe, results, args.target, sources)
+    write_build(args.out, recipe, results, args.target, sources, contract=contract)
     for r in results:
         print(
             f"build@{args.target}: {r.filename} {modelio.size_mb(r.model):.2f} MB "
@@ -223,14 +232,13 @@ def _reference(p: argparse.ArgumentParser) -> None:
 @verb("evaluate", "score the reference and every built model on every evaluation set",
       _params, _target, _model, _data, _build, _reference, _out)  # fmt: skip
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .build import read_recipe
-    from .contract import read_contract
+    from .build import read_build_contract, read_recipe
     from .data.dataset import read_sets
     from .evaluate import EvalSets, evaluate_build, reference_texts
     from .records import write_record
 
     params = _load_params(args)
-    contract = read_contract(args.model)
+    contract = read_build_contract(args.build)  # the source's input and scoring, as built
     recipe = read_recipe(args.build)
     sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
     ref = None if args.reference is None else reference_texts(args.reference, sets, contract.input)
@@ -257,15 +265,14 @@ def _builds(p: argparse.ArgumentParser) -> None:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from ocr_bundles_runtime.manifest import sizes_mb
 
-    from .build import read_recipe
+    from .build import read_build_contract, read_recipe
     from .bundle import write_bundle
-    from .contract import read_contract
 
     params = _load_params(args)
     recipe = read_recipe(args.build)
     profiles = {p: _named(params.profiles, p, args.params, "profiles") for p in recipe.profiles}
     doc = write_bundle(
-        args.target, args.build, args.builds, args.model, read_contract(args.model), recipe,
+        args.target, args.build, args.builds, args.model, read_build_contract(args.build), recipe,
         args.eval, args.out, args.data, profiles,
     )  # fmt: skip
     sizes = sizes_mb(args.out, doc)

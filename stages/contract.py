@@ -1,17 +1,20 @@
 """The recognizer's contract, declared once in params.yaml `model:` and resolved by the model
-stage into models/source/contract.json. The reference preprocessing, the candidates, every
-pass's checks, evaluation, the bundle manifest and the runtime all derive from it; ddddocr's
-contract is just the default values.
+stage into models/source/contract.json (`Contract`, read through `read_contract`). The build
+writes it for the model it made into recipe.json (`Contract.for_model`), which evaluate and the
+bundle read; the manifest carries its output, preprocessing and scoring to every runtime.
+ddddocr's contract is just the default values.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ocr_bundles_runtime.manifest_record import OutputSpec
 from ocr_bundles_runtime.preprocess import Preprocess
 
 from .errors import ModelError
@@ -105,23 +108,35 @@ class ModelParams(Strict):
         return self
 
 
+CHARSET_FILE = "charset.json"
+
+
 class Contract(BaseModel):
-    """models/source/contract.json: the resolved contract every later stage reads."""
+    """models/source/contract.json: the resolved contract, one typed record every later stage
+    reads through `read_contract`. `input` and `output` are the very types the bundle's
+    manifest carries (runtime/ocr_bundles_runtime/manifest_record.py), so the contract reaches
+    the runtime's preprocessing and decoding without being re-derived on the way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input_name: str
-    output_name: str
-    input: Preprocess
-    layout: Literal["TBC", "BTC"]
-    blank: int
-    kind: Literal["logits", "probabilities"]
-    classes: int
+    input: Preprocess = Field(description="the preprocessing that makes the model's input")
+    input_name: str = Field(description="the model's image input")
     batch: bool = Field(description="the model accepts a batch dimension > 1")
+    output: OutputSpec = Field(description="the CTC output: name, classes, layout, blank, kind")
+    charset: Literal["charset.json"] = Field(
+        CHARSET_FILE, description="the file beside this one: a JSON list, index = class"
+    )
     scoring: Scoring
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")
+
+    def for_model(self, output_name: str, classes: int, blank: int) -> Contract:
+        """This contract as a model built from the source has it: input, layout, kind and
+        scoring unchanged; the output's name, classes and blank the model's (prune_charset
+        drops classes). The build writes it into recipe.json for evaluate and bundle."""
+        output = replace(self.output, name=output_name, classes=classes, blank=blank)
+        return self.model_copy(update={"output": output})
 
 
 CONTRACT_FILE = "contract.json"
@@ -135,9 +150,6 @@ def read_contract(model_dir: Path) -> Contract:
         raise ModelError(f"{path}: missing; run the model stage first (dvc repro model)") from None
     except ValueError as e:
         raise ModelError(f"{path}: invalid ({e}); rerun the model stage") from e
-
-
-CHARSET_FILE = "charset.json"
 
 
 def read_model_charset(model_dir: Path) -> list[str]:

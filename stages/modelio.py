@@ -1,7 +1,10 @@
 """Loading, saving and describing ONNX CTC recognizers.
 
-The recognizer's contract travels inside the model as metadata (`ocr.*` keys), so a pass that
-changes the classes (prune_charset) changes the charset in the same object it returns.
+The output half of the contract (contract.Contract: charset, layout, blank, kind) also travels
+inside each model as metadata (`ocr.*` keys), written from the contract by the model stage, so a
+pass that changes the classes (prune_charset) changes the charset in the same object it returns
+and every stage model can be decoded on its own. Stages downstream of the build read the final
+model's contract from recipe.json (build.read_build_contract), not from these keys.
 """
 
 from __future__ import annotations

@@ -80,10 +80,14 @@ class SourceSummary(Record):
 
 class RecipeFile(Record):
     """build/<C>/model/recipe.json: the resolved recipe the build ran (downstream stages read
-    this, never the YAML) and the library versions it ran with."""
+    this, never the YAML), the contract of the model it made and the library versions it ran
+    with."""
 
     target: str
     recipe: dict[str, Any]  # Recipe.resolved(); recipe.Recipe.from_resolved reads it back
+    # contract.Contract for the final model (Contract.for_model); build.read_build_contract
+    # checks it (typed here, every stage reading any record would depend on contract.py)
+    contract: dict[str, Any]
     versions: dict[str, str]
 
 

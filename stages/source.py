@@ -6,9 +6,12 @@ params.yaml `model:`. The model is run once here, so a wrong contract (height, c
 layout, logits vs probabilities, charset length) fails now, with the field to change.
 
 models/source/
-  model.onnx      the source model with the `ocr.*` metadata (charset, layout, blank, kind)
-  charset.json    class index -> string
-  contract.json   the resolved contract (contract.Contract) every later stage reads
+  model.onnx      the source model with the `ocr.*` metadata (charset, layout, blank, kind),
+                  written from the contract: each stage model keeps its own (prune_charset)
+  charset.json    class index -> string (the contract's `charset`)
+  contract.json   the resolved contract (contract.Contract): input, output, charset, scoring;
+                  the build carries it into recipe.json (Contract.for_model), the bundle into
+                  manifest.json
   source.json     where the model came from and its SHA-256
 """
 
@@ -23,12 +26,14 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ocr_bundles_runtime.manifest_record import OutputSpec
 from ocr_bundles_runtime.preprocess import Preprocess, preprocess
 from ocr_bundles_runtime.session import quiet_cpu_session, run
 
 from . import modelio
 from .atomic import atomic_dir, write_json
 from .contract import (
+    CHARSET_FILE,
     CONTRACT_FILE,
     Contract,
     ModelParams,
@@ -91,7 +96,8 @@ def load_source(
     # dictionary that leaves the blank out is reported as such, not as a blank out of range
     unresolved = modelio.with_spec(model, charset, layout, 0, kind)
     contract = probe(unresolved, params, params.output.blank, len(charset), str(path), params_file)
-    model = modelio.with_spec(model, charset, layout, contract.blank, kind)
+    out = contract.output  # the `ocr.*` metadata is derived from the contract
+    model = modelio.with_spec(model, charset, out.layout, out.blank, out.kind)
     return model, contract, charset, origin
 
 
@@ -166,14 +172,16 @@ def probe(
         ) from e
     modelio.check_ctc_output(out, ctc, where)
     return Contract(
-        input_name=ctc.input_name,
-        output_name=ctc.output_name,
         input=spec,
-        layout=params.output.layout,
-        blank=resolve_blank(blank, classes, params_file),
-        kind=params.output.kind,
-        classes=classes,
+        input_name=ctc.input_name,
         batch=batches(session, probe_inputs(spec), ctc.layout),
+        output=OutputSpec(
+            name=ctc.output_name,
+            classes=classes,
+            layout=params.output.layout,
+            blank=resolve_blank(blank, classes, params_file),
+            kind=params.output.kind,
+        ),
         scoring=params.scoring,
     )
 
@@ -211,6 +219,6 @@ def write_source(
 ) -> None:
     with atomic_dir(out) as tmp:
         modelio.save(model, tmp / "model.onnx")
-        write_json(tmp / "charset.json", charset)
+        write_json(tmp / CHARSET_FILE, charset)
         write_json(tmp / CONTRACT_FILE, contract.dump())
         write_json(tmp / "source.json", origin)

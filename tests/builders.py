@@ -19,9 +19,10 @@ import onnx
 import tiny
 
 import stages.passes  # noqa: F401 - registers the passes recipes name
+from ocr_bundles_runtime.manifest_record import OutputSpec
 from ocr_bundles_runtime.preprocess import Preprocess
 from stages import modelio
-from stages.build import read_recipe, run_passes, write_build
+from stages.build import read_build_contract, read_recipe, run_passes, write_build
 from stages.bundle import write_bundle
 from stages.contract import Contract, ModelParams, read_contract
 from stages.data import clean
@@ -65,6 +66,15 @@ def write_source(
     return out
 
 
+def contract_of(model: onnx.ModelProto, input_: Preprocess = TINY_INPUT) -> Contract:
+    """The contract the model stage writes for `model`, without running it (batch: no)."""
+    spec = modelio.spec(model)
+    output = OutputSpec(spec.output_name, len(spec.charset), spec.layout, spec.blank, spec.kind)  # type: ignore[arg-type]
+    return Contract(
+        input=input_, input_name=spec.input_name, batch=False, output=output, scoring=Scoring()
+    )
+
+
 def write_data(
     root: Path, sources: tuple[str, ...] = ("clean", "hard"), sizes: dict[str, int] = SIZES
 ) -> Path:
@@ -104,14 +114,14 @@ def build_class(
     model = modelio.load(root / "models" / "source" / "model.onnx")
     results = run_passes(model, rec, context(root, rec, sources))
     out = root / "build" / target / "model"
-    write_build(out, rec, results, target)
+    write_build(out, rec, results, target, contract=read_contract(root / "models" / "source"))
     return out
 
 
 def evaluate_class(root: Path, target: str, sources: tuple[str, ...] = ("clean", "hard")) -> Path:
     src = root / "models" / "source"
-    contract = read_contract(src)
     build = root / "build" / target / "model"
+    contract = read_build_contract(build)
     rec = read_recipe(build)
     sets = EvalSets(read_sets(root / "data", list(sources), "eval"))
     record = evaluate_build(
@@ -131,7 +141,7 @@ def bundle_class(root: Path, target: str, profiles: dict[str, Any] | None = None
         build,
         root / "build",
         src,
-        read_contract(src),
+        read_build_contract(build),
         read_recipe(build),
         root / "build" / target / "eval.json",
         out,

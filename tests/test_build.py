@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import builders
 import numpy as np
 import onnx
 import pytest
@@ -20,7 +21,7 @@ from stages.errors import PassError
 from stages.passes.fix_output_shape import FixOutputShapeOptions
 from stages.passes.prune_charset import PruneCharsetOptions
 from stages.recipe import Equivalence, PassStep, Recipe
-from stages.records import BuildRecord, CheckRecord, read_record
+from stages.records import BuildRecord, CheckRecord, RecordError, read_record
 
 
 class ScaleOptions(BaseModel):
@@ -73,6 +74,7 @@ def _context(**kw) -> registry.PassContext:
 
 FIX = PassStep("fix_output_shape", FixOutputShapeOptions())
 PRUNE = PassStep("prune_charset", PruneCharsetOptions())
+CONTRACT = builders.contract_of(tiny.tiny_ctc())  # the source contract the build extends
 
 
 # ---------------------------------------------------------------------------- run_passes
@@ -230,7 +232,7 @@ def _snapshot(folder):
 def test_write_build_writes_every_record(tmp_path):
     recipe, results = _results()
     out = tmp_path / "build" / "low" / "model"
-    write_build(out, recipe, results, "low")
+    write_build(out, recipe, results, "low", contract=CONTRACT)
     files = set(_snapshot(out))
     assert files == {
         "stages/01-fix_output_shape.onnx",
@@ -253,6 +255,12 @@ def test_write_build_writes_every_record(tmp_path):
     assert rec["target"] == "low"
     assert rec["recipe"] == recipe.resolved()
     assert set(rec["versions"]) == set(build.LIBRARIES)
+    # the source contract for the model the build made: prune_charset left 4 of tiny's classes
+    assert CONTRACT.output.classes == len(modelio.spec(tiny.tiny_ctc()).charset) > 4
+    contract = build.read_build_contract(out)
+    assert contract.output.classes == 4 and contract.output.blank == 0
+    assert contract.input == CONTRACT.input and contract.scoring == CONTRACT.scoring
+    assert rec["contract"] == contract.dump() and rec["contract"]["charset"] == "charset.json"
 
     info = read_record(out / "build.json", BuildRecord)  # the reader's own type
     assert info.target == "low"
@@ -280,17 +288,17 @@ def test_building_twice_gives_byte_identical_model_folders(tmp_path):
     """A pass decides from its inputs, options and data only: no timings, no temp names."""
     for name in ("a", "b"):
         recipe, results = _results()
-        write_build(tmp_path / name / "model", recipe, results, "low")
+        write_build(tmp_path / name / "model", recipe, results, "low", contract=CONTRACT)
     assert _snapshot(tmp_path / "a" / "model") == _snapshot(tmp_path / "b" / "model")
 
 
 def test_write_build_replaces_a_previous_build(tmp_path):
     out = tmp_path / "model"
     recipe, results = _results()
-    write_build(out, recipe, results, "a")
+    write_build(out, recipe, results, "a", contract=CONTRACT)
     (out / "stale.txt").write_text("from an older build")
     recipe2 = _recipe(FIX)
-    write_build(out, recipe2, results[:1], "b")
+    write_build(out, recipe2, results[:1], "b", contract=CONTRACT)
     assert not (out / "stale.txt").exists()
     assert not (out / "stages" / "02-prune_charset.onnx").exists()
     assert json.loads((out / "build.json").read_text())["target"] == "b"
@@ -300,7 +308,7 @@ def test_write_build_replaces_a_previous_build(tmp_path):
 def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
     out = tmp_path / "model"
     recipe, results = _results()
-    write_build(out, recipe, results, "old")
+    write_build(out, recipe, results, "old", contract=CONTRACT)
     before = _snapshot(out)
 
     real_save, calls = modelio.save, []
@@ -314,7 +322,7 @@ def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(modelio, "save", flaky_save)
     _, new_results = _results(allowed="ab")
     with pytest.raises(OSError, match="disk full"):
-        write_build(out, recipe, new_results, "new")
+        write_build(out, recipe, new_results, "new", contract=CONTRACT)
     assert len(calls) == 2
     assert _snapshot(out) == before
     # temp folder removed; the old timings and checks stay with the old build
@@ -324,7 +332,7 @@ def test_failed_write_leaves_the_previous_build_intact(tmp_path, monkeypatch):
 def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypatch):
     out = tmp_path / "model"
     recipe, results = _results()
-    write_build(out, recipe, results, "old")
+    write_build(out, recipe, results, "old", contract=CONTRACT)
     before = _snapshot(out)
     real_replace = os.replace
 
@@ -335,7 +343,7 @@ def test_failed_final_rename_leaves_the_previous_build_intact(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="rename failed"):
-        write_build(out, recipe, results, "new")
+        write_build(out, recipe, results, "new", contract=CONTRACT)
     assert _snapshot(out) == before
 
 
@@ -382,7 +390,13 @@ def test_measured_report_fields_go_to_checks_json_not_the_model_folder(tmp_path)
         registry._PASSES.update(saved)
     assert results[0].report == {"_tmp_measuring": {"chose": "all"}}
     out = tmp_path / "build" / "model"
-    write_build(out, _recipe(PassStep("_tmp_measuring", ScaleOptions())), results, "tiny")
+    write_build(
+        out,
+        _recipe(PassStep("_tmp_measuring", ScaleOptions())),
+        results,
+        "tiny",
+        contract=CONTRACT,
+    )
     stage = read_record(out / "build.json", BuildRecord).stages[0]
     assert stage.report == {"_tmp_measuring": {"chose": "all"}}
     assert "0.0123" not in (out / "build.json").read_text()
@@ -390,3 +404,17 @@ def test_measured_report_fields_go_to_checks_json_not_the_model_folder(tmp_path)
     assert check.measured == {
         "_tmp_measuring": {"sensitivity": [{"node": "head", "rel_mse": 0.0123}]}
     }
+
+
+def test_a_recipe_json_without_the_contract_names_the_file_and_field(tmp_path):
+    recipe, results = _results()
+    out = tmp_path / "model"
+    write_build(out, recipe, results, "low", contract=CONTRACT)
+    rec = json.loads((out / "recipe.json").read_text())
+    del rec["contract"]["output"]["blank"]
+    (out / "recipe.json").write_text(json.dumps(rec))
+    with pytest.raises(RecordError) as info:
+        build.read_build_contract(out)
+    assert str(out / "recipe.json") in str(info.value) and "contract.output.blank" in str(
+        info.value
+    )

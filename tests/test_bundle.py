@@ -19,6 +19,7 @@ from onnxruntime.quantization import quantize_dynamic
 from ocr_bundles_runtime import Recognizer
 from ocr_bundles_runtime.manifest import parse_bundle, sizes_mb
 from stages import bundle, modelio
+from stages.build import read_build_contract
 from stages.errors import ModelError
 
 PASSES = [{"fix_output_shape": {}}, {"prune_charset": {"chars": "abcde"}}, {"quantize_dynamic": {}}]
@@ -46,7 +47,7 @@ def test_manifest_lists_every_file_with_its_hash(low: Path):
     for name, entry in doc["files"].items():
         data = (low / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    assert doc["format_version"] == 3 and doc["target"] == "low"
+    assert doc["format_version"] == 4 and doc["target"] == "low"
     assert doc["formats"] == ["ort", "onnx"]
     assert doc["output"] | {} == {
         "name": "logits",
@@ -55,13 +56,33 @@ def test_manifest_lists_every_file_with_its_hash(low: Path):
         "blank": 0,
         "kind": "logits",
     }
-    assert doc["input"]["shape"] == [1, 1, tiny.HEIGHT, "width"] and doc["input"]["batch"] is False
+    assert doc["input"]["shape"] == [1, "channels", "height", "width"]  # numbers: preprocess
+    assert doc["input"]["batch"] is False and doc["preprocess"]["channels"] == 1
     assert doc["preprocess"]["height"] == tiny.HEIGHT
     assert doc["scoring"] == {"strip": True, "casefold": False}
     assert doc["confidence_threshold"] == 0.4
     assert doc["escalation"] == {"url": None, "timeout_s": 2.0}
     spec = parse_bundle(low)  # the runtime reads what the stage wrote
     assert spec.charset == ["", "a", "b", "c", "d", "e"]
+
+
+def test_the_manifest_carries_the_builds_contract_as_is(low: Path):
+    """The walk from the contract to recognition: recipe.json's contract (the model stage's,
+    for the built model) -> manifest.json -> the runtime's record, with no re-derivation."""
+    build = low.parent.parent / "build" / "low" / "model"
+    contract = read_build_contract(build)
+    doc = manifest(low)
+    assert doc["output"] == contract.dump()["output"]
+    assert doc["scoring"] == contract.dump()["scoring"]
+    assert doc["input"]["batch"] is contract.batch
+    spec = parse_bundle(low)
+    assert spec.manifest.output == contract.output  # the same record type, field for field
+    assert (spec.layout, spec.blank, spec.kind) == (
+        contract.output.layout,
+        contract.output.blank,
+        contract.output.kind,
+    )
+    assert len(spec.charset) == contract.output.classes
 
 
 def test_ships_and_optional_are_separate(low: Path):

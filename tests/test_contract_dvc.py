@@ -130,7 +130,8 @@ def test_own_model_by_params_alone_and_replacing_it_reruns_the_model_stage(tmp_p
     ran, out = repro(repo)
     assert CHAIN <= ran <= CHAIN | MAY_RUN, out
     contract = json.loads((repo / "models/source/contract.json").read_text())
-    assert (contract["classes"], contract["layout"], contract["blank"]) == (7, "BTC", 0)
+    out = contract["output"]
+    assert (out["classes"], out["layout"], out["blank"]) == (7, "BTC", 0)
     assert contract["batch"] is True
     charset = json.loads((repo / "bundles" / TARGET / "charset.json").read_text())
     assert charset == ["", "a", "b", "c", "d", " "]  # pruned to params' charset

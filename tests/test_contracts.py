@@ -263,7 +263,7 @@ def build(root: Path, case: Case) -> Path:
     )
     model = modelio.load(root / "models" / "source" / "model.onnx")
     out = root / "build" / TARGET / "model"
-    write_build(out, rec, run_passes(model, rec, context), TARGET)
+    write_build(out, rec, run_passes(model, rec, context), TARGET, contract=contract)
     return out
 
 
@@ -283,8 +283,9 @@ def test_reader_reads_its_string_through_the_whole_chain(
     source = model_stage(tmp_path, case)
     contract = read_contract(source)
     r = case.reader
-    assert (contract.layout, contract.kind, contract.blank) == (r.layout, r.kind, r.blank)
-    assert (contract.classes, contract.batch) == (len(r.classes), r.batch)
+    out = contract.output
+    assert (out.layout, out.kind, out.blank) == (r.layout, r.kind, r.blank)
+    assert (out.classes, contract.batch) == (len(r.classes), r.batch)
     assert json.loads((source / "charset.json").read_text(encoding="utf-8")) == list(r.classes)
 
     write_readable_data(tmp_path, case)
@@ -595,7 +596,7 @@ def test_the_right_contract_passes_the_same_cli(
     params = write_params(tmp_path, reader_params(BTC))
     assert main(["model", "--params", str(params), "--out", "models/source"]) == 0
     assert "7 classes" in capsys.readouterr().out
-    assert read_contract(tmp_path / "models" / "source").classes == 7
+    assert read_contract(tmp_path / "models" / "source").output.classes == 7
 
 
 def test_a_model_onnxruntime_cannot_load_is_a_contract_error(
@@ -627,7 +628,7 @@ def test_a_linked_file_under_models_input_is_accepted(
     (tmp_path / MODEL).symlink_to(cache / "reader.onnx")
     readable.write_dictionary(tmp_path / "models" / "input" / "dict.json", LETTERS)
     _, contract, charset, origin = load_source(ModelParams.model_validate(reader_params(BTC)))
-    assert (contract.classes, origin["file"]) == (7, MODEL)
+    assert (contract.output.classes, origin["file"]) == (7, MODEL)
     assert charset == list(LETTERS)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ocr_bundles_runtime.preprocess import Preprocess
 from stages.data import clean, dataset
 from stages.data.dataset import Sample, read_split, write_split
 from stages.data.folder import FolderSource, label_from_name, split_of
@@ -23,6 +24,7 @@ from stages.scoring import Scoring
 
 ALLOWED = "abcdefghijklmnopqrstuvwxyz0123456789"
 NORM = Scoring().normalize
+SPEC = Preprocess()  # the contract's preprocessing (ddddocr's: the defaults)
 STYLE = clean.CaptchaStyle(width=48, height=16, alphabet="abc123", font_size=(12, 14))
 
 
@@ -151,7 +153,9 @@ def test_split_by_name_hash_is_stable_as_the_folder_grows() -> None:
 
 def test_folder_with_file_name_labels(tmp_path: Path) -> None:
     root = folder(tmp_path, {**many(40), "README.txt": b"notes"})
-    summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
+    summary = write_folder(
+        "mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out", spec=SPEC
+    )
     assert sum(summary.splits.values()) == 40
     assert summary.ignored == ["README.txt"]
     for split in ("calib", "val", "eval"):
@@ -166,7 +170,12 @@ def test_folder_with_labels_json_keeps_names_and_formats(tmp_path: Path) -> None
     files = {"a.png": png("ab"), "b.jpg": jpeg.getvalue()}
     root = folder(tmp_path, files, labels={"a.png": "ab", "b.jpg": "c1"})
     write_folder(
-        "mine", FolderSource(path=str(root), calib=0, val=0), ALLOWED, NORM, tmp_path / "o"
+        "mine",
+        FolderSource(path=str(root), calib=0, val=0),
+        ALLOWED,
+        NORM,
+        tmp_path / "o",
+        spec=SPEC,
     )
     assert {p.name: t for p, t in read_split(tmp_path / "o" / "eval")} == {
         "a.png": "ab",
@@ -178,7 +187,9 @@ def test_labels_outside_the_charset_name_the_files_and_the_setting(tmp_path: Pat
     files = {**many(6), "AB_1.png": png("ab", 1), "a-b_2.png": png("ab", 2)}
     root = folder(tmp_path, files)
     with pytest.raises(DataError) as info:
-        write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
+        write_folder(
+            "mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out", spec=SPEC
+        )
     msg = str(info.value)
     assert "data.folders.mine" in msg and "AB_1.png" in msg and "a-b_2.png" in msg
     assert "'A'" in msg and "'-'" in msg and "charset" in msg and "casefold" in msg
@@ -190,26 +201,45 @@ def test_a_space_class_the_charset_allows_is_allowed_inside_labels(tmp_path: Pat
     files = {"a.png": png("ab"), "b.png": png("c1")}
     root = folder(tmp_path, files, labels={"a.png": "ab cd", "b.png": "c 1"})
     source = FolderSource(path=str(root), calib=0, val=0)
-    summary = write_folder("lines", source, ALLOWED + " ", NORM, tmp_path / "o")
+    summary = write_folder("lines", source, ALLOWED + " ", NORM, tmp_path / "o", spec=SPEC)
     assert sum(summary.splits.values()) == 2
     with pytest.raises(DataError, match=r"characters \[' '\] outside the charset"):
-        write_folder("lines", source, ALLOWED, NORM, tmp_path / "p")
+        write_folder("lines", source, ALLOWED, NORM, tmp_path / "p", spec=SPEC)
 
 
 def test_casefold_scoring_accepts_upper_case_labels(tmp_path: Path) -> None:
     root = folder(tmp_path, {"AB12_1.png": png("ab", 1), **many(3)})
     norm = Scoring(casefold=True).normalize
-    summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, norm, tmp_path / "out")
+    summary = write_folder(
+        "mine", FolderSource(path=str(root)), ALLOWED, norm, tmp_path / "out", spec=SPEC
+    )
     assert sum(summary.splits.values()) == 4
 
 
 def test_unreadable_images_are_skipped_with_their_code(tmp_path: Path) -> None:
     files = {**many(5), "bad_1.png": b"not an image", "empty_2.png": b""}
     root = folder(tmp_path, files)
-    summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
+    summary = write_folder(
+        "mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out", spec=SPEC
+    )
     assert sum(summary.splits.values()) == 5
     skipped = {s["name"]: s["code"] for s in summary.skipped}
     assert skipped == {"bad_1.png": "E_DECODE", "empty_2.png": "E_EMPTY"}
+
+
+def test_the_scan_reads_images_under_the_contracts_preprocessing(tmp_path: Path) -> None:
+    # the contract's max_pixels, not the defaults': an image the recognizer would refuse is
+    # skipped here with the runtime's code, so it never reaches calibration or eval
+    big = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(big, format="PNG")
+    root = folder(tmp_path, {**many(4), "ab_big.png": big.getvalue()})
+    source = FolderSource(path=str(root))
+    small = Preprocess(max_pixels=48 * 16)  # the many() images are 48 x 16
+    summary = write_folder("mine", source, ALLOWED, NORM, tmp_path / "out", spec=small)
+    assert [(s["name"], s["code"]) for s in summary.skipped] == [("ab_big.png", "E_TOO_LARGE")]
+    assert sum(summary.splits.values()) == 4
+    summary = write_folder("mine", source, ALLOWED, NORM, tmp_path / "all", spec=SPEC)
+    assert summary.skipped == [] and sum(summary.splits.values()) == 5
 
 
 def test_duplicate_images_keep_one_copy_so_eval_never_holds_a_calibration_image(
@@ -220,7 +250,9 @@ def test_duplicate_images_keep_one_copy_so_eval_never_holds_a_calibration_image(
     dupes = {f"{first.split('_')[0]}_dup{i}.png": images[first] for i in range(20)}
     conflict = {"zz_9.png": images[first]}  # same bytes, another label
     root = folder(tmp_path, {**images, **dupes, **conflict})
-    summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
+    summary = write_folder(
+        "mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out", spec=SPEC
+    )
     assert sum(summary.splits.values()) == 30
     assert len(summary.duplicates) == 21
     assert [d["label_conflict"] for d in summary.duplicates if d["name"] == "zz_9.png"] == [True]
@@ -245,14 +277,21 @@ def test_folder_errors_name_the_problem_and_write_nothing(
 ) -> None:
     root = folder(tmp_path, files, labels)
     with pytest.raises(DataError, match=words):
-        write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
+        write_folder(
+            "mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out", spec=SPEC
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_folder_names_the_params_field(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data\.folders\.mine\.path"):
         write_folder(
-            "mine", FolderSource(path=str(tmp_path / "nope")), ALLOWED, NORM, tmp_path / "o"
+            "mine",
+            FolderSource(path=str(tmp_path / "nope")),
+            ALLOWED,
+            NORM,
+            tmp_path / "o",
+            spec=SPEC,
         )
 
 
@@ -264,7 +303,12 @@ def test_a_class_builds_and_evaluates_from_a_folder_source(tmp_path: Path) -> No
         labeled[f"{label}_{i:03d}.png"] = data
     root = folder(tmp_path, labeled)
     write_folder(
-        "mysite", FolderSource(path=str(root)), "abcdef", NORM, tmp_path / "data" / "mysite"
+        "mysite",
+        FolderSource(path=str(root)),
+        "abcdef",
+        NORM,
+        tmp_path / "data" / "mysite",
+        spec=SPEC,
     )
     builders.write_source(tmp_path)
     build = builders.build_class(
@@ -287,5 +331,7 @@ def test_images_are_decoded_by_the_runtime(tmp_path: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray((np.arange(64 * 16).reshape(16, 64) * 40).astype(np.uint16)).save(buf, "PNG")
     root = folder(tmp_path, {"ab_1.png": buf.getvalue()})
-    summary = write_folder("mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out")
+    summary = write_folder(
+        "mine", FolderSource(path=str(root)), ALLOWED, NORM, tmp_path / "out", spec=SPEC
+    )
     assert summary.skipped == []

@@ -199,7 +199,7 @@ BUILD = """
 import os, sys, time
 from pathlib import Path
 sys.path[:0] = [{root!r}, {tests!r}]
-import tiny
+import builders, tiny
 from stages import modelio
 from stages.build import StageResult, write_build
 from stages.recipe import Recipe
@@ -231,7 +231,7 @@ stages = {{
 }}[variant]
 results = [StageResult(i, n, m, 0.0, True, DIV) for i, (n, m) in enumerate(stages, 1)]
 recipe = Recipe(description="tiny", passes=[], preprocess=Preprocess(height=tiny.HEIGHT))
-write_build(out, recipe, results, "tiny")
+write_build(out, recipe, results, "tiny", contract=builders.contract_of(stages[-1][1]))
 print("done", flush=True)
 """.format(root=str(ROOT), tests=str(ROOT / "tests"))
 # build/<C>/: the model folder, the timings and the divergences beside it

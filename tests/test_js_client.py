@@ -199,15 +199,15 @@ def build_bundle(folder: Path) -> Path:
         vectors.append(vector(name, text, steps))
     conformance = {"tolerance": TOLERANCE, "vectors": vectors}
     (folder / "conformance.json").write_text(json.dumps(conformance))
-    write_manifest(folder, manifest_v3())
+    write_manifest(folder, manifest_v4())
     return folder
 
 
-def manifest_v3() -> dict:
+def manifest_v4() -> dict:
     """The fields the client reads, named as ocr_bundles_runtime/manifest_record.py names them."""
     return {
         "format": "ocr-ctc-bundle",
-        "format_version": 3,
+        "format_version": 4,
         "input": {
             "name": "pixels",
             "feed": "pixels",

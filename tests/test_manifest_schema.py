@@ -55,9 +55,10 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        ("format_version", 4),
+        ("format_version", 5),
         ("input.feed", "jpeg"),
         ("input.shape", "1x1x64xW"),
+        ("input.shape", [1, "chanels", "height", "width"]),
         ("output.layout", "CTB"),
         ("output.blank", "0"),
         ("preprocess.interpolation", "bicubic"),

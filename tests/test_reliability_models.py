@@ -249,7 +249,8 @@ def test_load_source_accepts_the_good_model():
     params = model_params("wrong_layout").model_copy(update={"output": ModelParams().output})
     model, contract, charset, origin = load_source(params)
     assert modelio.spec(model).charset == CHARSET == charset
-    assert contract.classes == 7 and contract.layout == "TBC" and contract.blank == 0
+    out = contract.output
+    assert out.classes == 7 and out.layout == "TBC" and out.blank == 0
     assert origin == {"file": str(INPUT / "wrong_layout.onnx"), "sha256": origin["sha256"]}
     assert len(origin["sha256"]) == 64
 

@@ -38,26 +38,64 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class BundleSpec:
-    """The parsed manifest: what the runtime needs besides the model sessions."""
+    """The parsed bundle: the typed manifest (the contract as the bundle carries it: input,
+    preprocess, output, scoring), the hash-checked charset and the model entries. Every other
+    value is the manifest's own field, read through it, never copied."""
 
     files: BundleFiles
     manifest: BundleManifest
-    preprocess: Preprocess
-    runtime: Runtime
     charset: list[str]
-    layout: str
-    blank: int
-    kind: str  # logits | probabilities
-    threshold: float
     models: dict[str, ModelEntry]
-    batch: bool  # the model accepts a batch dimension > 1 (the server batches then)
-    escalation_url: str | None
-    escalation_timeout_s: float
-    strip: bool = False  # the contract's scoring strips whitespace at the ends: so does the text
-    # tensor: the host preprocesses (`preprocess`); pixels: the model takes decoded uint8
-    # [H, W, C] pixels (C 1, 3 or 4) and preprocesses in the graph
-    feed: str = "tensor"
-    conformance: str | None = None  # conformance.json: images, expected texts and outputs
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.manifest.preprocess
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.manifest.runtime
+
+    @property
+    def layout(self) -> str:
+        return self.manifest.output.layout
+
+    @property
+    def blank(self) -> int:
+        return self.manifest.output.blank
+
+    @property
+    def kind(self) -> str:  # logits | probabilities
+        return self.manifest.output.kind
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.confidence_threshold
+
+    @property
+    def batch(self) -> bool:  # the model accepts a batch dimension > 1 (the server batches)
+        return self.manifest.input.batch
+
+    @property
+    def escalation_url(self) -> str | None:
+        return self.manifest.escalation.url
+
+    @property
+    def escalation_timeout_s(self) -> float:
+        return self.manifest.escalation.timeout_s
+
+    @property
+    def strip(self) -> bool:  # the contract's scoring strips whitespace at the ends: the text too
+        return self.manifest.scoring.strip
+
+    @property
+    def feed(self) -> str:
+        """tensor: the host preprocesses (`preprocess`); pixels: the model takes decoded uint8
+        [H, W, C] pixels (C 1, 3 or 4) and preprocesses in the graph."""
+        return self.manifest.input.feed
+
+    @property
+    def conformance(self) -> str | None:  # conformance.json: images, texts and outputs
+        return self.manifest.conformance
 
     @property
     def root(self) -> Path:
@@ -207,28 +245,10 @@ def _spec(files: BundleFiles, manifest: BundleManifest) -> BundleSpec:
     if "primary" not in models:
         raise BundleError(f"{where}: models.primary is missing")
     charset = json.loads(read_verified(files, manifest, manifest.charset))
-    out = manifest.output
-    _check_output(where, out.blank, charset, manifest.confidence_threshold)
+    _check_output(where, manifest.output.blank, charset, manifest.confidence_threshold)
     if manifest.conformance is not None and manifest.conformance not in manifest.files:
         raise BundleError(f"{where}: conformance {manifest.conformance!r} not in files")
-    return BundleSpec(
-        files=files,
-        manifest=manifest,
-        preprocess=manifest.preprocess,
-        runtime=manifest.runtime,
-        charset=charset,
-        layout=out.layout,
-        blank=out.blank,
-        kind=out.kind,
-        threshold=manifest.confidence_threshold,
-        models=models,
-        batch=manifest.input.batch,
-        escalation_url=manifest.escalation.url,
-        escalation_timeout_s=manifest.escalation.timeout_s,
-        strip=manifest.scoring.strip,
-        feed=manifest.input.feed,
-        conformance=manifest.conformance,
-    )
+    return BundleSpec(files=files, manifest=manifest, charset=charset, models=models)
 
 
 def _check_output(where: str, blank: int, charset: Any, threshold: float) -> None:

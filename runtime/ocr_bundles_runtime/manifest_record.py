@@ -17,8 +17,12 @@ from .preprocess import Preprocess
 from .session import Runtime
 
 FORMAT = "ocr-ctc-bundle"
-FORMAT_VERSION = 3  # 3: input.feed (pixels | tensor) and conformance vectors
-READABLE_VERSIONS = (2, 3)  # a v2 bundle is a v3 one that feeds a tensor and has no vectors
+# 3: input.feed (pixels | tensor) and conformance vectors; 4: input.shape names the dims
+# `preprocess` fixes ("channels", "height") instead of repeating their numbers
+FORMAT_VERSION = 4
+# a v3 bundle is a v4 one with numbers in input.shape; a v2 one feeds a tensor, has no vectors
+READABLE_VERSIONS = (2, 3, 4)
+Dim = int | Literal["batch", "channels", "height", "width"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,14 @@ class FileEntry:
 class InputSpec:
     """What the model takes. tensor: [N, C, H, W] float made by `preprocess` on the host;
     pixels: decoded uint8 [H, W, C] (C 1 gray, 3 RGB, 4 RGBA straight alpha) that the graph
-    resizes, converts and normalizes as `preprocess` says."""
+    resizes, converts and normalizes as `preprocess` says. A dim named "channels" or "height"
+    is `preprocess`'s (the manifest states each number once), "width" follows the image and
+    "batch" is any size (`batch` true)."""
 
     __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012 - read by pydantic (the schema)
 
     name: str
-    shape: list[int | str]  # symbolic dims by name ("width", "height", "channels", "batch")
+    shape: list[Dim]  # tensor: ["batch" | 1, "channels", "height", "width"]
     dtype: Literal["float32", "float16", "uint8"]
     feed: Literal["tensor", "pixels"] = "tensor"
     batch: bool = False  # tensor feed only: the model reads a batch > 1 item for item

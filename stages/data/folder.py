@@ -82,8 +82,16 @@ def label_from_name(name: str) -> str:
     return Path(name).stem.split("_", 1)[0]
 
 
-def scan(source: FolderSource, where: str, normalize: Callable[[str], str], allowed: str) -> Scan:
-    """Read and check the folder; DataError for what the user must fix, skips for the rest."""
+def scan(
+    source: FolderSource,
+    where: str,
+    normalize: Callable[[str], str],
+    allowed: str,
+    spec: Preprocess,
+) -> Scan:
+    """Read and check the folder; DataError for what the user must fix, skips for the rest.
+    `spec`: the contract's preprocessing (model.input), whose decoder and pixel limit
+    the recognizer will apply to these images."""
     root = Path(source.path)
     if not root.is_dir():
         raise DataError(f"{where}.path: {root} is not a folder; point it at your labeled images")
@@ -92,7 +100,7 @@ def scan(source: FolderSource, where: str, normalize: Callable[[str], str], allo
     by_hash: dict[str, str] = {}
     label_of: dict[str, str] = {}
     for name in sorted(labels):
-        data = _read_image(root / name, name, out)
+        data = _read_image(root / name, name, spec, out)
         if data is None:
             continue
         digest = hashlib.sha256(data).hexdigest()
@@ -140,11 +148,11 @@ def _labels(root: Path, source: FolderSource, where: str) -> dict[str, str]:
     return {n: label_from_name(n) for n in images}
 
 
-def _read_image(path: Path, name: str, out: Scan) -> bytes | None:
+def _read_image(path: Path, name: str, spec: Preprocess, out: Scan) -> bytes | None:
     """The file's bytes if the runtime can decode them; else a skip with its error code."""
     try:
         data = path.read_bytes()
-        load_pixels(data, Preprocess(), name)  # the runtime's own decoder and limits
+        load_pixels(data, spec, name)  # the runtime's own decoder, the contract's limits
     except OSError as e:
         out.skipped.append({"name": name, "code": "E_INPUT", "detail": str(e.strerror)})
         return None

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from PIL import Image, ImageChops, ImageDraw
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from ocr_bundles_runtime.preprocess import Preprocess
+
 from ..atomic import atomic_dir
 from ..errors import DataError
 from ..progress import Progress
@@ -172,9 +174,12 @@ def write_folder(
     normalize: Callable[[str], str],
     out: Path,
     params_file: str = "params.yaml",
+    *,
+    spec: Preprocess,
 ) -> SourceSummary:
-    """Check, split and copy the folder `name` into `out` atomically; returns its summary."""
-    scan = folders.scan(source, f"{params_file}: data.folders.{name}", normalize, allowed)
+    """Check, split and copy the folder `name` into `out` atomically; returns its summary.
+    `spec`: the contract's preprocessing (params.yaml model.input, as contract.json holds it)."""
+    scan = folders.scan(source, f"{params_file}: data.folders.{name}", normalize, allowed, spec)
     parts = folders.split(scan.samples, source)
     with atomic_dir(out) as tmp:
         sizes = {split: write_split(tmp / split, parts[split]) for split in SPLITS}

@@ -2,7 +2,7 @@
 // the SHA-256 of every file read. Everything is validated here, before a model is loaded.
 //
 // Mirrors runtime/ocr_bundles_runtime/manifest.py (format check, `inside`, `read_verified`); the JS client
-// reads format v3 bundles whose model takes pixels (input.feed "pixels") only.
+// reads format v3 and v4 bundles whose model takes pixels (input.feed "pixels") only.
 
 import { createHash } from "node:crypto";
 import { readFileSync, realpathSync } from "node:fs";
@@ -11,7 +11,9 @@ import path from "node:path";
 import { BundleError } from "./errors.mjs";
 
 export const FORMAT = "ocr-ctc-bundle";
-export const FORMAT_VERSION = 3;
+export const FORMAT_VERSION = 4;
+// v3 differs only in writing numbers for a tensor feed's named dims, which the client refuses
+export const READABLE_VERSIONS = [3, 4];
 export const MANIFEST = "manifest.json";
 const LAYOUTS = ["TBC", "BTC"];
 const KINDS = ["logits", "probabilities"];
@@ -37,10 +39,11 @@ export function readManifest(dir) {
   if (manifest === null || typeof manifest !== "object" || Array.isArray(manifest)) {
     throw new BundleError(`${where}: not a JSON object`);
   }
-  if (manifest.format !== FORMAT || manifest.format_version !== FORMAT_VERSION) {
+  if (manifest.format !== FORMAT || !READABLE_VERSIONS.includes(manifest.format_version)) {
     throw new BundleError(
       `${where}: format ${JSON.stringify(manifest.format)} v${manifest.format_version} is not ` +
-        `${JSON.stringify(FORMAT)} v${FORMAT_VERSION}; rebuild the bundle with the current ` +
+        `${JSON.stringify(FORMAT)} v${READABLE_VERSIONS.join(" or v")}; rebuild the bundle with ` +
+        `the current ` +
         `pipeline (dvc repro bundle@<class>)`,
     );
   }
