@@ -27,7 +27,7 @@ from .errors import DataError
 from .recipe import Recipe
 from .records import SourceSummary, SourceUse, read_record
 from .registry import PassContext
-from .scoring import Scoring
+from .scoring import Scoring, hits
 
 # val images per source the readability check reads: a 1-point resolution, far finer than any
 # useful threshold, for ~3 s per source on ddddocr's model
@@ -97,11 +97,8 @@ def readability(
         texts = [
             decode(run(session, x), spec.charset, spec.layout, spec.blank).text for x, _ in items
         ]
-        hits = [
-            scoring.normalize(t) == scoring.normalize(label)
-            for t, (_, label) in zip(texts, items, strict=True)
-        ]
-        accuracy = round(float(np.mean(hits)), 4) if hits else None
+        right = hits(texts, [label for _, label in items], scoring)
+        accuracy = round(float(np.mean(right)), 4) if right else None
         used = accuracy is None or accuracy >= min_accuracy
         uses[name] = SourceUse(accuracy=accuracy, images=len(items), used=used)
     return uses

@@ -42,6 +42,15 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
+def hits(preds: Sequence[str], others: Sequence[str], scoring: Scoring) -> list[bool]:
+    """Per image: whether the normalized texts are equal (a label, or another model's text).
+    Every exact-match figure (accuracy, agreement, a pass's gate) is the mean of these."""
+    if len(preds) != len(others):
+        raise ValueError(f"{len(preds)} predictions for {len(others)} texts to compare with")
+    norm = scoring.normalize
+    return [norm(a) == norm(b) for a, b in zip(preds, others, strict=True)]
+
+
 def score(preds: Sequence[str], labels: Sequence[str], scoring: Scoring) -> dict[str, Any]:
     """Exact-match accuracy, character error rate and accuracy per label length, all on
     normalized text."""
@@ -49,7 +58,7 @@ def score(preds: Sequence[str], labels: Sequence[str], scoring: Scoring) -> dict
         raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
     p = [scoring.normalize(t) for t in preds]
     t = [scoring.normalize(x) for x in labels]
-    exact = [a == b for a, b in zip(p, t, strict=True)]
+    exact = hits(preds, labels, scoring)
     errors = sum(edit_distance(a, b) for a, b in zip(p, t, strict=True))
     by_len: dict[int, list[bool]] = defaultdict(list)
     for ok, label in zip(exact, t, strict=True):
@@ -66,10 +75,7 @@ def score(preds: Sequence[str], labels: Sequence[str], scoring: Scoring) -> dict
 
 def agreement(preds: Sequence[str], reference: Sequence[str], scoring: Scoring) -> float:
     """Share of images whose normalized prediction equals the reference model's."""
-    same = [
-        scoring.normalize(a) == scoring.normalize(b) for a, b in zip(preds, reference, strict=True)
-    ]
-    return round(_mean(same), 5)
+    return round(_mean(hits(preds, reference, scoring)), 5)
 
 
 def flips(

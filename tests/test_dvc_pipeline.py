@@ -125,8 +125,9 @@ def test_override_reruns_only_that_class(repo: Path) -> None:
         assert other not in text, f"{other} changed though only low was rebuilt:\n{text}"
 
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
-    # levers@low rebuilt its variants on the new recipe: their timings moved at least
-    assert set(diff) == {"metrics/low.json", "metrics/levers/low.json"}, sorted(diff)
+    # levers@low reran on the new build too; on the tiny model its figures (sub-0.1 ms times
+    # to 3 decimals, 4 images a set) may come out the same, so its file may or may not differ
+    assert set(diff) - {"metrics/levers/low.json"} == {"metrics/low.json"}, sorted(diff)
     keys = set(diff["metrics/low.json"])
     assert keys, "metrics/low.json has no changed metric"
     # per-channel scales change the final model's bytes and outputs; timings always move

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.scoring import Scoring, edit_distance, flips
+from stages.scoring import Scoring, edit_distance, flips, hits
 from stages.scoring import agreement as _agreement
 from stages.scoring import score as _score
 
@@ -159,3 +159,13 @@ def test_flips_count_both_ways_against_the_other_model():
     assert flips(other, other, labels, Scoring())["agreement"] == 1.0
     with pytest.raises(ValueError):
         flips(preds[:2], other, labels, Scoring())
+
+
+def test_hits_is_what_accuracy_and_agreement_average():
+    loose = Scoring(strip=True, casefold=True)
+    assert hits([" ab", "CD", "ef"], ["ab", "cd", "eg"], loose) == [True, True, False]
+    assert hits([" ab", "CD"], ["ab", "cd"], Scoring(strip=False)) == [False, False]
+    assert _score([" ab", "CD", "ef"], ["ab", "cd", "eg"], loose)["accuracy"] == round(2 / 3, 5)
+    assert _agreement([" ab", "CD", "ef"], ["ab", "cd", "eg"], loose) == round(2 / 3, 5)
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        hits(["a", "b"], ["a"], loose)

@@ -45,6 +45,7 @@ from .. import modelio
 from ..errors import PassError
 from ..records import SensitivityRow, ToleranceReport, ToleranceStep
 from ..registry import PassContext, register
+from ..scoring import hits
 from . import _ort_quant as q
 from . import quantize_dynamic as qd
 from .convert_opset import default_opset
@@ -247,10 +248,8 @@ def _predict(session, model: onnx.ModelProto, context: PassContext) -> dict[str,
 
 
 def _accuracy(texts: dict[str, list[str]], context: PassContext) -> dict[str, float]:
-    norm = context.scoring.normalize
     return {
-        name: 100.0
-        * float(np.mean([norm(t) == norm(label) for t, (_, label) in zip(ts, items, strict=True)]))
+        name: 100.0 * float(np.mean(hits(ts, [label for _, label in items], context.scoring)))
         for (name, ts), items in zip(texts.items(), context.validation.values(), strict=True)
     }
 
@@ -396,13 +395,10 @@ def _evaluate(
     session = make_session(model.SerializeToString(), context.runtime)
     texts = _predict(session, plan.work, context)
     accuracy = _accuracy(texts, context)
-    norm = context.scoring.normalize
     return {
         name: {
             "accuracy": accuracy[name],
-            "agreement": float(
-                np.mean([norm(a) == norm(b) for a, b in zip(ts, plan.ref_texts[name], strict=True)])
-            ),
+            "agreement": float(np.mean(hits(ts, plan.ref_texts[name], context.scoring))),
         }
         for name, ts in texts.items()
     }
