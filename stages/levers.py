@@ -10,7 +10,8 @@ Every row, the shipped model first, is compared with the float model the class q
 input of its first lossy pass, as built): agreement and flips both ways on every validation set
 (what decisions saw) and on every evaluation set (which no decision saw), accuracy against that
 model's, size, and the median warm time per image on this machine beside the float model's in
-the same process, with the int8 kernels the shipped .ort runs (`int8_kernels: fast`; the texts
+the same process (the first `timing_images` of the first val set), with the int8 kernels the
+shipped .ort runs (`int8_kernels: fast`; the texts
 use the recipe's kernels, as evaluate does).
 
 metrics/levers/<C>.json: records.LeverRecord, read by the report's class pages.
@@ -118,7 +119,7 @@ class Scorer:
         self.recipe, self.val, self.evals, self.scoring = recipe, val, evals, scoring
         self.rt = eval_runtime(recipe.runtime)
         self.float_path = float_path
-        self.timing = next(iter({**evals, **val}.values()))[0][:timed]
+        self.timing = next(iter(val.values()))[0][:timed]  # every class has val sets
         self.ref_val = texts(self.float_path, val, self.rt)
         self.ref_eval = texts(self.float_path, evals, self.rt)
 

@@ -152,7 +152,7 @@ class LeverParams(Strict):
         None, ge=1, description="first images of each evaluation set scored; null: all"
     )
     timing_images: int = Field(
-        200, ge=1, description="images of the first evaluation set timed per variant"
+        200, ge=1, description="images of the first validation set timed per variant"
     )
     variants: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
