@@ -133,7 +133,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     source = _named(params.data.synthetic, args.source, args.params, "data.synthetic")
     whole = params.charset == charsets.MODEL  # a dictionary no font covers: draw what they can
     summary = write_synthetic(
-        args.source, source, _allowed_chars(params, args.model), args.out, str(args.params), whole
+        args.source, source, params.site_chars(args.model), args.out, str(args.params), whole
     )
     print(f"synthetic@{args.source}: {summary.splits} -> {args.out}")
     if whole:
@@ -155,7 +155,7 @@ def cmd_folder(args: argparse.Namespace) -> int:
     # (source.probe copies them), and reading them here keeps a model file replaced in place
     # (a new contract.json, same params) from rerunning every folder scan
     contract = params.model
-    allowed = _allowed_chars(params, args.model)
+    allowed = params.site_chars(args.model)
     summary = write_folder(
         args.source,
         source,
@@ -208,7 +208,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     model = modelio.load(args.model / "model.onnx")
     context, sources = decision_context(
         model, args.data, params.data.decision_sources(), recipe,
-        _allowed_chars(params, args.model), contract.scoring, params.data.min_accuracy,
+        params.site_chars(args.model), contract.scoring, params.data.min_accuracy,
         str(args.params),
     )  # fmt: skip
     results = run_passes(model, recipe, context)
@@ -583,14 +583,6 @@ def _load_class(args: argparse.Namespace) -> tuple[Params, Contract, Recipe]:
     contract = read_contract(args.model)
     recipe = load_class(args.target, params, pipeline, args.configs, args.params, contract.input)
     return params, contract, recipe
-
-
-def _allowed_chars(params: Params, model_dir: Path) -> str:
-    """params.yaml's charset as characters; 'model' reads the model stage's dictionary."""
-    from .contract import read_model_charset
-
-    whole = params.charset == charsets.MODEL
-    return params.allowed_chars(read_model_charset(model_dir) if whole else None)
 
 
 def _load_passes() -> None:

@@ -31,10 +31,9 @@ import onnx
 
 from ocr_bundles_runtime.session import Runtime, make_session, run
 
-from . import charset as charsets
 from . import modelio
 from .build import BUILD_FILE, read_recipe, run_passes
-from .contract import read_contract, read_model_charset
+from .contract import read_contract
 from .data.dataset import read_sets
 from .decision_data import decision_context
 from .errors import PassError
@@ -210,8 +209,7 @@ def measure_levers(
         return LeverRecord(**record)
     contract = read_contract(model_dir)
     sets = EvalSets(read_sets(data, params.data.sources(), "eval"))
-    whole = params.charset == charsets.MODEL
-    allowed = params.allowed_chars(read_model_charset(model_dir) if whole else None)
+    allowed = params.site_chars(model_dir)
     context, _ = decision_context(
         modelio.load(model_dir / "model.onnx"), data, params.data.decision_sources(),
         read_recipe(build), allowed, contract.scoring, params.data.min_accuracy, params_file,

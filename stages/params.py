@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from ocr_bundles_runtime.preprocess import Preprocess
 
 from . import charset as charsets
-from .contract import ModelParams, Strict
+from .contract import ModelParams, Strict, read_model_charset
 from .data.folder import FolderSource
 from .data.sources import SyntheticSource
 from .errors import RecipeError
@@ -283,6 +283,12 @@ class Params(Strict):
     def allowed_chars(self, model_charset: list[str] | None = None) -> str:
         """The allowed characters; charset 'model' needs the model stage's dictionary."""
         return charsets.resolve(self.charset, model_charset)
+
+    def site_chars(self, model_dir: Path) -> str:
+        """The allowed characters; charset 'model' reads the model stage's dictionary from
+        `model_dir` (its charset.json)."""
+        whole = self.charset == charsets.MODEL
+        return self.allowed_chars(read_model_charset(model_dir) if whole else None)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
