@@ -32,7 +32,8 @@ build: install emulators js
 	$(BIN)/python -m stages.measure.machine --out machine.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Lint and the whole test suite.
+# Lint and the whole test suite, one pytest worker per logical CPU (tests/conftest.py says
+# how files are handed out).
 test: install emulators js
 	$(BIN)/ruff check stages tests
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n logical --dist loadfile

@@ -149,8 +149,14 @@ def evaluate_build(
     record = read_record(build / BUILD_FILE, BuildRecord)
     before = ("reference", ref_preds)  # each stage's input: the previous stage's texts
     float_model = None  # the input of the first lossy pass: what the class quantizes
+    previous = None  # the previous stage's bytes: a pass that changed nothing reads the same
     for st in record.stages:
-        preds = sets.predict(build / st.file, preprocess, rt, f"evaluate@{target} {st.stem}")
+        data = (build / st.file).read_bytes()
+        if data != previous:
+            preds = sets.predict(build / st.file, preprocess, rt, f"evaluate@{target} {st.stem}")
+        else:
+            print(f"evaluate@{target} {st.stem}: the previous stage's bytes, its texts", flush=True)
+        previous = data
         if float_model is None and not st.exact:
             float_model = before
         variants[st.stem] = VariantEval(

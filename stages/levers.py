@@ -50,10 +50,9 @@ Sets = dict[str, tuple[list[np.ndarray], list[str]]]  # per set: tensors, labels
 WARMUP = 10
 
 
-def float_stage(build: Path, source: Path) -> Path:
+def float_stage(record: BuildRecord, build: Path, source: Path) -> Path:
     """The float model the class quantizes: the input of its first lossy pass (the source
     model when that pass is the first), or the final model when no pass is lossy."""
-    record = read_record(build / BUILD_FILE, BuildRecord)
     for i, st in enumerate(record.stages):
         if not st.exact:
             return build / record.stages[i - 1].file if i else source
@@ -169,11 +168,12 @@ def measure_class(
     `source`), scored against the class's float model on its decision sets and on the
     evaluation sets."""
     recipe = read_recipe(build)
-    scorer = Scorer(
-        float_stage(build, source / "model.onnx"), recipe, decision_sets(context),
-        evaluation_sets(sets, recipe, eval_images), scoring, timing_images,
-    )  # fmt: skip
     build_record = read_record(build / BUILD_FILE, BuildRecord)
+    scorer = Scorer(
+        float_stage(build_record, build, source / "model.onnx"), recipe,
+        decision_sets(context), evaluation_sets(sets, recipe, eval_images), scoring,
+        timing_images,
+    )  # fmt: skip
     shipped_kept = float_nodes({k: v for st in build_record.stages for k, v in st.report.items()})
     print(f"levers@{target}: shipped", flush=True)
     rows = [scorer.row("shipped", {}, onnx.load(build / "model.onnx"), shipped_kept)]

@@ -129,3 +129,30 @@ def test_stale_reference_texts_are_refused_with_the_file(tmp_path):
     )
     with pytest.raises(DataError, match="other evaluation images"):
         evaluate.reference_texts(path, fewer, spec)
+
+
+def test_a_stage_with_its_inputs_bytes_is_not_read_again(tmp_path, monkeypatch):
+    """lift_constants does nothing to the tiny model (its weights are initializers): same bytes
+    as stage 01, so its texts are stage 01's without a second read, and its scores equal."""
+    builders.write_source(tmp_path)
+    builders.write_data(tmp_path)
+    passes = [{"fix_output_shape": {}}, {"lift_constants": {}}, {"quantize_dynamic": {}}]
+    build = builders.build_class(tmp_path, "tiny", passes)
+    stages = build / "stages"
+    same = (stages / "01-fix_output_shape.onnx").read_bytes()
+    assert (stages / "02-lift_constants.onnx").read_bytes() == same
+    read: list[str] = []
+    predict = evaluate.EvalSets.predict
+
+    def counting(self, model, spec, rt, label):
+        read.append(model.name)
+        return predict(self, model, spec, rt, label)
+
+    monkeypatch.setattr(evaluate.EvalSets, "predict", counting)
+    record = read_record(builders.evaluate_class(tmp_path, "tiny"), EvalRecord)
+    assert "02-lift_constants.onnx" not in read
+    assert "01-fix_output_shape.onnx" in read and "03-quantize_dynamic.onnx" in read
+    first, second = record.variants["01-fix_output_shape"], record.variants["02-lift_constants"]
+    for s, r in second.sets.items():
+        assert r.model_dump(exclude={"change"}) == first.sets[s].model_dump(exclude={"change"})
+        assert r.change.against == "01-fix_output_shape" and r.change.agreement == 1.0

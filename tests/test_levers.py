@@ -13,7 +13,7 @@ from stages.errors import RecipeError
 from stages.evaluate import EvalSets
 from stages.levers import compare, float_stage, measure_class
 from stages.recipe import patched
-from stages.records import LeverRecord, LeverSet, read_record, write_record
+from stages.records import BuildRecord, LeverRecord, LeverSet, read_record, write_record
 from stages.report.levers import levers_section
 from stages.scoring import Scoring
 
@@ -57,7 +57,9 @@ def test_compare_counts_agreement_flips_and_the_accuracy_change():
 
 def test_the_float_model_is_the_input_of_the_first_lossy_pass(project: Path):
     build = project / "build" / "low" / "model"
-    assert float_stage(build, Path("src.onnx")) == build / "stages" / "01-fix_output_shape.onnx"
+    record = read_record(build / "build.json", BuildRecord)
+    got = float_stage(record, build, Path("src.onnx"))
+    assert got == build / "stages" / "01-fix_output_shape.onnx"
 
 
 def test_shipped_row_then_variants_each_built_and_scored(project: Path):
