@@ -9,10 +9,10 @@ gate cannot be met keeps the pass's message, which names the best numbers it fou
 Every row, the shipped model first, is compared with the float model the class quantizes (the
 input of its first lossy pass, as built): agreement and flips both ways on every validation set
 (what decisions saw) and on every evaluation set (which no decision saw), accuracy against that
-model's, size, and the median warm time per image on this machine beside the float model's in
-the same process (the first `timing_images` of the first val set), with the int8 kernels the
-shipped .ort runs (`int8_kernels: fast`; the texts
-use the recipe's kernels, as evaluate does).
+model's, size, and the median warm time per image on this machine beside the float model's:
+every model in the same process, in `timing_rounds` interleaved rounds over the first
+`timing_images` of the first val set, with the int8 kernels the shipped .ort runs
+(`int8_kernels: fast`; the texts use the recipe's kernels, as evaluate does).
 
 metrics/levers/<C>.json: records.LeverRecord, read by the report's class pages.
 """
@@ -48,6 +48,7 @@ from .scoring import Scoring, flips, score
 Texts = dict[str, list[str]]
 Sets = dict[str, tuple[list[np.ndarray], list[str]]]  # per set: tensors, labels
 WARMUP = 10
+FLOAT = "\0float"  # the float model's key among the timed ones: no variant name can equal it
 
 
 def float_stage(record: BuildRecord, build: Path, source: Path) -> Path:
@@ -87,18 +88,28 @@ def compare(preds: Texts, ref: Texts, sets: Sets, scoring: Scoring) -> dict[str,
     return out
 
 
-def warm_ms(model: bytes, xs: list[np.ndarray], rt: Runtime) -> float:
-    """Median milliseconds per image after WARMUP runs, with the kernels a bundle's .ort runs
-    (the exact-kernel rewrite applies only when an .onnx loads)."""
-    session = make_session(model, dataclasses.replace(rt, int8_kernels="fast"))
-    for x in xs[:WARMUP]:
-        run(session, x)
-    times = []
-    for x in xs:
-        t0 = time.perf_counter()
-        run(session, x)
-        times.append(1000 * (time.perf_counter() - t0))
-    return round(statistics.median(times), 3)
+def interleaved_ms(
+    models: dict[str, bytes], xs: list[np.ndarray], rt: Runtime, rounds: int
+) -> dict[str, float]:
+    """Median milliseconds per image of every model, timed in `rounds` interleaved rounds (each
+    round times every model on every image of `xs`, in an order rotated per round), after
+    WARMUP runs each, with the int8 kernels a bundle's .ort runs (the exact-kernel rewrite
+    applies only when an .onnx loads). Models that are timed one after the other are not
+    comparable on a shared machine: a slow moment falls on one of them only."""
+    fast = dataclasses.replace(rt, int8_kernels="fast")
+    sessions = {name: make_session(data, fast) for name, data in models.items()}
+    for session in sessions.values():
+        for x in xs[:WARMUP]:
+            run(session, x)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    names = list(sessions)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            for x in xs:
+                t0 = time.perf_counter()
+                run(sessions[name], x)
+                times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: round(statistics.median(ts), 3) for name, ts in times.items()}
 
 
 def float_nodes(report: dict[str, Any]) -> list[str]:
@@ -108,31 +119,26 @@ def float_nodes(report: dict[str, Any]) -> list[str]:
 
 
 class Scorer:
-    """One class's float reference and sets; rows built and scored against them."""
+    """One class's float reference and sets; rows built and scored against them, then every
+    model timed together (`timed`)."""
 
     def __init__(
         self, float_path: Path, recipe: Recipe, val: Sets, evals: Sets, scoring: Scoring,
-        timed: int,
+        timing_images: int,
     ) -> None:  # fmt: skip
         self.recipe, self.val, self.evals, self.scoring = recipe, val, evals, scoring
         self.rt = eval_runtime(recipe.runtime)
         self.float_path = float_path
-        self.timing = next(iter(val.values()))[0][:timed]  # every class has val sets
+        self.timing = next(iter(val.values()))[0][:timing_images]  # every class has val sets
         self.ref_val = texts(self.float_path, val, self.rt)
         self.ref_eval = texts(self.float_path, evals, self.rt)
-
-    def header(self, rows: list[LeverRow]) -> dict[str, Any]:
-        return dict(
-            float_model=self.float_path.name,
-            float_size_mb=size_mb(self.float_path.read_bytes()),
-            float_warm_ms=warm_ms(self.float_path.read_bytes(), self.timing, self.recipe.runtime),
-            rows=rows,
-        )
+        self.models: dict[str, bytes] = {}  # each built row's model, timed at the end
 
     def row(
         self, name: str, patch: dict[str, Any], model: onnx.ModelProto, kept: list[str]
     ) -> LeverRow:
         data = model.SerializeToString()
+        self.models[name] = data
         with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
             path = Path(tmp) / "model.onnx"
             path.write_bytes(data)
@@ -141,10 +147,23 @@ class Scorer:
             name=name,
             patch=patch,
             size_mb=size_mb(data),
-            warm_ms=warm_ms(data, self.timing, self.recipe.runtime),
             float_nodes=kept,
             val=compare(val, self.ref_val, self.val, self.scoring),
             eval=compare(evals, self.ref_eval, self.evals, self.scoring),
+        )
+
+    def timed(self, rows: list[LeverRow], rounds: int) -> dict[str, Any]:
+        """The record's fields: every built row's warm ms and the float model's, measured in
+        the same interleaved rounds."""
+        float_data = self.float_path.read_bytes()
+        ms = interleaved_ms(
+            {FLOAT: float_data, **self.models}, self.timing, self.recipe.runtime, rounds
+        )
+        return dict(
+            float_model=self.float_path.name,
+            float_size_mb=size_mb(float_data),
+            float_warm_ms=ms[FLOAT],
+            rows=[r.model_copy(update={"warm_ms": ms.get(r.name)}) for r in rows],
         )
 
 
@@ -162,6 +181,7 @@ def measure_class(
     scoring: Scoring,
     eval_images: int | None,
     timing_images: int,
+    timing_rounds: int = 1,
     params_file: str = "params.yaml",
 ) -> dict[str, Any]:
     """The shipped model and every variant of `variants` (built from the model stage's folder
@@ -189,7 +209,9 @@ def measure_class(
             continue
         kept = float_nodes({k: v for r in results for k, v in r.report.items()})
         rows.append(scorer.row(name, patch, results[-1].model, kept))
-    return scorer.header(rows)
+    print(f"levers@{target}: timing {len(scorer.models) + 1} models, {timing_rounds} rounds",
+          flush=True)  # fmt: skip
+    return scorer.timed(rows, timing_rounds)
 
 
 def measure_levers(
@@ -203,6 +225,7 @@ def measure_levers(
         "machine": machine_info(),
         "eval_images": lev.eval_images,
         "timing_images": lev.timing_images,
+        "timing_rounds": lev.timing_rounds,
     }
     variants = lev.variants.get(target)
     if not variants:
@@ -216,6 +239,6 @@ def measure_levers(
     )  # fmt: skip
     measured = measure_class(
         target, model_dir, build, context, sets, variants, contract.scoring,
-        lev.eval_images, lev.timing_images, params_file,
+        lev.eval_images, lev.timing_images, lev.timing_rounds, params_file,
     )  # fmt: skip
     return LeverRecord(**record, **measured)

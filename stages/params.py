@@ -154,11 +154,28 @@ class LeverParams(Strict):
     timing_images: int = Field(
         200, ge=1, description="images of the first validation set timed per variant"
     )
+    timing_rounds: int = Field(
+        3,
+        ge=1,
+        description="interleaved rounds: each times every model (the float one too) on those "
+        "images, in an order rotated per round, so a slow moment of the machine is shared",
+    )
     variants: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description="per class, named patches of its pass options (as in overrides.<class>."
         "passes): each is built with the class's decision data and scored",
     )
+
+    @field_validator("variants")
+    @classmethod
+    def _not_shipped(cls, v: dict[str, dict[str, dict[str, Any]]]) -> dict:
+        for target, named in v.items():
+            if "shipped" in named:
+                raise ValueError(
+                    f"levers.variants.{target}.shipped: 'shipped' names the class's own model "
+                    "in the levers table; call the variant something else"
+                )
+        return v
 
 
 class PreprocessBench(Strict):

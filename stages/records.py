@@ -529,6 +529,7 @@ class LeverRecord(Record):
     machine: dict[str, Any]  # measure.machine.machine_info(): whose kernels timed the rows
     eval_images: int | None  # first images per evaluation set (None: all)
     timing_images: int
+    timing_rounds: int = 1  # interleaved rounds every model was timed in
     float_model: str | None = None  # the build's file every row is compared with
     float_size_mb: float | None = None
     float_warm_ms: float | None = None

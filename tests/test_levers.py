@@ -8,10 +8,12 @@ from pathlib import Path
 import builders
 import pytest
 
+import stages.levers as levers
 from stages.data.dataset import read_sets
 from stages.errors import RecipeError
 from stages.evaluate import EvalSets
-from stages.levers import compare, float_stage, measure_class
+from stages.levers import compare, float_stage, interleaved_ms, measure_class
+from stages.params import LeverParams
 from stages.recipe import patched
 from stages.records import BuildRecord, LeverRecord, LeverSet, read_record, write_record
 from stages.report.levers import levers_section
@@ -39,10 +41,10 @@ def measure(root: Path, variants: dict, eval_images: int | None = None) -> Lever
     fields = measure_class(
         "low", root / "models" / "source", build, builders.context(root, rec),
         EvalSets(read_sets(root / "data", ["clean", "hard"], "eval")), variants, Scoring(),
-        eval_images, 4,
+        eval_images, 4, 2,
     )  # fmt: skip
     return LeverRecord(target="low", machine={"cpu": "test", "isa": []}, eval_images=eval_images,
-                       timing_images=4, **fields)  # fmt: skip
+                       timing_images=4, timing_rounds=2, **fields)  # fmt: skip
 
 
 def test_compare_counts_agreement_flips_and_the_accuracy_change():
@@ -133,3 +135,34 @@ def test_report_section_shows_every_row_and_the_refused_ones(project: Path):
     assert "`gate` refused: no variant met it" in text
     assert "val clean" in text and "hard (eval)" in text and "01-fix_output_shape.onnx" in text
     assert levers_section(None) == [] and levers_section(lev.model_copy(update={"rows": []})) == []
+
+
+def test_every_model_is_timed_in_interleaved_rotated_rounds(project: Path, monkeypatch):
+    """Each round times every model on every image, starting one model later than the round
+    before, so no model is timed only in one slow moment of the machine."""
+    model = (project / "build" / "low" / "model" / "model.onnx").read_bytes()
+    calls: list[str] = []
+    real = levers.run
+    monkeypatch.setattr(levers, "run", lambda s, x: calls.append(s.name) or real(s, x))
+    sessions = levers.make_session
+
+    def named(data, rt):
+        session = sessions(data, rt)
+        session.name = names[len(made)]
+        made.append(session.name)
+        return session
+
+    names, made = ["a", "b", "c"], []
+    monkeypatch.setattr(levers, "make_session", named)
+    xs = builders.context(project, builders.recipe(PASSES)).calibration[:2]
+    ms = interleaved_ms(dict.fromkeys(names, model), xs, builders.recipe(PASSES).runtime, 3)
+    assert set(ms) == set(names) and all(v > 0 for v in ms.values())
+    timed = calls[3 * min(levers.WARMUP, len(xs)) :]  # after each model's warm-up runs
+    firsts = [timed[i * 3 * len(xs)] for i in range(3)]  # the first model of each round
+    assert firsts == ["a", "b", "c"]
+    assert len(timed) == 3 * 3 * len(xs)
+
+
+def test_a_variant_may_not_be_called_shipped():
+    with pytest.raises(ValueError, match="shipped"):
+        LeverParams(variants={"low": {"shipped": {"quantize_dynamic": {}}}})

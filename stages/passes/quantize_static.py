@@ -23,6 +23,9 @@ opset-12 model (ddddocr's) it is refused before calibrating, naming convert_opse
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -145,10 +148,11 @@ def quantize_static(
     samples = _calibration(context, options)
     reader = _Reader(_input_name(work), samples)
     args = _ort_arguments(options, reader)
+    digest = _digest(samples)
     out = q.run_quantizer(
         NAME,
         work,
-        lambda src, dst: _quantize(src, dst, args, _calibrator_options(options)),
+        lambda src, dst: _quantize(src, dst, args, _calibrator_options(options), digest),
         fix=_failure_advice(options, samples),
     )
     if not q.quantized_ops(out):
@@ -204,13 +208,55 @@ def _calibrator_options(options: QuantizeStaticOptions) -> dict[str, Any]:
     return out
 
 
-def _quantize(src: str, dst: str, args: dict[str, Any], calibrator: dict[str, Any]) -> None:
-    """quantize_static from snapped activation ranges: calibrate, round the ranges outward
-    (`snap`), write them as onnxruntime's calibration cache, quantize from the cache alone.
+# Calibration is most of a static quantization's time, and its ranges depend on the float
+# model, the op types, the calibrator and the images only: onnxruntime's calibrator records
+# every op_types node, whatever nodes_to_exclude says. So a pass quantizing one model many
+# times (quantize_to_tolerance ranking its nodes) calibrates it once: the snapped ranges of
+# the last few calibrations are kept, as the cache text onnxruntime reads.
+_RANGES: OrderedDict[str, str] = OrderedDict()
+_RANGES_KEPT = 4
+
+
+def _digest(samples: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for x in samples:
+        h.update(f"{x.dtype}{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def _ranges_key(src: str, args: dict[str, Any], calibrator: dict[str, Any], images: str) -> str:
+    what = [sorted(args["op_types_to_quantize"]), str(args["calibrate_method"]), calibrator, images]
+    h = hashlib.sha256(Path(src).read_bytes())
+    h.update(json.dumps(what, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _quantize(
+    src: str, dst: str, args: dict[str, Any], calibrator: dict[str, Any], images: str
+) -> None:
+    """quantize_static from snapped activation ranges: calibrate (or reuse the ranges of the
+    same calibration), round the ranges outward (`snap`), write them as onnxruntime's
+    calibration cache, quantize from the cache alone.
 
     The ranges come from float runs on the build machine's kernels; unsnapped, AVX2 and
     AVX-512 builds would write scales differing in the last bits."""
-    work = Path(dst).parent
+    cache = Path(dst).parent / "ranges.json"
+    key = _ranges_key(src, args, calibrator, images)
+    if key not in _RANGES:
+        _calibrate(src, cache, args, calibrator)
+        _RANGES[key] = cache.read_text()
+        while len(_RANGES) > _RANGES_KEPT:
+            _RANGES.popitem(last=False)
+    else:
+        cache.write_text(_RANGES[key])
+    again = {**args, "calibration_data_reader": None}
+    ort_quant.quantize_static(src, dst, calibration_cache_path=cache, **again)
+
+
+def _calibrate(src: str, cache: Path, args: dict[str, Any], calibrator: dict[str, Any]) -> None:
+    """Run onnxruntime's calibrator and write its snapped ranges to `cache`."""
+    work = cache.parent
     cal = create_calibrator(
         Path(src),
         args["op_types_to_quantize"],
@@ -224,10 +270,7 @@ def _quantize(src: str, dst: str, args: dict[str, Any], calibrator: dict[str, An
     for data in ranges.data.values():
         data.lowest = snap(data.lowest, outward_up=False)
         data.highest = snap(data.highest, outward_up=True)
-    cache = work / "ranges.json"
     save_tensors_data(ranges, cache)
-    again = {**args, "calibration_data_reader": None}
-    ort_quant.quantize_static(src, dst, calibration_cache_path=cache, **again)
 
 
 class _Reader(ort_quant.CalibrationDataReader):

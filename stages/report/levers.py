@@ -60,7 +60,8 @@ def levers_section(lev: LeverRecord | None) -> list[str]:
         "read right and the variant wrong / the other way round). `val` sets are what the "
         f"build decides on; the evaluation sets ({images} images of each) no decision saw. "
         f"Timed on {isa_words(lev.machine)}, one thread, with the int8 kernels a bundle's .ort "
-        "runs; a time is this machine's only."
+        f"runs: the median over {lev.timing_rounds} interleaved round(s) of every model on the "
+        f"same {lev.timing_images} images; a time is this machine's only."
     )
     patches = [f"- `{r.name}`: `{r.patch}`" for r in lev.rows if r.patch]
     refused = [f"- `{r.name}` refused: {r.error}" for r in lev.rows if r.error]

@@ -306,3 +306,32 @@ def test_histogram_methods_clip_a_rare_outlier_that_minmax_keeps(options):
     other = _input_scale(quantize_static(model, QuantizeStaticOptions(**options), ctx))
     assert minmax == pytest.approx(40.0 / 255, rel=0.02)
     assert other < minmax / 4
+
+
+def test_one_calibration_serves_every_nodes_to_exclude(monkeypatch):
+    """Ranges depend on the model, op types, calibrator and images, never on nodes_to_exclude:
+    the same model quantized again with a node kept float reuses them (quantize_to_tolerance's
+    ranking does this once per node), with the bytes a fresh calibration gives."""
+    import stages.passes.quantize_static as qs
+
+    monkeypatch.setattr(qs, "_RANGES", qs.OrderedDict())
+    calls: list[int] = []
+    real = qs.create_calibrator
+    monkeypatch.setattr(qs, "create_calibrator", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny.tiny_ctc()
+    opts = {"op_types": ["Conv", "Gemm"], "calibrate_method": "percentile", "percentile": 99.0}
+    both = quantize_static(model, QuantizeStaticOptions(**opts), CTX)
+    keep_head = QuantizeStaticOptions(**opts, nodes_to_exclude=["head"])
+    conv_only = quantize_static(model, keep_head, CTX)
+    assert len(calls) == 1
+    assert tiny.op_counts(conv_only)["QuantizeLinear"] < tiny.op_counts(both)["QuantizeLinear"]
+    qs._RANGES.clear()
+    assert quantize_static(model, keep_head, CTX).SerializeToString() == (
+        conv_only.SerializeToString()
+    )
+    assert len(calls) == 2
+    # other images, another calibrator setting or another model: calibrated again
+    quantize_static(model, keep_head, registry.PassContext(calibration=tiny.inputs(8)[:5]))
+    quantize_static(model, QuantizeStaticOptions(**{**opts, "percentile": 99.9}), CTX)
+    quantize_static(tiny.tiny_ctc(seed=1), QuantizeStaticOptions(**opts), CTX)
+    assert len(calls) == 5
