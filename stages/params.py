@@ -79,10 +79,10 @@ SOURCE_ONLY: dict[str, tuple[str, str]] = {"stock_default": ("ddddocr", "ddddocr
 
 class BenchParams(Strict):
     repeats: int = Field(5, ge=1, description="interleaved rounds; figures are medians")
-    warm_images: int = Field(100, ge=1, description="images timed per round after warm-up")
+    warm_images: int = Field(50, ge=1, description="images timed per round after warm-up")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
     long_session: int = Field(
-        5000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
+        2000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
     )
     long_session_scope: Literal["shipped", "all"] = Field(
         "shipped",

@@ -295,6 +295,7 @@ class VariantMetrics(Record):
     ships_mb: float | None = None  # bundles: what an app ships, manifest included
     optional_mb: float | None = None  # bundles: what it may leave out (the fallback)
     skipped: str | None = None
+    timed_with: str | None = None  # same kind, model bytes and settings: that variant's runs
     cold_start_ms: float | None = None
     import_ms: float | None = None  # runtime libraries (and ddddocr for stock)
     session_ms: float | None = None  # building the recognizer: sessions, charset

@@ -218,6 +218,38 @@ def test_the_committed_metrics_were_measured_on_the_committed_machine() -> None:
         assert record["machine"] == facts, name
 
 
+def test_variants_that_repeat_a_worker_are_timed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that changed no byte, or final beside the last stage, repeats an earlier
+    variant's worker: it is not spawned, and it gets that variant's runs."""
+    a, b, c = (tmp_path / n for n in ("a.onnx", "b.onnx", "c.onnx"))
+    a.write_bytes(b"same")
+    b.write_bytes(b"same")
+    c.write_bytes(b"other")
+    spec = {"preprocess": {"interpolation": "lanczos"}, "runtime": {"intra_op_threads": 1}}
+    variants = [
+        Variant("01-a", "onnx", 1.0, {"model": str(a), **spec}),
+        Variant("02-b", "onnx", 1.0, {"model": str(b), **spec}),
+        Variant("03-c", "onnx", 1.0, {"model": str(c), **spec}),
+        Variant("final", "onnx", 1.0, {"model": str(c), **spec}),
+        # same bytes, other settings: a worker of its own
+        Variant("mem:x", "onnx", 1.0, {"model": str(c), **spec, "runtime": {"arena": False}}),
+        Variant("stock", "stock", 1.0, {"stock": "beta"}),
+    ]
+    alias = spawn.same_worker(variants)
+    assert alias == {"02-b": "01-a", "final": "03-c"}
+    spawned: list[str] = []
+    monkeypatch.setattr(
+        spawn, "spawn", lambda s: spawned.append(s["variant"]) or {"v": s["variant"]}
+    )
+    runs = spawn.measure(variants, [], BenchParams(repeats=2), [0], "test", alias)
+    assert sorted(set(spawned)) == ["01-a", "03-c", "mem:x", "stock"]
+    assert len(spawned) == 8
+    assert runs["02-b"] == runs["01-a"] == [{"v": "01-a"}] * 2
+    assert runs["final"] == [{"v": "03-c"}] * 2
+
+
 def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
     assert spawn.run_order(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
 

@@ -33,7 +33,7 @@ from . import floor as floors
 from .accuracy import accuracy_table, bundle_accuracy
 from .machine import machine_info, pinned_cores
 from .metrics import attributable, check_budgets, ratio_spread, ratios, round_stats, summarize
-from .spawn import long_sessions, measure
+from .spawn import long_sessions, measure, same_worker
 from .variants import (
     BenchInputs,
     Variant,
@@ -58,11 +58,14 @@ def variant_record(
     acc: dict[str, SetAccuracy] | None,
     labels: list[str],
     scoring: Scoring,
+    timed_with: str | None = None,
 ) -> VariantMetrics:
     """Size, accuracy, median timings and memory growth of one variant (or why skipped);
     the timed texts are compared with their labels as every accuracy is (the contract's
-    scoring)."""
-    rec = VariantMetrics(kind=v.kind, size_mb=v.size_mb, floor=v.floor, **v.record)
+    scoring). `timed_with`: the variant whose runs these are (same worker, timed once)."""
+    rec = VariantMetrics(
+        kind=v.kind, size_mb=v.size_mb, floor=v.floor, timed_with=timed_with, **v.record
+    )
     if v.skipped:
         return rec.model_copy(update={"skipped": v.skipped})
     stats = summarize([round_stats(r) for r in runs])
@@ -195,7 +198,8 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         kinds = {v.kind for v in variants}
         variants += floor_variants(inputs, recipe, contract, kinds, Path(tmp))
-        runs = measure(variants, images, params, cores, label)
+        alias = same_worker([v for v in variants if v.skipped is None])
+        runs = measure(variants, images, params, cores, label, alias)
         long = long_sessions(variants, images, params, recipe.runtime.intra_op_threads, label)
     records = with_attributable(
         {
@@ -206,6 +210,7 @@ def run_bench(
                 acc.get(v.name),
                 labels,
                 contract.scoring,
+                alias.get(v.name),
             )
             for v in variants
         }

@@ -8,6 +8,7 @@ runs measure memory, not time, so they run side by side on disjoint cores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -107,11 +108,36 @@ def _failure(spec: dict[str, Any], what: str, errf: Any) -> str:
     return f"bench worker for variant '{spec['variant']}' failed ({what}); stderr tail:\n{tail}"
 
 
+def same_worker(variants: Sequence[Variant]) -> dict[str, str]:
+    """variant -> the earlier variant whose worker it would repeat (same kind, same model bytes,
+    same settings): a stage that changed nothing, or final beside the last stage, is timed once
+    and reported with the first one's runs."""
+    first: dict[str, str] = {}
+    alias: dict[str, str] = {}
+    for v in variants:
+        spec = dict(v.worker)
+        if "model" in spec:
+            spec["model"] = hashlib.md5(Path(spec["model"]).read_bytes()).hexdigest()
+        key = json.dumps([v.kind, spec], sort_keys=True)
+        if key in first:
+            alias[v.name] = first[key]
+        else:
+            first[key] = v.name
+    return alias
+
+
 def measure(
-    variants: list[Variant], images: list[Path], params: BenchParams, cores: list[int], label: str
+    variants: list[Variant],
+    images: list[Path],
+    params: BenchParams,
+    cores: list[int],
+    label: str,
+    alias: dict[str, str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """All timing rounds, interleaved; each variant's worker results in round order."""
-    live = [v for v in variants if v.skipped is None]
+    """All timing rounds, interleaved; each variant's worker results in round order. A variant
+    in `alias` is not run: it gets the runs of the variant it repeats."""
+    alias = alias or {}
+    live = [v for v in variants if v.skipped is None and v.name not in alias]
     by_name = {v.name: v for v in live}
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in live}
     order = run_order([v.name for v in live], params.repeats)
@@ -120,7 +146,7 @@ def measure(
         runs[name].append(spawn(worker_spec(by_name[name], images, params, cores, 0)))
         bar.step()
     bar.close()
-    return runs
+    return runs | {dup: runs[src] for dup, src in alias.items() if src in runs}
 
 
 def core_slots(threads: int, available: Sequence[int] | None = None) -> list[list[int]]:

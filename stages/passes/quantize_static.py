@@ -148,7 +148,7 @@ def quantize_static(
     samples = _calibration(context, options)
     reader = _Reader(_input_name(work), samples)
     args = _ort_arguments(options, reader)
-    digest = _digest(samples)
+    digest = samples_digest(samples)
     out = q.run_quantizer(
         NAME,
         work,
@@ -217,7 +217,7 @@ _RANGES: OrderedDict[str, str] = OrderedDict()
 _RANGES_KEPT = 4
 
 
-def _digest(samples: list[np.ndarray]) -> str:
+def samples_digest(samples: list[np.ndarray]) -> str:
     h = hashlib.sha256()
     for x in samples:
         h.update(f"{x.dtype}{x.shape}".encode())

@@ -29,7 +29,9 @@ Notes:
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Self
 
@@ -54,6 +56,7 @@ from .quantize_static import (
     CalibrateMethod,
     QuantizeStaticOptions,
     quantize_static,
+    samples_digest,
 )
 
 NAME = "quantize_to_tolerance"
@@ -218,16 +221,44 @@ def _prepare(
     if not candidates and not dynamic_nodes:
         wanted = [*options.static_op_types, *options.dynamic_op_types]
         raise PassError(NAME, q.no_match_message(work, wanted))
-    session = make_session(model.SerializeToString(), context.runtime)
-    ref_texts = _predict(session, model, context)
+    ref_texts, ref_outputs = _reference(model, options, context)
     return _Plan(
         work=work,
         candidates=candidates,
         dynamic_nodes=dynamic_nodes,
-        ref_outputs=[run(session, x) for x in _probe(context, options)],
+        ref_outputs=ref_outputs,
         ref_texts=ref_texts,
         ref_accuracy=_accuracy(ref_texts, context),
     )
+
+
+# The float model's texts on the validation sets and its outputs on the probe images depend on
+# its bytes, the session settings and those images only: the levers stage, which quantizes the
+# same float model once per variant, runs it once (the last few are kept).
+_REFERENCE: OrderedDict[str, tuple[dict[str, list[str]], list[np.ndarray]]] = OrderedDict()
+_REFERENCE_KEPT = 2
+
+
+def _reference(
+    model: onnx.ModelProto, options: QuantizeToToleranceOptions, context: PassContext
+) -> tuple[dict[str, list[str]], list[np.ndarray]]:
+    data = model.SerializeToString()
+    probe = _probe(context, options)
+    h = hashlib.sha256(data)
+    h.update(repr(context.runtime).encode())
+    for name, items in context.validation.items():
+        h.update(name.encode())
+        h.update(samples_digest([np.asarray(x, np.float32) for x, _ in items]).encode())
+    h.update(samples_digest(probe).encode())
+    key = h.hexdigest()
+    if key not in _REFERENCE:
+        session = make_session(data, context.runtime)
+        outputs = [run(session, x) for x in probe]
+        _REFERENCE[key] = (_predict(session, model, context), outputs)
+        while len(_REFERENCE) > _REFERENCE_KEPT:
+            _REFERENCE.popitem(last=False)
+    texts, outputs = _REFERENCE[key]
+    return {k: list(v) for k, v in texts.items()}, [o.copy() for o in outputs]
 
 
 def _probe(context: PassContext, options: QuantizeToToleranceOptions) -> list[np.ndarray]:

@@ -29,9 +29,12 @@ def variants_table(m: BenchRecord) -> str:
             rows.append([f"{name} (skipped: {v.skipped})", fmt(v.size_mb, 2), *[DASH] * 7])
             continue
         parts = f"({fmt(v.import_ms, 0)} / {fmt(v.session_ms, 0)} / {fmt(v.first_ms, 0)})"
+        label = f"**{name}**" if name in ("final", "bundle") else name
+        if v.timed_with:
+            label += f" (same bytes as {v.timed_with}: its timings)"
         rows.append(
             [
-                f"**{name}**" if name in ("final", "bundle") else name,
+                label,
                 fmt(v.ships_mb if v.ships_mb is not None else v.size_mb, 2),
                 f"{fmt(v.cold_start_ms, 0)} {parts}",
                 f"{fmt(v.warm_p50_ms, 2)} ({fmt(v.warm_p95_ms, 2)})",

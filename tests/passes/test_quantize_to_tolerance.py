@@ -147,6 +147,31 @@ def test_nodes_are_ranked_only_when_the_fully_quantized_model_fails(monkeypatch)
     assert len(evaluated) == 3
 
 
+def test_the_float_reference_is_run_once_per_model_and_images(monkeypatch):
+    """The levers stage quantizes one float model once per variant: its texts and probe outputs
+    are computed once, and every quantization equals the one a fresh process makes."""
+    monkeypatch.setattr(qtt, "_REFERENCE", qtt.OrderedDict())
+    model, other = tiny.tiny_ctc(), tiny.tiny_ctc(seed=1)
+    floats = {model.SerializeToString(), other.SerializeToString()}
+    calls: list[int] = []
+    make = qtt.make_session
+    monkeypatch.setattr(
+        qtt, "make_session", lambda data, rt: (data in floats and calls.append(1)) or make(data, rt)
+    )
+    ctx = context(model)
+    first = quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), ctx)
+    per_tensor = QuantizeToToleranceOptions(**LOOSE, static_per_channel=False)
+    quantize_to_tolerance(model, per_tensor, ctx)
+    assert len(calls) == 1
+    qtt._REFERENCE.clear()
+    again = quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), ctx)
+    assert again.SerializeToString() == first.SerializeToString() and len(calls) == 2
+    # other validation images or another model: run again
+    quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), context(model, n_val=12))
+    quantize_to_tolerance(other, QuantizeToToleranceOptions(**LOOSE), context(other))
+    assert len(calls) == 4
+
+
 def test_report_round_trips_through_its_record():
     model = tiny.tiny_ctc()
     out = quantize_to_tolerance(model, QuantizeToToleranceOptions(**LOOSE), context(model))
