@@ -78,7 +78,7 @@ SOURCE_ONLY: dict[str, tuple[str, str]] = {"stock_default": ("ddddocr", "ddddocr
 
 
 class BenchParams(Strict):
-    repeats: int = Field(5, ge=1, description="interleaved rounds; figures are medians")
+    repeats: int = Field(4, ge=1, description="interleaved rounds; figures are medians")
     warm_images: int = Field(50, ge=1, description="images timed per round after warm-up")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
     long_session: int = Field(
