@@ -8,7 +8,6 @@ runs measure memory, not time, so they run side by side on disjoint cores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import select
@@ -21,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import modelio
 from ..errors import PipelineError
 from ..params import BenchParams
 from ..progress import Progress
@@ -117,7 +117,7 @@ def same_worker(variants: Sequence[Variant]) -> dict[str, str]:
     for v in variants:
         spec = dict(v.worker)
         if "model" in spec:
-            spec["model"] = hashlib.md5(Path(spec["model"]).read_bytes()).hexdigest()
+            spec["model"] = modelio.sha256(spec["model"])
         key = json.dumps([v.kind, spec], sort_keys=True)
         if key in first:
             alias[v.name] = first[key]
