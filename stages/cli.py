@@ -244,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ref = None if args.reference is None else reference_texts(args.reference, sets, contract.input)
     result = evaluate_build(
         args.target, args.model, args.build, sets, recipe.preprocess, contract.input,
-        contract.scoring, recipe.runtime, ref,
+        contract.scoring, recipe.runtime, ref, params.evaluate.exact_check_images,
     )  # fmt: skip
     write_record(args.out, result)
     for s in result.sets:

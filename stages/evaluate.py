@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ocr_bundles_runtime.decode import decode
 from ocr_bundles_runtime.preprocess import Preprocess, preprocess_all
@@ -129,10 +130,12 @@ def evaluate_build(
     scoring: Scoring,
     runtime: Runtime,
     reference_preds: dict[str, list[str]] | None = None,
+    exact_check: int = 0,
 ) -> EvalRecord:
     """Reference (source model, the contract's preprocessing; its texts are read here unless
     given), every stage model and the final one (the recipe's preprocessing and session
-    settings), all on the same evaluation images."""
+    settings), all on the same evaluation images. A stage of an exact pass reads only the first
+    `exact_check` images of each set when that settles it (`_exact_stage`)."""
     rt = eval_runtime(runtime)
     ref_preds = reference_preds
     if ref_preds is None:
@@ -150,12 +153,24 @@ def evaluate_build(
     before = ("reference", ref_preds)  # each stage's input: the previous stage's texts
     float_model = None  # the input of the first lossy pass: what the class quantizes
     previous = None  # the previous stage's bytes: a pass that changed nothing reads the same
+    classes = _classes(modelio.load(source / "model.onnx"))
     for st in record.stages:
+        label = f"evaluate@{target} {st.stem}"
         data = (build / st.file).read_bytes()
-        if data != previous:
-            preds = sets.predict(build / st.file, preprocess, rt, f"evaluate@{target} {st.stem}")
+        reused: tuple[str, int] | None = None
+        now = _classes(modelio.load(build / st.file))
+        takes = (
+            st.exact and now == classes and (before[0] != "reference" or preprocess == reference)
+        )
+        classes = now
+        if data == previous:
+            print(f"{label}: the previous stage's bytes, its texts", flush=True)
+        elif takes and exact_check:
+            preds, reused = _exact_stage(
+                build / st.file, sets, preprocess, rt, before, exact_check, label
+            )
         else:
-            print(f"evaluate@{target} {st.stem}: the previous stage's bytes, its texts", flush=True)
+            preds = sets.predict(build / st.file, preprocess, rt, label)
         previous = data
         if float_model is None and not st.exact:
             float_model = before
@@ -163,6 +178,8 @@ def evaluate_build(
             file=st.file,
             size_mb=st.size_mb,
             sets=score_sets(preds, sets.labels, ref_preds, scoring, before),
+            texts_of=reused[0] if reused else None,
+            checked_images=reused[1] if reused else None,
         )
         before = (st.stem, preds)
     variants["final"] = VariantEval(
@@ -171,3 +188,39 @@ def evaluate_build(
         sets=score_sets(before[1], sets.labels, ref_preds, scoring, float_model or before),
     )
     return EvalRecord(target=target, sets=sets.sizes, variants=variants)
+
+
+def _classes(model: onnx.ModelProto) -> tuple[tuple[str, ...], int, str]:
+    """What a model's outputs mean: an exact pass that keeps them reads the same texts (one
+    that drops classes, like prune_charset, is exact only on the classes it keeps)."""
+    spec = modelio.spec(model)
+    return tuple(spec.charset), spec.blank, spec.layout
+
+
+def _exact_stage(
+    model: Path,
+    sets: EvalSets,
+    preprocess: Preprocess,
+    rt: Runtime,
+    before: tuple[str, dict[str, list[str]]],
+    n: int,
+    label: str,
+) -> tuple[dict[str, list[str]], tuple[str, int] | None]:
+    """An exact pass's model (the build checked its outputs within the recipe's tolerance)
+    reads the first `n` images of every set; where its texts equal its input stage's on all of
+    them, the input's texts stand for each whole set (a float re-association flips a text only
+    at an exact tie), else it reads every image. Returns the texts and (input stage, n) when
+    they were taken from it."""
+    name, texts = before
+    head = {s: xs[:n] for s, xs in sets.tensors(preprocess).items()}
+    bar = Progress(f"{label} (exact pass: first {n} per set)", sum(map(len, head.values())))
+    got = {s: predict(model, xs, rt, bar) for s, xs in head.items()}
+    bar.close()
+    differ = {s: sum(a != b for a, b in zip(got[s], texts[s][:n], strict=True)) for s in got}
+    if not any(differ.values()):
+        print(f"{label}: same texts as {name} on the first {n} of every set: its texts", flush=True)
+        return texts, (name, n)
+    print(
+        f"{label}: texts differ from {name} on {differ} of the first {n}: reading all", flush=True
+    )
+    return sets.predict(model, preprocess, rt, label), None

@@ -60,6 +60,17 @@ def float_stage(record: BuildRecord, build: Path, source: Path) -> Path:
     return build / "model.onnx"
 
 
+def shared_prefix(recipe: Recipe, variant: Recipe) -> int:
+    """How many leading passes a variant shares with the class's recipe (name and options):
+    the build's stage files already hold their outputs. At least the last pass reruns."""
+    n = 0
+    for a, b in zip(recipe.passes, variant.passes, strict=False):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(variant.passes) - 1)
+
+
 def decision_sets(context: PassContext) -> Sets:
     return {s: ([x for x, _ in v], [t for _, t in v]) for s, v in context.validation.items()}
 
@@ -197,12 +208,16 @@ def measure_class(
     shipped_kept = float_nodes({k: v for st in build_record.stages for k, v in st.report.items()})
     print(f"levers@{target}: shipped", flush=True)
     rows = [scorer.row("shipped", {}, onnx.load(build / "model.onnx"), shipped_kept)]
-    model = onnx.load(source / "model.onnx")
     for i, (name, patch) in enumerate(variants.items(), start=1):
-        print(f"levers@{target}: variant {i}/{len(variants)} {name} ...", flush=True)
         where = f"{params_file}: levers.variants.{target}.{name}"
+        variant = patched(recipe, patch, where)
+        k = shared_prefix(recipe, variant)  # the build's stage k holds their output
+        start = build / build_record.stages[k - 1].file if k else source / "model.onnx"
+        print(f"levers@{target}: variant {i}/{len(variants)} {name} from {start.name} ...",
+              flush=True)  # fmt: skip
         try:
-            results = run_passes(model, patched(recipe, patch, where), context)
+            tail = variant.model_copy(update={"passes": variant.passes[k:]})
+            results = run_passes(onnx.load(start), tail, context)
         except PassError as e:
             rows.append(LeverRow(name=name, patch=patch, error=str(e)))
             print(f"levers@{target}: {name} refused: {e}", flush=True)

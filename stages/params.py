@@ -82,7 +82,7 @@ class BenchParams(Strict):
     warm_images: int = Field(50, ge=1, description="images timed per round after warm-up")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
     long_session: int = Field(
-        2000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
+        1000, ge=0, description="recognitions in one process for rss_growth_mb (0: skip)"
     )
     long_session_scope: Literal["shipped", "all"] = Field(
         "shipped",
@@ -178,6 +178,19 @@ class LeverParams(Strict):
         return v
 
 
+class EvalParams(Strict):
+    """The evaluate stage."""
+
+    exact_check_images: int = Field(
+        100,
+        ge=0,
+        description="a stage of an exact pass (build-checked within the recipe's equivalence "
+        "tolerance) reads the first images of each set; if its texts equal its input stage's, "
+        "that stage's texts stand for the whole set (the record says so), else it reads them "
+        "all. 0: every stage reads every image",
+    )
+
+
 class PreprocessBench(Strict):
     images: int = Field(
         600, ge=1, description="evaluation images per set each candidate is scored on"
@@ -195,6 +208,7 @@ class Params(Strict):
         "lower_digits", description="allowed characters: a preset, 'chars:...' or 'model'"
     )
     data: DataParams = Field(description="data sources")
+    evaluate: EvalParams = Field(default_factory=EvalParams)
     bench: BenchParams = Field(default_factory=BenchParams)
     preprocess: PreprocessBench = Field(default_factory=PreprocessBench)
     serve: ServeParams = Field(default_factory=ServeParams)

@@ -221,6 +221,10 @@ class VariantEval(Record):
     file: str | None = None
     size_mb: float | None = None
     sets: dict[str, SetScore]
+    # an exact pass's stage that read the first `checked_images` of every set as `texts_of`
+    # (its input stage) did: that stage's texts stand for the rest of each set
+    texts_of: str | None = None
+    checked_images: int | None = None
 
 
 class EvalRecord(Record):

@@ -118,15 +118,18 @@ def build_class(
     return out
 
 
-def evaluate_class(root: Path, target: str, sources: tuple[str, ...] = ("clean", "hard")) -> Path:
+def evaluate_class(
+    root: Path, target: str, sources: tuple[str, ...] = ("clean", "hard"), exact_check: int = 0
+) -> Path:
     src = root / "models" / "source"
     build = root / "build" / target / "model"
     contract = read_build_contract(build)
     rec = read_recipe(build)
     sets = EvalSets(read_sets(root / "data", list(sources), "eval"))
     record = evaluate_build(
-        target, src, build, sets, rec.preprocess, contract.input, contract.scoring, rec.runtime
-    )
+        target, src, build, sets, rec.preprocess, contract.input, contract.scoring, rec.runtime,
+        exact_check=exact_check,
+    )  # fmt: skip
     out = root / "build" / target / "eval.json"
     write_record(out, record)
     return out

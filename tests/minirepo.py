@@ -160,6 +160,7 @@ def params() -> dict[str, Any]:
             "min_accuracy": 0.0,  # the tiny model reads no captcha: keep every source
         },
         "preprocess": {"images": 6, "candidates": {"area": {"interpolation": "area"}}},
+        "evaluate": {"exact_check_images": 3},
         "bench": {
             "repeats": 1,
             "warm_images": 3,

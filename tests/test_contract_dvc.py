@@ -59,6 +59,7 @@ def params() -> dict[str, Any]:
             "folders": {"readable": {"path": FOLDER, "calib": 0.3, "val": 0.3}},
         },
         "preprocess": {"images": 4, "candidates": {}},
+        "evaluate": {"exact_check_images": 2},  # dvc reads every params block its stages name
         "bench": {"repeats": 1, "warm_images": 2, "warmup": 0, "long_session": 0, "baselines": []},
         "serve": {"target": TARGET, "clients": [1], "requests": 4, "batching": [False]},
         "versions": real["versions"],

@@ -67,6 +67,71 @@ def test_evaluate_build_scores_every_variant_on_every_set(tmp_path):
     assert final.size_mb == round(modelio.size_mb(tmp_path / "build/tiny/model/model.onnx"), 3)
 
 
+def test_an_exact_stage_that_reads_its_inputs_texts_on_a_head_takes_them(
+    tmp_path, capsys, monkeypatch
+):
+    """exact_check: the exact stages read the first images of each set only, and where their
+    texts equal their input's, the record is the full evaluation's, saying whose texts."""
+    builders.write_source(tmp_path)
+    builders.write_data(tmp_path)
+    passes = [
+        {"fix_output_shape": {}},
+        {"convert_opset": {"opset": 17}},
+        {"prune_charset": {"chars": "abc"}},  # exact on the classes it keeps: read in full
+        {"quantize_dynamic": {}},
+    ]
+    builders.build_class(tmp_path, "tiny", passes)
+    full = read_record(builders.evaluate_class(tmp_path, "tiny"), EvalRecord)
+    heads = []
+    real = evaluate._exact_stage
+    monkeypatch.setattr(
+        evaluate, "_exact_stage", lambda model, *a: heads.append(model.stem) or real(model, *a)
+    )
+    checked = read_record(builders.evaluate_class(tmp_path, "tiny", exact_check=3), EvalRecord)
+    assert "same texts as reference on the first 3" in capsys.readouterr().out
+    assert heads == ["01-fix_output_shape", "02-convert_opset"]
+    for name, v in checked.variants.items():
+        assert v.sets == full.variants[name].sets
+    assert (
+        checked.variants["01-fix_output_shape"].texts_of,
+        checked.variants["01-fix_output_shape"].checked_images,
+    ) == ("reference", 3)
+    assert checked.variants["02-convert_opset"].texts_of == "01-fix_output_shape"
+    assert checked.variants["03-prune_charset"].texts_of is None
+    assert checked.variants["04-quantize_dynamic"].texts_of is None  # lossy: read in full
+    assert full.variants["01-fix_output_shape"].texts_of is None  # 0: every image
+    # the bench labels those stages' accuracy with where it comes from
+    from stages.measure.accuracy import accuracy_sources
+
+    assert accuracy_sources(checked) == {
+        "01-fix_output_shape": "reference's texts: the same on the first 3 of each set",
+        "02-convert_opset": "01-fix_output_shape's texts: the same on the first 3 of each set",
+    }
+    assert accuracy_sources(full) == {}
+
+
+def test_an_exact_stage_whose_head_reads_otherwise_reads_every_image(tmp_path, monkeypatch):
+    builders.write_source(tmp_path)
+    builders.write_data(tmp_path)
+    builders.build_class(tmp_path, "tiny", [{"fix_output_shape": {}}])
+    real = evaluate.predict
+    read = []
+
+    def changed(model, xs, rt, bar=None):  # the stage model reads one text differently
+        texts = real(model, xs, rt, bar)
+        if "01-fix_output_shape" in str(model):
+            read.append(len(xs))
+            texts[0] += "x"
+        return texts
+
+    monkeypatch.setattr(evaluate, "predict", changed)
+    record = read_record(builders.evaluate_class(tmp_path, "tiny", exact_check=3), EvalRecord)
+    stage = record.variants["01-fix_output_shape"]
+    assert stage.texts_of is None and stage.checked_images is None
+    assert read == [3, 3, 10, 10]  # the heads of both sets, then both sets in full
+    assert all(r.agreement == 0.9 for r in stage.sets.values())
+
+
 def test_evaluation_is_deterministic(tmp_path):
     """No timings in eval.json: an unchanged rebuild reruns nothing downstream."""
     builders.write_source(tmp_path)

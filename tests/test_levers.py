@@ -23,6 +23,7 @@ PASSES = [
     {"fix_output_shape": {}},
     {"quantize_dynamic": {"op_types": ["LSTM", "Gemm", "MatMul"], "per_channel": False}},
 ]
+PASS_NAMES = ["fix_output_shape", "quantize_dynamic"]
 LOOSE = {"min_agreement": 0.0, "max_accuracy_drop_pts": 100.0}
 
 
@@ -94,6 +95,32 @@ def test_shipped_row_then_variants_each_built_and_scored(project: Path):
     path = project / "levers.json"
     write_record(path, lev)
     assert read_record(path, LeverRecord) == lev
+
+
+def test_a_variant_starts_from_the_builds_stage_before_its_first_patched_pass(
+    project: Path, monkeypatch
+):
+    """The passes before the first one a patch changes are the build's: their output is the
+    build's stage file, so only the rest run (and give what a full rebuild gives: `same`
+    above equals shipped)."""
+    runs = []
+    real = levers.run_passes
+
+    def spy(model, recipe, context):
+        runs.append([p.name for p in recipe.passes])
+        return real(model, recipe, context)
+
+    monkeypatch.setattr(levers, "run_passes", spy)
+    lev = measure(project, {
+        "tail": {"quantize_dynamic": {"per_channel": True}},
+        "head": {"fix_output_shape": {"infer_shapes": False}},
+    })  # fmt: skip
+    assert [r.error for r in lev.rows] == [None, None, None]
+    assert runs == [["quantize_dynamic"], PASS_NAMES]
+    first = levers.shared_prefix
+    rec = builders.recipe(PASSES)
+    assert first(rec, rec) == 1  # nothing patched: the last pass still reruns
+    assert first(rec, patched(rec, {"fix_output_shape": {"infer_shapes": False}}, "t")) == 0
 
 
 def test_a_gate_the_pass_cannot_meet_is_recorded_with_its_message(project: Path):

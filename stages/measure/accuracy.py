@@ -30,6 +30,15 @@ def accuracy_table(
     }
 
 
+def accuracy_sources(evaluation: EvalRecord) -> dict[str, str]:
+    """Stages whose accuracy is another stage's texts (evaluate's exact-pass check): whose."""
+    return {
+        name: f"{v.texts_of}'s texts: the same on the first {v.checked_images} of each set"
+        for name, v in evaluation.variants.items()
+        if v.texts_of is not None
+    }
+
+
 def bundle_accuracy(
     bundle: Path, sets: EvalSets, scoring: Any, label: str, threads: int
 ) -> dict[str, dict[str, SetAccuracy]]:

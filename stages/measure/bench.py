@@ -30,7 +30,7 @@ from ..records import (
 )
 from ..scoring import Scoring, score
 from . import floor as floors
-from .accuracy import accuracy_table, bundle_accuracy
+from .accuracy import accuracy_sources, accuracy_table, bundle_accuracy
 from .machine import machine_info, pinned_cores
 from .metrics import attributable, check_budgets, ratio_spread, ratios, round_stats, summarize
 from .spawn import long_sessions, measure, same_worker
@@ -201,6 +201,7 @@ def run_bench(
         alias = same_worker([v for v in variants if v.skipped is None])
         runs = measure(variants, images, params, cores, label, alias)
         long = long_sessions(variants, images, params, recipe.runtime.intra_op_threads, label)
+    sources = accuracy_sources(evaluation)
     records = with_attributable(
         {
             v.name: variant_record(
@@ -211,7 +212,7 @@ def run_bench(
                 labels,
                 contract.scoring,
                 alias.get(v.name),
-            )
+            ).model_copy(update={"accuracy_source": sources.get(v.name)})
             for v in variants
         }
     )

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..errors import PassError
 from ..registry import PassContext, register
 from . import _ort_quant as q
+from ._bias_correction import correct_biases
 from .convert_opset import default_opset
 
 NAME = "quantize_static"
@@ -106,6 +107,14 @@ class QuantizeStaticOptions(BaseModel):
     calibration_images: int = Field(
         32, ge=1, le=100_000, description="use at most this many calibration tensors"
     )
+    bias_correction_images: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="empirical bias correction: shift each quantized node's int32 bias by the "
+        "float model's minus the quantized model's mean output per channel on the first this "
+        "many calibration tensors, node by node in graph order (qdq only); 0: off",
+    )
     pad_width: Literal["auto", "none"] = Field(
         "auto",
         description=(
@@ -128,6 +137,11 @@ class QuantizeStaticOptions(BaseModel):
             raise ValueError(
                 f"percentile is only used with calibrate_method: percentile, not "
                 f"{self.calibrate_method}; remove percentile or change calibrate_method"
+            )
+        if self.bias_correction_images and self.quant_format != "qdq":
+            raise ValueError(
+                "bias_correction_images corrects qdq models' int32 biases; set quant_format: qdq "
+                "or bias_correction_images: 0"
             )
         return self
 
@@ -157,6 +171,9 @@ def quantize_static(
     )
     if not q.quantized_ops(out):
         raise PassError(NAME, f"onnxruntime quantized no node of op_types {options.op_types}")
+    if options.bias_correction_images:
+        images = [np.asarray(x, np.float32) for x in context.calibration]
+        out, _ = correct_biases(out, work, images[: options.bias_correction_images])
     first = np.asarray(context.calibration[0], np.float32)  # unpadded: a real width must run
     return q.check_and_finish(NAME, out, model, context, first, _load_advice(options))
 

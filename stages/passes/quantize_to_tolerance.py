@@ -119,6 +119,13 @@ class QuantizeToToleranceOptions(BaseModel):
     sensitivity_images: int = Field(
         16, ge=1, le=1000, description="calibration tensors compared per sensitivity probe"
     )
+    bias_correction_images: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="quantize_static's empirical bias correction of the static group on this "
+        "many calibration tensors; 0: off",
+    )
     dynamic_per_channel: bool = Field(
         True, description="one weight scale per output channel in the dynamic group"
     )
@@ -297,6 +304,7 @@ def _static_options(
         reduce_range=options.reduce_range,
         per_channel=options.static_per_channel,
         calibration_images=options.calibration_images,
+        bias_correction_images=options.bias_correction_images,
     )
 
 

@@ -32,6 +32,8 @@ def variants_table(m: BenchRecord) -> str:
         label = f"**{name}**" if name in ("final", "bundle") else name
         if v.timed_with:
             label += f" (same bytes as {v.timed_with}: its timings)"
+        if v.accuracy_source:
+            label += f" (accuracy: {v.accuracy_source})"
         rows.append(
             [
                 label,

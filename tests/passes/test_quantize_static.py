@@ -335,3 +335,38 @@ def test_one_calibration_serves_every_nodes_to_exclude(monkeypatch):
     quantize_static(model, QuantizeStaticOptions(**{**opts, "percentile": 99.9}), CTX)
     quantize_static(tiny.tiny_ctc(seed=1), QuantizeStaticOptions(**opts), CTX)
     assert len(calls) == 5
+
+
+def _conv_mean_error(model: onnx.ModelProto, out: onnx.ModelProto) -> float:
+    """Largest |float - quantized| mean output of the Conv per channel, on CTX's images."""
+    from stages.passes._bias_correction import _channel_means
+
+    conv = next(n for n in out.graph.node if n.op_type == "Conv").output[0]
+    want, got = (_channel_means(m, [conv], CTX.calibration)[0] for m in (model, out))
+    return float(np.abs(want - got).max())
+
+
+def test_bias_correction_moves_the_conv_mean_to_the_float_models():
+    model = tiny.tiny_ctc()
+    plain = quantize_static(model, QuantizeStaticOptions(), CTX)
+    fixed = quantize_static(model, QuantizeStaticOptions(bias_correction_images=8), CTX)
+    before, after = _conv_mean_error(model, plain), _conv_mean_error(model, fixed)
+    # the shift is snapped to 4 mantissa bits (1/16) and int32 bias steps: what is left is a
+    # few percent of the error, on any CPU
+    assert before > 1e-4 and after <= 0.25 * before
+    changed = [
+        a.name
+        for a, b in zip(plain.graph.initializer, fixed.graph.initializer, strict=True)
+        if a.SerializeToString() != b.SerializeToString()
+    ]
+    assert (
+        len(changed) == 1
+        and next(i for i in fixed.graph.initializer if i.name == changed[0]).data_type
+        == TensorProto.INT32
+    )  # only the int32 bias moved
+    assert_close(model, fixed)
+
+
+def test_bias_correction_needs_qdq():
+    with pytest.raises(ValueError, match=r"bias_correction_images.*quant_format: qdq"):
+        QuantizeStaticOptions(quant_format="qoperator", bias_correction_images=4)

@@ -362,6 +362,24 @@ def test_percentile_calibration_reaches_the_static_group():
     assert pct < minmax / 4
 
 
+def test_bias_correction_reaches_the_static_group():
+    """quantize_static's bias correction, asked for here, moves only the static group's int32
+    bias (its numeric effect is tested in test_quantize_static)."""
+    model = tiny.tiny_ctc()
+    ctx = context(model)
+
+    def int32_biases(opts: dict) -> dict[str, bytes]:
+        out = quantize_to_tolerance(model, QuantizeToToleranceOptions(**opts, **LOOSE), ctx)
+        return {
+            t.name: t.SerializeToString()
+            for t in out.graph.initializer
+            if t.data_type == onnx.TensorProto.INT32
+        }
+
+    plain, fixed = int32_biases({}), int32_biases({"bias_correction_images": 8})
+    assert plain.keys() == fixed.keys() and plain != fixed
+
+
 def test_static_per_channel_at_opset12_is_refused_before_any_work(monkeypatch):
     model = opset12(tiny.tiny_ctc())
 
