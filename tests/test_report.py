@@ -251,3 +251,13 @@ def test_the_report_verb_passes_and_prints_the_notes_of_params(
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
     assert got == [NOTES]
     assert capsys.readouterr().err == "".join(f"note: {path}: {n}\n" for n in NOTES)
+
+
+def test_stage_rows_say_when_an_exact_stage_took_its_inputs_texts():
+    from stages.records import VariantEval
+    from stages.report.class_page import _checked
+
+    took = VariantEval(sets={}, texts_of="02-lift_constants", checked_images=100)
+    assert _checked(True, took) == "exact; 100 per set read as 02-lift_constants: its texts"
+    assert _checked(True, VariantEval(sets={})) == "exact"
+    assert _checked(False, None) == "lossy"

@@ -4,7 +4,15 @@ accuracy by length."""
 
 from __future__ import annotations
 
-from ..records import BenchRecord, BuildRecord, CheckRecord, EvalRecord, LeverRecord, ProfileRun
+from ..records import (
+    BenchRecord,
+    BuildRecord,
+    CheckRecord,
+    EvalRecord,
+    LeverRecord,
+    ProfileRun,
+    VariantEval,
+)
 from .format import DASH, acc_cells, change_cell, fmt, isa_words, pct, set_names, signed, table
 from .levers import levers_section
 
@@ -168,6 +176,12 @@ def floor_section(m: BenchRecord) -> str:
     return "\n".join(lines)
 
 
+def _checked(exact: bool, v: VariantEval | None) -> str:
+    if v is not None and v.texts_of:
+        return f"exact; {v.checked_images} per set read as {v.texts_of}: its texts"
+    return "exact" if exact else "lossy"
+
+
 def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalRecord) -> str:
     sets = list(evaluation.sets)
     rows = []
@@ -177,7 +191,7 @@ def stages_section(build: BuildRecord, checks: CheckRecord, evaluation: EvalReco
         rows.append(
             [
                 st.stem,
-                "exact" if st.exact else "lossy",
+                _checked(st.exact, v),
                 fmt(st.size_mb, 2),
                 f"{c.max_abs_diff:.3g}" if c else DASH,
                 fmt(c.argmax_agreement, 4) if c else DASH,
