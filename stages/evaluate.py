@@ -158,19 +158,17 @@ def evaluate_build(
         label = f"evaluate@{target} {st.stem}"
         data = (build / st.file).read_bytes()
         reused: tuple[str, int] | None = None
-        now = _classes(modelio.load(build / st.file))
-        takes = (
-            st.exact and now == classes and (before[0] != "reference" or preprocess == reference)
-        )
-        classes = now
         if data == previous:
             print(f"{label}: the previous stage's bytes, its texts", flush=True)
-        elif takes and exact_check:
-            preds, reused = _exact_stage(
-                build / st.file, sets, preprocess, rt, before, exact_check, label
-            )
         else:
-            preds = sets.predict(build / st.file, preprocess, rt, label)
+            same, classes = _same_classes(data, classes)
+            takes = st.exact and same and (before[0] != "reference" or preprocess == reference)
+            if takes and exact_check:
+                preds, reused = _exact_stage(
+                    build / st.file, sets, preprocess, rt, before, exact_check, label
+                )
+            else:
+                preds = sets.predict(build / st.file, preprocess, rt, label)
         previous = data
         if float_model is None and not st.exact:
             float_model = before
@@ -190,11 +188,20 @@ def evaluate_build(
     return EvalRecord(target=target, sets=sets.sizes, variants=variants)
 
 
-def _classes(model: onnx.ModelProto) -> tuple[tuple[str, ...], int, str]:
+Classes = tuple[tuple[str, ...], int, str]
+
+
+def _classes(model: onnx.ModelProto) -> Classes:
     """What a model's outputs mean: an exact pass that keeps them reads the same texts (one
     that drops classes, like prune_charset, is exact only on the classes it keeps)."""
     spec = modelio.spec(model)
     return tuple(spec.charset), spec.blank, spec.layout
+
+
+def _same_classes(data: bytes, before: Classes) -> tuple[bool, Classes]:
+    """Whether the stage model `data` has its input's output classes, and its own."""
+    now = _classes(onnx.load_from_string(data))
+    return now == before, now
 
 
 def _exact_stage(

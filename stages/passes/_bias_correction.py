@@ -14,6 +14,8 @@ never changes a stored bias, and an AVX2 and an AVX-512 build write the same fil
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,17 +26,15 @@ SHIFT_BITS = 4  # 1/16 relative steps: coarse next to float noise, fine next to 
 
 def correct_biases(
     quantized: onnx.ModelProto, float_model: onnx.ModelProto, samples: list[np.ndarray]
-) -> tuple[onnx.ModelProto, dict[str, float]]:
-    """`quantized` with every int32 bias corrected on `samples`, and per node the mean absolute
-    shift applied (in output units)."""
+) -> onnx.ModelProto:
+    """`quantized` with every int32 bias corrected on `samples`."""
     targets = _int32_biases(quantized)
     if not targets:
-        return quantized, {}
+        return quantized
     out = onnx.ModelProto()
     out.CopyFrom(quantized)
     want = _channel_means(float_model, [t.output for t in targets], samples)
     inits = {i.name: i for i in out.graph.initializer}
-    shifts = {}
     for t, target in zip(targets, want, strict=True):
         got = _channel_means(out, [t.output], samples)[0]
         scale = numpy_helper.to_array(inits[t.scale]).astype(np.float64)
@@ -45,15 +45,15 @@ def correct_biases(
         bias.CopyFrom(
             numpy_helper.from_array(np.clip(steps, limits.min, limits.max).astype(np.int32), t.bias)
         )
-        shifts[t.node] = round(float(np.abs(shift).mean()), 6)
-    return out, shifts
+    return out
 
 
-class _Target:
+class _Target(NamedTuple):
     """A quantized node's output and its int32 bias initializer with that bias's scale."""
 
-    def __init__(self, node: str, output: str, bias: str, scale: str) -> None:
-        self.node, self.output, self.bias, self.scale = node, output, bias, scale
+    output: str
+    bias: str
+    scale: str
 
 
 def _int32_biases(model: onnx.ModelProto) -> list[_Target]:
@@ -68,7 +68,7 @@ def _int32_biases(model: onnx.ModelProto) -> list[_Target]:
             continue
         if inits[dq.input[0]].data_type != onnx.TensorProto.INT32 or dq.input[1] not in inits:
             continue
-        found.append(_Target(node.name, node.output[0], dq.input[0], dq.input[1]))
+        found.append(_Target(node.output[0], dq.input[0], dq.input[1]))
     return found
 
 

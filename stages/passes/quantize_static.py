@@ -172,8 +172,8 @@ def quantize_static(
     if not q.quantized_ops(out):
         raise PassError(NAME, f"onnxruntime quantized no node of op_types {options.op_types}")
     if options.bias_correction_images:
-        images = [np.asarray(x, np.float32) for x in context.calibration]
-        out, _ = correct_biases(out, work, images[: options.bias_correction_images])
+        images = context.calibration[: options.bias_correction_images]
+        out = correct_biases(out, work, [np.asarray(x, np.float32) for x in images])
     first = np.asarray(context.calibration[0], np.float32)  # unpadded: a real width must run
     return q.check_and_finish(NAME, out, model, context, first, _load_advice(options))
 
