@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
+
+from ocr_bundles_runtime.session import quiet_cpu_session
 
 SHIFT_BITS = 4  # 1/16 relative steps: coarse next to float noise, fine next to the shift itself
 
@@ -82,7 +83,9 @@ def _channel_means(
     probe.graph.output.extend(
         [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs]
     )
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    # the project's probe session: exact int8 kernels, so an AVX2 machine's fused convolutions
+    # compute what a VNNI machine's do
+    session = quiet_cpu_session(probe.SerializeToString(), threads=2)
     feed = session.get_inputs()[0].name
     sums: list[np.ndarray | float] = [0.0] * len(outputs)
     count = [0] * len(outputs)
