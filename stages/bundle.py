@@ -311,8 +311,11 @@ def _no_aslr() -> None:
 
 
 # The converter, run in a child. Its sessions run single-threaded (two threads allocating
-# concurrently would make the memory layout depend on timing), and it imports nothing from this
-# project: a module compiled on first import allocates differently from one loaded from .pyc.
+# concurrently would make the memory layout depend on timing) and pack no weights (packed
+# buffers take the size the CPU's GEMM kernels want: AVX2, AVX-512 and NEON pack differently,
+# which moved the tables; the .ort holds the same graph either way, checked table by table),
+# and it imports nothing from this project: a module compiled on first import allocates
+# differently from one loaded from .pyc.
 CONVERTER = """
 import contextlib, io, sys
 from pathlib import Path
@@ -324,6 +327,7 @@ def single_threaded(*args, **kwargs):
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.disable_prepacking", "1")
     return so
 converter._create_session_options = single_threaded
 ort.set_default_logger_severity(3)
@@ -340,15 +344,26 @@ def convert_to_ort(folder: Path, names: list[str]) -> None:
     onnxruntime's converter applies the 'all' optimizations without the x86-only NCHWc layout,
     so the .ort files run on ARM phones too. Its writer orders some tables by memory address,
     so the same model gives the same bytes only in the same memory layout: the converter runs
-    in an isolated child (-I -B: no environment, no bytecode written) without address
-    randomization, with a fixed environment, from inside a work folder whose path has the same
-    length wherever TMPDIR points. An unchanged rebuild then reruns nothing downstream."""
+    in an isolated child of the base interpreter (-I -S -B: no environment, no site, no
+    bytecode read or written) without address randomization, with a fixed environment, from
+    inside a work folder whose path has the same length wherever TMPDIR points, importing
+    through links in it (`site_links`). An unchanged rebuild, in any checkout, then reruns
+    nothing downstream."""
     fixed = "/tmp" if Path("/tmp").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="ort-convert-", dir=fixed) as tmp:
         for name in names:
             shutil.copyfile(folder / f"{name}.onnx", Path(tmp) / f"{name}.onnx")
         proc = subprocess.run(
-            [sys.executable, "-I", "-B", "-c", CONVERTER],
+            [
+                sys._base_executable,
+                "-I",
+                "-S",
+                "-B",
+                "-X",
+                f"pycache_prefix={tmp}/pyc",
+                "-c",
+                site_links(Path(tmp)) + CONVERTER,
+            ],
             cwd=tmp,
             env=converter_env(),
             capture_output=True,
@@ -365,6 +380,20 @@ def convert_to_ort(folder: Path, names: list[str]) -> None:
         config = (Path(tmp) / ORT_CONFIG).read_text()
         # the converter names the models by absolute path; keep the file the same everywhere
         write_bytes(folder / ORT_CONFIG, config.replace(f"{Path(tmp).resolve()}/", "").encode())
+
+
+def site_links(tmp: Path) -> str:
+    """The lines that put this environment's package folders on the child's path through
+    links in `tmp` (the same length wherever the checkout is): with the base interpreter, no
+    site (-S) and no bytecode read (pycache_prefix empty) the child then allocates the same
+    strings wherever the checkout and its virtual environment are. Their paths' lengths moved
+    the writer's tables: a clone in another folder gave another .ort."""
+    folders = list(dict.fromkeys(p for p in sys.path if Path(p).name.endswith("-packages")))
+    links = []
+    for i, folder in enumerate(folders):
+        (tmp / f"site{i}").symlink_to(folder, target_is_directory=True)
+        links.append(str(tmp / f"site{i}"))
+    return f"import sys\nsys.path[:0] = {links!r}\n"
 
 
 def converter_env() -> dict[str, str]:

@@ -7,6 +7,7 @@ everywhere. Standard library only: the report stage and the runtime-free tools i
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -91,6 +92,25 @@ def flips(
         "right_to_wrong": sum(b == t != a for a, b, t in n),
         "wrong_to_right": sum(a == t != b for a, b, t in n),
     }
+
+
+def accuracy_change_interval(
+    right_to_wrong: int, wrong_to_right: int, images: int, z: float = 1.96
+) -> tuple[float, float, float]:
+    """Accuracy change in points on `images` paired images, and its 95 % interval.
+
+    Only the images whose correctness changed carry the change: given their count m, the
+    share that improved is binomial, so Wilson's score interval on that share, mapped to
+    points, bounds the change (the conditional method for paired proportions). It says what a
+    set resolves: 43 changed answers in 1000 images leave about ±1.3 points."""
+    m = right_to_wrong + wrong_to_right
+    if m == 0 or images == 0:
+        return 0.0, 0.0, 0.0
+    p = wrong_to_right / m
+    centre = (p + z * z / (2 * m)) / (1 + z * z / m)
+    half = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+    scale = 100 * m / images
+    return scale * (2 * p - 1), scale * (2 * (centre - half) - 1), scale * (2 * (centre + half) - 1)
 
 
 def _mean(flags: Sequence[bool]) -> float:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -283,3 +285,25 @@ def test_failed_write_keeps_the_old_bundle(low: Path, tmp_path: Path, monkeypatc
         builders.bundle_class(root, "low")
     assert {p.name: p.read_bytes() for p in low.iterdir()} == before
     assert sorted(p.name for p in low.parent.iterdir()) == ["low"]  # no temp folder left
+
+
+def test_ort_conversion_is_byte_identical_from_another_checkout(low: Path, tmp_path: Path):
+    """A virtual environment elsewhere (a clone in another folder) converts to the same bytes:
+    its paths' lengths once moved the writer's address-ordered tables."""
+    site = next(p for p in sys.path if Path(p).name == "site-packages")
+    venv = tmp_path / "a-checkout-in-a-folder-with-a-much-longer-name" / ".venv"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    other = next(venv.glob("lib/python*/site-packages"))
+    for entry in Path(site).iterdir():  # the same packages, reached through this venv's paths
+        if not (other / entry.name).exists():
+            (other / entry.name).symlink_to(entry)
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("model.onnx", "fallback.onnx"):
+        (again / name).write_bytes((low / name).read_bytes())
+    code = "import sys; from pathlib import Path; from stages.bundle import convert_to_ort; "
+    code += "convert_to_ort(Path(sys.argv[1]), ['model', 'fallback'])"
+    subprocess.run([str(venv / "bin" / "python"), "-c", code, str(again)], check=True,
+                   cwd=Path(__file__).parents[1])  # fmt: skip
+    for name in ("model.ort", "fallback.ort"):
+        assert (again / name).read_bytes() == (low / name).read_bytes(), name

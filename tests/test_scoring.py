@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.scoring import Scoring, edit_distance, flips, hits
+from stages.scoring import Scoring, accuracy_change_interval, edit_distance, flips, hits
 from stages.scoring import agreement as _agreement
 from stages.scoring import score as _score
 
@@ -169,3 +169,25 @@ def test_hits_is_what_accuracy_and_agreement_average():
     assert _agreement([" ab", "CD", "ef"], ["ab", "cd", "eg"], loose) == round(2 / 3, 5)
     with pytest.raises(ValueError, match="2 predictions for 1"):
         hits(["a", "b"], ["a"], loose)
+
+
+def test_accuracy_change_interval_brackets_the_change_and_shrinks_with_images():
+    """low's unseen set on 2026-12-06: 26 answers lost, 17 won in 1000 images."""
+    delta, lo, hi = accuracy_change_interval(26, 17, 1000)
+    assert delta == pytest.approx(-0.9)
+    assert lo < delta < hi and 2.0 < hi - lo < 3.0  # the set cannot resolve 0.5 points
+    _, lo10, hi10 = accuracy_change_interval(260, 170, 10000)
+    assert (hi10 - lo10) / (hi - lo) == pytest.approx(10**-0.5, rel=0.1)
+    assert accuracy_change_interval(0, 0, 1000) == (0.0, 0.0, 0.0)
+
+
+def test_accuracy_change_interval_covers_the_true_change_95_percent_of_the_time():
+    """Paired answers drawn with a known change: the interval holds it in about 95 % of sets."""
+    rng = np.random.default_rng(0)
+    n, lose, win, covered, trials = 1000, 0.03, 0.02, 0, 2000
+    for _ in range(trials):
+        draws = rng.random(n)
+        r2w, w2r = int((draws < lose).sum()), int(((draws >= lose) & (draws < lose + win)).sum())
+        _, lo, hi = accuracy_change_interval(r2w, w2r, n)
+        covered += lo <= 100 * (win - lose) <= hi
+    assert 0.93 <= covered / trials <= 0.97

@@ -4,15 +4,18 @@ stage, metrics/levers/<C>.json) against the float model the class quantizes."""
 from __future__ import annotations
 
 from ..records import LeverRecord, LeverRow, LeverSet
+from ..scoring import accuracy_change_interval
 from .format import DASH, fmt, isa_words, signed, table
 
 
 def set_cell(s: LeverSet | None) -> str:
-    """Agreement with the float model's texts; accuracy change in points; flips -/+."""
+    """Agreement with the float model's texts; accuracy change in points with its 95 %
+    interval (scoring.accuracy_change_interval); flips -/+."""
     if s is None:
         return DASH
+    _, lo, hi = accuracy_change_interval(s.right_to_wrong, s.wrong_to_right, s.images)
     return (
-        f"{fmt(s.agreement, 3)} ({signed(s.accuracy_delta_pts)}; "
+        f"{fmt(s.agreement, 3)} ({signed(s.accuracy_delta_pts)} [{signed(lo)}, {signed(hi)}]; "
         f"-{s.right_to_wrong}/+{s.wrong_to_right})"
     )
 
@@ -56,8 +59,9 @@ def levers_section(lev: LeverRecord | None) -> list[str]:
         f"Each variant of this class's pass options (params.yaml `levers.variants.{lev.target}`)"
         f", built with the class's decision data, against the float model it quantizes "
         f"(`{lev.float_model}`, {fmt(lev.float_size_mb, 2)} MB, {fmt(lev.float_warm_ms, 2)} ms "
-        "warm). Cells: agreement with that model's texts (accuracy change in points; answers it "
-        "read right and the variant wrong / the other way round). `val` sets are what the "
+        "warm). Cells: agreement with that model's texts (accuracy change in points [its 95 % "
+        "interval from the flips]; answers it read right and the variant wrong / the other way "
+        "round). `val` sets are what the "
         f"build decides on; the evaluation sets ({images} images of each) no decision saw. "
         f"Timed on {isa_words(lev.machine)}, one thread, with the int8 kernels a bundle's .ort "
         f"runs: the median over {lev.timing_rounds} interleaved round(s) of every model on the "

@@ -21,6 +21,7 @@ from ..records import (
     SourceUse,
     VariantMetrics,
 )
+from ..scoring import accuracy_change_interval
 from .class_page import client_rows, vectors_cell
 from .format import (
     DASH,
@@ -257,9 +258,20 @@ def fidelity_table(metrics: dict[str, BenchRecord]) -> str:
         if final is None:
             continue
         against = next((r.change.against for r in final.sets.values() if r.change), DASH)
-        rows.append([target, against, *[change_cell(_change(final, s)) for s in sets]])
-    header = ["class", "float model", *[f"{s}: agreement, -/+" for s in sets]]
+        images = m.dataset.get("eval_images", {})
+        cells = [_fidelity_cell(_change(final, s), images.get(s)) for s in sets]
+        rows.append([target, against, *cells])
+    header = ["class", "float model", *[f"{s}: agreement, -/+; accuracy pts [95 %]" for s in sets]]
     return table(header, rows)
+
+
+def _fidelity_cell(c: Change | None, images: int | None) -> str:
+    """change_cell, then the accuracy change in points with the interval its flips allow: what
+    the set resolves (a goal of 0.5 points needs an interval narrower than that)."""
+    if c is None or not images:
+        return change_cell(c)
+    delta, lo, hi = accuracy_change_interval(c.right_to_wrong, c.wrong_to_right, images)
+    return f"{change_cell(c)}; {signed(delta)} pts [{signed(lo)}, {signed(hi)}]"
 
 
 def _change(v: VariantMetrics, s: str) -> Change | None:
