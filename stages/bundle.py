@@ -20,10 +20,8 @@ does the I/O atomically (temp folder, self-check with the runtime, rename).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -63,6 +61,7 @@ from .contract import Contract
 from .data.dataset import read_sets
 from .errors import ModelError, PipelineError, ProfileError
 from .evaluate import eval_runtime
+from .ort_canonical import canonical_ort
 from .profiles.profile import CpuProfile, place
 from .profiles.run import run_on
 from .progress import usable_cores
@@ -71,7 +70,6 @@ from .records import BUILD_FILE, BuildRecord, EvalRecord, read_record
 from .source import batches, probe_inputs
 
 ORT_CONFIG = "required_operators.config"
-ADDR_NO_RANDOMIZE = 0x0040000  # personality(2) flag: the .ort writer's map order follows addresses
 
 
 @dataclass(frozen=True)
@@ -306,30 +304,13 @@ def file_table(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _no_aslr() -> None:
-    ctypes.CDLL(None).personality(ADDR_NO_RANDOMIZE)
-
-
-# The converter, run in a child. Its sessions run single-threaded (two threads allocating
-# concurrently would make the memory layout depend on timing) and pack no weights (packed
-# buffers take the size the CPU's GEMM kernels want: AVX2, AVX-512 and NEON pack differently,
-# which moved the tables; the .ort holds the same graph either way, checked table by table),
-# and it imports nothing from this project: a module compiled on first import allocates
-# differently from one loaded from .pyc.
+# The converter, run in a child: it prints, sets onnxruntime's loggers and imports nothing
+# from this project.
 CONVERTER = """
-import contextlib, io, sys
+import contextlib, io
 from pathlib import Path
 import onnxruntime as ort
 import onnxruntime.tools.convert_onnx_models_to_ort as converter
-original = converter._create_session_options
-def single_threaded(*args, **kwargs):
-    so = original(*args, **kwargs)
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.disable_prepacking", "1")
-    return so
-converter._create_session_options = single_threaded
 ort.set_default_logger_severity(3)
 with contextlib.redirect_stdout(io.StringIO()):
     converter.convert_onnx_models_to_ort(
@@ -342,33 +323,16 @@ def convert_to_ort(folder: Path, names: list[str]) -> None:
     """<name>.ort for each <name>.onnx, and required_operators.config, in `folder`.
 
     onnxruntime's converter applies the 'all' optimizations without the x86-only NCHWc layout,
-    so the .ort files run on ARM phones too. Its writer orders some tables by memory address,
-    so the same model gives the same bytes only in the same memory layout: the converter runs
-    in an isolated child of the base interpreter (-I -S -B: no environment, no site, no
-    bytecode read or written) without address randomization, with a fixed environment, from
-    inside a work folder whose path has the same length wherever TMPDIR points, importing
-    through links in it (`site_links`). An unchanged rebuild, in any checkout, then reruns
-    nothing downstream."""
-    fixed = "/tmp" if Path("/tmp").is_dir() else None
-    with tempfile.TemporaryDirectory(prefix="ort-convert-", dir=fixed) as tmp:
+    so the .ort files run on ARM phones too. Its writer places objects in an order that
+    follows memory addresses (a checkout in another folder, another CPU's packed weights and
+    QEMU each gave other bytes for the same graph), so every file is rewritten in canonical
+    order (ort_canonical): the same graph gives the same bytes on every machine, and an
+    unchanged rebuild reruns nothing downstream."""
+    with tempfile.TemporaryDirectory(prefix="ort-convert-") as tmp:
         for name in names:
             shutil.copyfile(folder / f"{name}.onnx", Path(tmp) / f"{name}.onnx")
         proc = subprocess.run(
-            [
-                sys._base_executable,
-                "-I",
-                "-S",
-                "-B",
-                "-X",
-                f"pycache_prefix={tmp}/pyc",
-                "-c",
-                site_links(Path(tmp)) + CONVERTER,
-            ],
-            cwd=tmp,
-            env=converter_env(),
-            capture_output=True,
-            text=True,
-            preexec_fn=_no_aslr,
+            [sys.executable, "-I", "-B", "-c", CONVERTER], cwd=tmp, capture_output=True, text=True
         )
         if proc.returncode != 0:
             raise ModelError(
@@ -376,30 +340,11 @@ def convert_to_ort(folder: Path, names: list[str]) -> None:
                 f"Converter output:\n{(proc.stdout + proc.stderr)[-2000:]}"
             )
         for name in names:
-            shutil.copyfile(Path(tmp) / f"{name}.ort", folder / f"{name}.ort")
+            data = canonical_ort((Path(tmp) / f"{name}.ort").read_bytes())
+            write_bytes(folder / f"{name}.ort", data)
         config = (Path(tmp) / ORT_CONFIG).read_text()
         # the converter names the models by absolute path; keep the file the same everywhere
         write_bytes(folder / ORT_CONFIG, config.replace(f"{Path(tmp).resolve()}/", "").encode())
-
-
-def site_links(tmp: Path) -> str:
-    """The lines that put this environment's package folders on the child's path through
-    links in `tmp` (the same length wherever the checkout is): with the base interpreter, no
-    site (-S) and no bytecode read (pycache_prefix empty) the child then allocates the same
-    strings wherever the checkout and its virtual environment are. Their paths' lengths moved
-    the writer's tables: a clone in another folder gave another .ort."""
-    folders = list(dict.fromkeys(p for p in sys.path if Path(p).name.endswith("-packages")))
-    links = []
-    for i, folder in enumerate(folders):
-        (tmp / f"site{i}").symlink_to(folder, target_is_directory=True)
-        links.append(str(tmp / f"site{i}"))
-    return f"import sys\nsys.path[:0] = {links!r}\n"
-
-
-def converter_env() -> dict[str, str]:
-    """Nothing that varies between shells: only what numpy's OpenBLAS may need on this CPU."""
-    keep = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LD_LIBRARY_PATH")
-    return {k: os.environ[k] for k in keep if k in os.environ} | {"LC_ALL": "C"}
 
 
 def self_check(folder: Path, formats: list[str], pre: Any, has_fallback: bool) -> None:
