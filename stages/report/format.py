@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..records import BenchRecord, Change, VariantMetrics
+from ..scoring import accuracy_change_interval
 
 DASH = "–"
 
@@ -69,6 +70,13 @@ def change_cell(c: Change | None) -> str:
     if c is None:
         return DASH
     return f"{fmt(c.agreement, 3)}, -{c.right_to_wrong} / +{c.wrong_to_right}"
+
+
+def change_pts(right_to_wrong: int, wrong_to_right: int, images: int) -> str:
+    """An accuracy change in points with its 95 % interval from the flips (what the set
+    resolves: scoring.accuracy_change_interval), e.g. "-0.9 [-2.0, +0.4]"."""
+    delta, lo, hi = accuracy_change_interval(right_to_wrong, wrong_to_right, images)
+    return f"{signed(delta)} [{signed(lo)}, {signed(hi)}]"
 
 
 def isa_words(machine: dict[str, Any]) -> str:

@@ -4,8 +4,7 @@ stage, metrics/levers/<C>.json) against the float model the class quantizes."""
 from __future__ import annotations
 
 from ..records import LeverRecord, LeverRow, LeverSet
-from ..scoring import accuracy_change_interval
-from .format import DASH, fmt, isa_words, signed, table
+from .format import DASH, change_pts, fmt, isa_words, table
 
 
 def set_cell(s: LeverSet | None) -> str:
@@ -13,9 +12,8 @@ def set_cell(s: LeverSet | None) -> str:
     interval (scoring.accuracy_change_interval); flips -/+."""
     if s is None:
         return DASH
-    _, lo, hi = accuracy_change_interval(s.right_to_wrong, s.wrong_to_right, s.images)
     return (
-        f"{fmt(s.agreement, 3)} ({signed(s.accuracy_delta_pts)} [{signed(lo)}, {signed(hi)}]; "
+        f"{fmt(s.agreement, 3)} ({change_pts(s.right_to_wrong, s.wrong_to_right, s.images)}; "
         f"-{s.right_to_wrong}/+{s.wrong_to_right})"
     )
 

@@ -21,12 +21,12 @@ from ..records import (
     SourceUse,
     VariantMetrics,
 )
-from ..scoring import accuracy_change_interval
 from .class_page import client_rows, vectors_cell
 from .format import (
     DASH,
     acc_cells,
     change_cell,
+    change_pts,
     fmt,
     isa_words,
     pct,
@@ -270,8 +270,7 @@ def _fidelity_cell(c: Change | None, images: int | None) -> str:
     the set resolves (a goal of 0.5 points needs an interval narrower than that)."""
     if c is None or not images:
         return change_cell(c)
-    delta, lo, hi = accuracy_change_interval(c.right_to_wrong, c.wrong_to_right, images)
-    return f"{change_cell(c)}; {signed(delta)} pts [{signed(lo)}, {signed(hi)}]"
+    return f"{change_cell(c)}; {change_pts(c.right_to_wrong, c.wrong_to_right, images)}"
 
 
 def _change(v: VariantMetrics, s: str) -> Change | None:
