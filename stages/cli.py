@@ -474,7 +474,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     params = _load_params(args)
     _print_notes(args, params)
     notes = params.notes()
-    text = write_reports(params.targets, args.metrics, args.builds, args.out, args.plots, notes)
+    text = write_reports(
+        params.targets, args.metrics, args.builds, args.out, args.plots, notes,
+        agreement_goal=params.levers.agreement_goal,
+    )  # fmt: skip
     if args.readme:
         embed_file(args.readme, text)
     print(f"report: {len(params.targets)} classes -> {args.out}, pictures -> {args.plots}")

@@ -160,6 +160,14 @@ class LeverParams(Strict):
         description="interleaved rounds: each times every model (the float one too) on those "
         "images, in an order rotated per round, so a slow moment of the machine is shared",
     )
+    agreement_goal: float = Field(
+        0.97,
+        gt=0,
+        le=1,
+        description="agreement with the float model a lossy class aims at on every evaluation "
+        "set: the report's verdict under each levers table says which variants reach it within "
+        "the class's size and speed budgets",
+    )
     variants: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description="per class, named patches of its pass options (as in overrides.<class>."

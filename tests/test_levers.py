@@ -4,6 +4,7 @@ scored against the float model it quantizes (stages/levers.py), and their report
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import builders
 import pytest
@@ -15,8 +16,15 @@ from stages.evaluate import EvalSets
 from stages.levers import compare, float_stage, interleaved_ms, measure_class
 from stages.params import LeverParams
 from stages.recipe import patched
-from stages.records import BuildRecord, LeverRecord, LeverSet, read_record, write_record
-from stages.report.levers import levers_section
+from stages.records import (
+    BuildRecord,
+    LeverRecord,
+    LeverRow,
+    LeverSet,
+    read_record,
+    write_record,
+)
+from stages.report.levers import Limits, levers_section, limits_of, verdict
 from stages.scoring import Scoring
 
 PASSES = [
@@ -193,3 +201,58 @@ def test_every_model_is_timed_in_interleaved_rotated_rounds(project: Path, monke
 def test_a_variant_may_not_be_called_shipped():
     with pytest.raises(ValueError, match="shipped"):
         LeverParams(variants={"low": {"shipped": {"quantize_dynamic": {}}}})
+
+
+def _row(name: str, size_mb: float, warm_ms: float, a: float, b: float) -> LeverRow:
+    sets = {
+        s: LeverSet(
+            images=500,
+            accuracy=0.5,
+            accuracy_delta_pts=0.0,
+            agreement=g,
+            right_to_wrong=0,
+            wrong_to_right=0,
+        )
+        for s, g in (("a", a), ("b", b))
+    }
+    return LeverRow(name=name, patch={}, size_mb=size_mb, warm_ms=warm_ms, eval=sets)  # fmt: skip
+
+
+MACHINE = {"cpu": "test", "isa": []}
+LIMITS = Limits(goal=0.97, max_ships_mb=6.0, min_speedup=3.0, ships_extra_mb=0.2,
+                shipped_speedup=3.5)  # fmt: skip
+
+
+def test_the_verdict_names_what_reaches_the_goal_and_what_fits_the_budgets():
+    """A row's bundle is its model plus what the shipped bundle adds; its speed the shipped
+    bundle's ratio to stock scaled by the two rows' levers times."""
+    lev = LeverRecord(target="low", machine=MACHINE, eval_images=500, timing_images=10, rows=[
+        _row("shipped", 5.0, 2.0, 0.95, 0.99),
+        _row("big", 7.0, 4.0, 0.98, 0.99),    # goal met; 7.2 MB and 1.75x stock: over both
+        _row("fast", 5.0, 1.0, 0.90, 0.96),   # 7.0x stock, within, but worse agreement
+    ])  # fmt: skip
+    text = verdict(lev, LIMITS)
+    assert "| big | a 0.980 | 7.20 | 1.75× | yes | over: size, speed |" in text
+    assert "| fast | a 0.900 | 5.20 | 7.00× | no | within |" in text
+    assert (
+        "Reach the goal: big (over: size, speed). Best within the budgets: shipped (a 0.95" in text
+    )
+    assert "Budgets: ships ≤ 6.0 MB, ≥ 3.0× stock" in text
+    alone = verdict(lev.model_copy(update={"rows": lev.rows[:1]}), LIMITS)
+    assert alone.endswith("Reach the goal: none. Best within the budgets: shipped (a 0.950).")
+    assert text in "\n\n".join(levers_section(lev, LIMITS))
+
+
+def test_limits_come_from_the_bench_record_of_the_class():
+    lev = LeverRecord(target="low", machine=MACHINE, eval_images=500, timing_images=10,
+                      rows=[_row("shipped", 5.3, 3.0, 0.95, 0.99)])  # fmt: skip
+    budget = lambda limit: SimpleNamespace(limit=limit)  # noqa: E731
+    bench = SimpleNamespace(
+        variants={"bundle": SimpleNamespace(ships_mb=5.55)},
+        budgets={"max_size_mb": budget(6.0), "min_warm_speedup": budget(3.0)},
+        bundle_ratios=SimpleNamespace(warm_speedup=3.79),
+    )
+    limits = limits_of(bench, lev, 0.97)
+    assert limits.max_ships_mb == 6.0 and limits.min_speedup == 3.0
+    assert limits.ships_extra_mb == pytest.approx(0.25) and limits.shipped_speedup == 3.79
+    assert limits_of(bench, lev.model_copy(update={"rows": []}), 0.97) is None

@@ -246,10 +246,15 @@ def test_the_report_verb_passes_and_prints_the_notes_of_params(
     path = tmp_path / "params.yaml"
     path.write_text(json.dumps(params))  # JSON is YAML
     got: list[list[str]] = []
-    monkeypatch.setattr(report, "write_reports", lambda *a: got.append(list(a[-1])) or "")
+    goals: list[float] = []
+    monkeypatch.setattr(
+        report,
+        "write_reports",
+        lambda *a, agreement_goal: got.append(list(a[-1])) or goals.append(agreement_goal) or "",
+    )
     argv = ["report", "--params", str(path), "--metrics", "m", "--builds", "b", "--plots", "p"]
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
-    assert got == [NOTES]
+    assert got == [NOTES] and goals == [0.97]  # params.levers.agreement_goal's default
     assert capsys.readouterr().err == "".join(f"note: {path}: {n}\n" for n in NOTES)
 
 

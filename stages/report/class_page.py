@@ -14,7 +14,7 @@ from ..records import (
     VariantEval,
 )
 from .format import DASH, acc_cells, change_cell, fmt, isa_words, pct, set_names, signed, table
-from .levers import levers_section
+from .levers import Limits, levers_section
 
 
 def variants_table(m: BenchRecord) -> str:
@@ -377,6 +377,7 @@ def class_report(
     checks: CheckRecord,
     evaluation: EvalRecord,
     levers: LeverRecord | None = None,
+    limits: Limits | None = None,
 ) -> str:
     parts = [
         f"# Device class `{m.target}`",
@@ -398,7 +399,7 @@ def class_report(
     sens = sensitivity_sections(build, checks)
     if sens:
         parts += ["## Quantization decision", *sens]
-    lev = levers_section(levers)
+    lev = levers_section(levers, limits)
     if lev:
         parts += ["## Levers: what each quantization option buys", *lev]
     parts += ["## Accuracy by label length", by_length_section(evaluation)]

@@ -3,8 +3,39 @@ stage, metrics/levers/<C>.json) against the float model the class quantizes."""
 
 from __future__ import annotations
 
-from ..records import LeverRecord, LeverRow, LeverSet
+from dataclasses import dataclass
+
+from ..records import BenchRecord, LeverRecord, LeverRow, LeverSet
 from .format import DASH, change_pts, fmt, isa_words, table
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the verdict judges every row by: the agreement goal and the class's budgets, with
+    the shipped bundle's measured figures that turn a row's model into an estimate of its
+    bundle (the levers stage builds models, not bundles)."""
+
+    goal: float  # agreement with the float model on every evaluation set
+    max_ships_mb: float | None  # budgets.max_size_mb: what the app ships
+    min_speedup: float | None  # budgets.min_warm_speedup: warm speed against stock
+    ships_extra_mb: float  # what the shipped bundle adds to its model file
+    shipped_speedup: float | None  # the shipped bundle's warm speed against stock
+
+
+def limits_of(m: BenchRecord, lev: LeverRecord, goal: float) -> Limits | None:
+    """The limits from the class's bench record; None without a built shipped row."""
+    shipped = next((r for r in lev.rows if r.name == "shipped" and r.size_mb), None)
+    bundle = m.variants.get("bundle")
+    if shipped is None or bundle is None or bundle.ships_mb is None:
+        return None
+    size, speed = m.budgets.get("max_size_mb"), m.budgets.get("min_warm_speedup")
+    return Limits(
+        goal=goal,
+        max_ships_mb=size.limit if size else None,
+        min_speedup=speed.limit if speed else None,
+        ships_extra_mb=bundle.ships_mb - shipped.size_mb,
+        shipped_speedup=m.bundle_ratios.warm_speedup if m.bundle_ratios else None,
+    )
 
 
 def set_cell(s: LeverSet | None) -> str:
@@ -26,8 +57,65 @@ def _ms(row: LeverRow, float_ms: float | None) -> str:
     return f"{fmt(row.warm_ms, 2)} ({float_ms / row.warm_ms:.2f}×)"
 
 
-def levers_section(lev: LeverRecord | None) -> list[str]:
-    """Markdown parts of the section; none when the class measures no variant."""
+@dataclass(frozen=True)
+class Judged:
+    """One row against the limits."""
+
+    worst: str  # the evaluation set it agrees least on
+    agreement: float  # on that set
+    ships_mb: float  # estimated
+    speedup: float | None  # estimated, against stock
+    over: list[str]  # the budgets it misses: size, speed
+    goal: bool  # agreement at least the goal on every evaluation set
+
+
+def judge(r: LeverRow, shipped: LeverRow, limits: Limits) -> Judged:
+    worst = min(r.eval, key=lambda s: r.eval[s].agreement)
+    ships = (r.size_mb or 0.0) + limits.ships_extra_mb
+    speed = None
+    if limits.shipped_speedup and r.warm_ms and shipped.warm_ms:
+        speed = limits.shipped_speedup * shipped.warm_ms / r.warm_ms
+    over = []
+    if limits.max_ships_mb is not None and ships > limits.max_ships_mb:
+        over.append("size")
+    if limits.min_speedup is not None and speed is not None and speed < limits.min_speedup:
+        over.append("speed")
+    agreement = r.eval[worst].agreement
+    return Judged(worst, agreement, ships, speed, over, agreement >= limits.goal)
+
+
+def verdict(lev: LeverRecord, limits: Limits) -> str:
+    """Which rows reach the agreement goal on every evaluation set and which fit the class's
+    size and speed budgets: the best figure within the budgets, and why the rest is not."""
+    shipped = next(r for r in lev.rows if r.name == "shipped")
+    judged = {r.name: judge(r, shipped, limits) for r in lev.rows if r.error is None and r.eval}
+    rows = [
+        [name, f"{j.worst} {fmt(j.agreement, 3)}", fmt(j.ships_mb, 2),
+         f"{j.speedup:.2f}×" if j.speedup else DASH, "yes" if j.goal else "no",
+         f"over: {', '.join(j.over)}" if j.over else "within"]
+        for name, j in judged.items()
+    ]  # fmt: skip
+    reach = [n + (f" (over: {', '.join(j.over)})" if j.over else "") for n, j in judged.items()
+             if j.goal]  # fmt: skip
+    fits = [(j.agreement, n) for n, j in judged.items() if not j.over]
+    best = f"{max(fits)[1]} ({judged[max(fits)[1]].worst} {fmt(max(fits)[0], 3)})" if fits else ""
+    budgets = [f"ships ≤ {fmt(limits.max_ships_mb, 1)} MB"] if limits.max_ships_mb else []
+    budgets += [f"≥ {fmt(limits.min_speedup, 1)}× stock"] if limits.min_speedup else []
+    header = ["variant", "worst evaluation set", "ships ≈ MB", "× stock ≈", "goal", "budgets"]
+    return "\n\n".join([
+        f"**Verdict.** Goal: agreement ≥ {limits.goal} with the float model on every evaluation "
+        f"set. Budgets: {', '.join(budgets) or 'none'}. A row ships ≈ its model plus the "
+        f"{fmt(limits.ships_extra_mb, 2)} MB the shipped bundle adds to its model; its speed ≈ "
+        f"the shipped bundle's {fmt(limits.shipped_speedup, 2)}× stock (bench) times the "
+        "shipped row's warm ms over the row's (timed above).",
+        table(header, rows),
+        f"Reach the goal: {', '.join(reach) or 'none'}. Best within the budgets: {best or 'none'}.",
+    ])  # fmt: skip
+
+
+def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> list[str]:
+    """Markdown parts of the section; none when the class measures no variant. With `limits`,
+    a verdict ends it."""
     if lev is None or not lev.rows:
         return []
     built = [r for r in lev.rows if r.error is None]
@@ -71,4 +159,6 @@ def levers_section(lev: LeverRecord | None) -> list[str]:
     if refused:
         parts.append("Refused variants (the pass's own message, with the best it found):\n\n"
                      + "\n".join(refused))  # fmt: skip
+    if limits is not None and any(r.name == "shipped" for r in built):
+        parts.append(verdict(lev, limits))
     return parts

@@ -31,6 +31,7 @@ from ..records import (
 )
 from . import plots
 from .class_page import class_report
+from .levers import limits_of
 from .summary import BASELINES, summary
 
 START, END = "<!-- summary:start -->", "<!-- summary:end -->"
@@ -112,12 +113,14 @@ def write_reports(
     reports_dir: Path,
     plots_dir: Path,
     notes: Sequence[str] = (),
+    agreement_goal: float = 0.97,
 ) -> str:
     """Write every report, picture and plot file; returns the summary markdown."""
     loaded = {t: load_class(metrics_dir, builds, t) for t in targets}
     metrics = {t: m for t, (m, *_) in loaded.items()}
     for t, (m, b, c, e, lev) in loaded.items():
-        write_text(reports_dir / f"{t}.md", class_report(m, b, c, e, lev))
+        limits = limits_of(m, lev, agreement_goal) if lev is not None else None
+        write_text(reports_dir / f"{t}.md", class_report(m, b, c, e, lev, limits))
     pre_path = metrics_dir / "preprocess.json"
     preprocess = read_record(pre_path, PreprocessRecord) if pre_path.is_file() else None
     choices = {
