@@ -175,6 +175,7 @@ def params() -> dict[str, Any]:
         "levers": {
             "eval_images": 4,
             "timing_images": 3,
+            "agreement_goal": 0.97,
             "variants": {
                 "high": {},
                 "mid": {},

@@ -97,8 +97,9 @@ def verdict(lev: LeverRecord, limits: Limits) -> str:
     ]  # fmt: skip
     reach = [n + (f" (over: {', '.join(j.over)})" if j.over else "") for n, j in judged.items()
              if j.goal]  # fmt: skip
-    fits = [(j.agreement, n) for n, j in judged.items() if not j.over]
-    best = f"{max(fits)[1]} ({judged[max(fits)[1]].worst} {fmt(max(fits)[0], 3)})" if fits else ""
+    fits = [n for n, j in judged.items() if not j.over]
+    top = max(fits, key=lambda n: judged[n].agreement, default=None)
+    best = f"{top} ({judged[top].worst} {fmt(judged[top].agreement, 3)})" if top else ""
     budgets = [f"ships ≤ {fmt(limits.max_ships_mb, 1)} MB"] if limits.max_ships_mb else []
     budgets += [f"≥ {fmt(limits.min_speedup, 1)}× stock"] if limits.min_speedup else []
     header = ["variant", "worst evaluation set", "ships ≈ MB", "× stock ≈", "goal", "budgets"]
