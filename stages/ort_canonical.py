@@ -154,14 +154,14 @@ def _child(builder: flatbuffers.Builder, table: str, f: Field, tab: Table, o: in
     align = struct_layout(f.of)[0] if f.kind == "vec_struct" else f.size
     builder.StartVector(f.size, n, align)
     _place(builder, bytes(tab.Bytes[start : start + n * f.size]))
-    return builder.EndVector(n)
+    return builder.EndVector()
 
 
 def _offsets(builder: flatbuffers.Builder, items: list[int]) -> int:
     builder.StartVector(4, len(items), 4)
     for item in reversed(items):
         builder.PrependUOffsetTRelative(item)
-    return builder.EndVector(len(items))
+    return builder.EndVector()
 
 
 def _place(builder: flatbuffers.Builder, data: bytes) -> None:
