@@ -14,6 +14,10 @@ every model in the same process, in `timing_rounds` interleaved rounds over the 
 `timing_images` of the first val set, with the int8 kernels the shipped .ort runs
 (`int8_kernels: fast`; the texts use the recipe's kernels, as evaluate does).
 
+The shipped model's static int8 group is also scored in halves (stages/quant_split.py: int8
+weights with float activations, int8 activations with float weights), not timed: which half
+costs the agreement, and so which levers can win it back.
+
 metrics/levers/<C>.json: records.LeverRecord, read by the report's class pages.
 """
 
@@ -40,6 +44,8 @@ from .errors import PassError
 from .evaluate import EvalSets, eval_runtime, predict
 from .measure.machine import machine_info
 from .params import Params
+from .passes._ort_quant import working_copy
+from .quant_split import activations_only, weights_only
 from .recipe import Recipe, patched
 from .records import BuildRecord, LeverRecord, LeverRow, LeverSet, read_record
 from .registry import PassContext
@@ -49,6 +55,8 @@ Texts = dict[str, list[str]]
 Sets = dict[str, tuple[list[np.ndarray], list[str]]]  # per set: tensors, labels
 WARMUP = 10
 FLOAT = "\0float"  # the float model's key among the timed ones: no variant name can equal it
+WEIGHTS_ONLY = "int8 weights only"  # the shipped static group's halves (Scorer.split)
+ACTIVATIONS_ONLY = "int8 activations only"
 
 
 def float_stage(record: BuildRecord, build: Path, source: Path) -> Path:
@@ -146,10 +154,12 @@ class Scorer:
         self.models: dict[str, bytes] = {}  # each built row's model, timed at the end
 
     def row(
-        self, name: str, patch: dict[str, Any], model: onnx.ModelProto, kept: list[str]
-    ) -> LeverRow:
+        self, name: str, patch: dict[str, Any], model: onnx.ModelProto, kept: list[str],
+        timed: bool = True,
+    ) -> LeverRow:  # fmt: skip
         data = model.SerializeToString()
-        self.models[name] = data
+        if timed:
+            self.models[name] = data
         with tempfile.TemporaryDirectory(prefix="levers-") as tmp:
             path = Path(tmp) / "model.onnx"
             path.write_bytes(data)
@@ -162,6 +172,19 @@ class Scorer:
             val=compare(val, self.ref_val, self.val, self.scoring),
             eval=compare(evals, self.ref_eval, self.evals, self.scoring),
         )
+
+    def split(self, model: onnx.ModelProto) -> list[LeverRow]:
+        """The model's static int8 group in halves (quant_split), scored, not timed (their
+        kernels are float ones); none without a static group. The float model's nodes are
+        named as the quantizers name them, so every quantized node finds its twin."""
+        if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            return []
+        rows = [self.row(WEIGHTS_ONLY, {}, weights_only(model), [], timed=False)]
+        try:
+            twin = activations_only(model, working_copy(onnx.load(self.float_path)))
+        except ValueError as e:
+            return [*rows, LeverRow(name=ACTIVATIONS_ONLY, patch={}, error=str(e))]
+        return [*rows, self.row(ACTIVATIONS_ONLY, {}, twin, [], timed=False)]
 
     def timed(self, rows: list[LeverRow], rounds: int) -> dict[str, Any]:
         """The record's fields: every built row's warm ms and the float model's, measured in
@@ -207,7 +230,9 @@ def measure_class(
     )  # fmt: skip
     shipped_kept = float_nodes({k: v for st in build_record.stages for k, v in st.report.items()})
     print(f"levers@{target}: shipped", flush=True)
-    rows = [scorer.row("shipped", {}, onnx.load(build / "model.onnx"), shipped_kept)]
+    shipped = onnx.load(build / "model.onnx")
+    rows = [scorer.row("shipped", {}, shipped, shipped_kept)]
+    split = scorer.split(shipped)
     for i, (name, patch) in enumerate(variants.items(), start=1):
         where = f"{params_file}: levers.variants.{target}.{name}"
         variant = patched(recipe, patch, where)
@@ -226,7 +251,7 @@ def measure_class(
         rows.append(scorer.row(name, patch, results[-1].model, kept))
     print(f"levers@{target}: timing {len(scorer.models) + 1} models, {timing_rounds} rounds",
           flush=True)  # fmt: skip
-    return scorer.timed(rows, timing_rounds)
+    return {**scorer.timed(rows, timing_rounds), "split": split}
 
 
 def measure_levers(

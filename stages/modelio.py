@@ -235,6 +235,16 @@ def input_value(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return next(v for v in model.graph.input if v.name not in inits)
 
 
+def exposing(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose graph outputs are `names`, in that order (types left to onnxruntime's
+    inference): how a probe reads intermediate tensors from one run."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.output[:]
+    out.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    return out
+
+
 def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose shapeless outputs declare an empty shape, for onnx.checker only.
 

@@ -539,3 +539,6 @@ class LeverRecord(Record):
     float_size_mb: float | None = None
     float_warm_ms: float | None = None
     rows: list[LeverRow] = Field(default_factory=list)  # "shipped" first
+    # the shipped model's static int8 group in halves (levers.Scorer.split): which half costs
+    # the agreement; scored like rows, not timed, not shippable (their kernels are float)
+    split: list[LeverRow] = Field(default_factory=list)

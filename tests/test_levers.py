@@ -44,9 +44,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def measure(root: Path, variants: dict, eval_images: int | None = None) -> LeverRecord:
+def measure(
+    root: Path, variants: dict, eval_images: int | None = None, passes: list = PASSES
+) -> LeverRecord:
     build = root / "build" / "low" / "model"
-    rec = builders.recipe(PASSES)
+    rec = builders.recipe(passes)
     fields = measure_class(
         "low", root / "models" / "source", build, builders.context(root, rec),
         EvalSets(read_sets(root / "data", ["clean", "hard"], "eval")), variants, Scoring(),
@@ -170,6 +172,46 @@ def test_report_section_shows_every_row_and_the_refused_ones(project: Path):
     assert "`gate` refused: no variant met it" in text
     assert "val clean" in text and "hard (eval)" in text and "01-fix_output_shape.onnx" in text
     assert levers_section(None) == [] and levers_section(lev.model_copy(update={"rows": []})) == []
+
+
+STATIC = [{"fix_output_shape": {}}, {"quantize_static": {"op_types": ["Conv", "Gemm"]}}]
+
+
+@pytest.fixture(scope="module")
+def static_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("levers_static")
+    builders.write_source(root)
+    builders.write_data(root)
+    builders.build_class(root, "low", STATIC)
+    return root
+
+
+def test_a_static_group_is_scored_in_halves_untimed_and_reported(static_project: Path):
+    lev = measure(static_project, {}, passes=STATIC)
+    assert [r.name for r in lev.rows] == ["shipped"]
+    halves = {r.name: r for r in lev.split}
+    assert list(halves) == [levers.WEIGHTS_ONLY, levers.ACTIVATIONS_ONLY]
+    for r in halves.values():
+        assert r.error is None and r.warm_ms is None and set(r.eval) == {"clean", "hard"}
+        assert all(0.0 <= s.agreement <= 1.0 for s in r.eval.values())
+    text = "\n\n".join(levers_section(lev))
+    assert "Which half of the static int8 group" in text
+    assert f"| {levers.WEIGHTS_ONLY} | " in text and f"| {levers.ACTIVATIONS_ONLY} | " in text
+
+
+def test_a_half_that_cannot_be_made_is_recorded_with_why(static_project: Path, monkeypatch):
+    def no_twin(model, float_model):
+        raise ValueError("node 'conv' (Conv) reads a dequantized initializer, but ...")
+
+    monkeypatch.setattr(levers, "activations_only", no_twin)
+    lev = measure(static_project, {}, passes=STATIC)
+    assert lev.split[0].error is None
+    assert lev.split[1].name == levers.ACTIVATIONS_ONLY and "node 'conv'" in lev.split[1].error
+    assert "not split: node 'conv'" in "\n\n".join(levers_section(lev))
+
+
+def test_a_dynamic_only_class_has_no_halves(project: Path):
+    assert measure(project, {}).split == []
 
 
 def test_every_model_is_timed_in_interleaved_rotated_rounds(project: Path, monkeypatch):

@@ -135,6 +135,15 @@ def inputs(n: int = 4, seed: int = 1, widths: tuple[int, ...] = (16, 24, 32)) ->
     return [rng.random((1, 1, HEIGHT, w), dtype=np.float32) for w in shapes]
 
 
+def skewed_inputs() -> list[np.ndarray]:
+    """Values spread over [-10, 3] plus two pixels at +9 (0.14 % of 1472): the shape of a
+    convolution's output before its activation, wide on one side with rare large values on the
+    other."""
+    images = [(-10.0 + 13.0 * x).astype(np.float32) for x in inputs(8)]
+    images[2][0, 0, 1, 3] = images[5][0, 0, 4, 7] = 9.0
+    return images
+
+
 def run(model: onnx.ModelProto, x: np.ndarray, rt: Runtime | None = None) -> np.ndarray:
     """`model`'s first output for `x` in a session as the pipeline makes it (default `rt`:
     exact int8 kernels, so int8 tolerances hold on x86 with or without VNNI, and on ARM)."""

@@ -29,11 +29,9 @@ def tensor_shapes(model: onnx.ModelProto, x: np.ndarray) -> dict[str, tuple[int,
     """Concrete shapes of every initializer and every node output for input `x`, from one
     onnxruntime run with all intermediate tensors exposed as outputs (no optimization, so the
     tensors are the graph's own)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    declared = {o.name for o in probe.graph.output}
-    extra = [o for n in probe.graph.node for o in n.output if o and o not in declared]
-    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in extra)
+    declared = [o.name for o in model.graph.output]
+    inner = [o for n in model.graph.node for o in n.output if o and o not in declared]
+    probe = modelio.exposing(model, declared + inner)
     sess = quiet_cpu_session(probe.SerializeToString(), level="disable")
     names = [o.name for o in sess.get_outputs()]
     values = sess.run(names, {sess.get_inputs()[0].name: x})

@@ -22,6 +22,8 @@ from onnx import numpy_helper
 
 from ocr_bundles_runtime.session import quiet_cpu_session
 
+from .. import modelio
+
 SHIFT_BITS = 4  # 1/16 relative steps: coarse next to float noise, fine next to the shift itself
 
 
@@ -77,12 +79,7 @@ def _channel_means(
     model: onnx.ModelProto, outputs: list[str], samples: list[np.ndarray]
 ) -> list[np.ndarray]:
     """Mean of each named tensor per channel (axis 1) over every sample and position."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(
-        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs]
-    )
+    probe = modelio.exposing(model, outputs)
     # the project's probe session: exact int8 kernels, so an AVX2 machine's fused convolutions
     # compute what a VNNI machine's do
     session = quiet_cpu_session(probe.SerializeToString(), threads=2)

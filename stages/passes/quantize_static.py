@@ -51,6 +51,7 @@ _METHODS = {
     "percentile": ort_quant.CalibrationMethod.Percentile,
 }
 CalibrateMethod = Literal["minmax", "entropy", "percentile"]  # the keys of _METHODS
+PercentileTails = Literal["symmetric", "separate"]
 DEFAULT_PERCENTILE = 99.999
 # these calibrators stack every run's activations into one array, so shapes must agree
 _HISTOGRAM = {"entropy", "percentile"}
@@ -85,8 +86,15 @@ class QuantizeStaticOptions(BaseModel):
         DEFAULT_PERCENTILE,
         gt=90.0,
         le=100.0,
-        description="percentile of |activation| kept in range; only for calibrate_method "
-        "percentile",
+        description="percentile of |activation| kept in range (of the signed values, split over "
+        "both tails, with percentile_tails: separate); only for calibrate_method percentile",
+    )
+    percentile_tails: PercentileTails = Field(
+        "symmetric",
+        description="symmetric: the range is +-the percentile of |activation| (onnxruntime's "
+        "default); separate: each tail of the signed values loses (100 - percentile) / 2 %, so "
+        "a skewed tensor (a convolution's output before its activation) keeps the side it "
+        "uses; only for calibrate_method percentile",
     )
     histogram_bins: int = Field(
         2048,
@@ -131,19 +139,28 @@ class QuantizeStaticOptions(BaseModel):
                 "activation_type int8 with weight_type uint8 is not supported by onnxruntime; "
                 "use weight_type: int8"
             )
-        # compared with the default, not model_fields_set: a resolved recipe (recipe.json)
-        # lists every field, and must load back
-        if self.percentile != DEFAULT_PERCENTILE and self.calibrate_method != "percentile":
-            raise ValueError(
-                f"percentile is only used with calibrate_method: percentile, not "
-                f"{self.calibrate_method}; remove percentile or change calibrate_method"
-            )
+        percentile_only(self.calibrate_method, self.percentile, self.percentile_tails)
         if self.bias_correction_images and self.quant_format != "qdq":
             raise ValueError(
                 "bias_correction_images corrects qdq models' int32 biases; set quant_format: qdq "
                 "or bias_correction_images: 0"
             )
         return self
+
+
+def percentile_only(method: str, percentile: float, tails: str) -> None:
+    """Refuse percentile settings that another calibrate_method would silently ignore. Compared
+    with the defaults, not model_fields_set: a resolved recipe (recipe.json) lists every field,
+    and must load back."""
+    given = [f for f, on in (("percentile", percentile != DEFAULT_PERCENTILE),
+                             ("percentile_tails", tails != "symmetric")) if on]  # fmt: skip
+    if given and method != "percentile":
+        fields = " and ".join(given)
+        verb = "is" if len(given) == 1 else "are"
+        raise ValueError(
+            f"{fields} {verb} only used with calibrate_method: percentile, not {method}; "
+            f"remove {fields} or change calibrate_method"
+        )
 
 
 @register(NAME, QuantizeStaticOptions, kind="quantize", exact=False)
@@ -222,6 +239,7 @@ def _calibrator_options(options: QuantizeStaticOptions) -> dict[str, Any]:
     out: dict[str, Any] = {"num_bins": options.histogram_bins}
     if options.calibrate_method == "percentile":
         out["percentile"] = options.percentile
+        out["symmetric"] = options.percentile_tails == "symmetric"
     return out
 
 

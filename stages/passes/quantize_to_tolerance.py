@@ -54,7 +54,9 @@ from .convert_opset import default_opset
 from .quantize_static import (
     DEFAULT_PERCENTILE,
     CalibrateMethod,
+    PercentileTails,
     QuantizeStaticOptions,
+    percentile_only,
     quantize_static,
     samples_digest,
 )
@@ -104,7 +106,13 @@ class QuantizeToToleranceOptions(BaseModel):
         DEFAULT_PERCENTILE,
         gt=90.0,
         le=100.0,
-        description="percentile of |activation| kept in range, for calibrate_method percentile",
+        description="percentile of |activation| kept in range (see percentile_tails), for "
+        "calibrate_method percentile",
+    )
+    percentile_tails: PercentileTails = Field(
+        "symmetric",
+        description="symmetric: +-the percentile of |activation|; separate: each tail of the "
+        "signed values loses (100 - percentile) / 2 % (quantize_static's percentile_tails)",
     )
     histogram_bins: int = Field(
         2048, ge=128, le=65536, description="histogram bins of entropy/percentile calibration"
@@ -159,11 +167,7 @@ class QuantizeToToleranceOptions(BaseModel):
             )
         if not self.static_op_types and not self.dynamic_op_types:
             raise ValueError("static_op_types and dynamic_op_types are both empty")
-        if self.percentile != DEFAULT_PERCENTILE and self.calibrate_method != "percentile":
-            raise ValueError(
-                f"percentile is only used with calibrate_method: percentile, not "
-                f"{self.calibrate_method}; remove percentile or change calibrate_method"
-            )
+        percentile_only(self.calibrate_method, self.percentile, self.percentile_tails)
         return self
 
 
@@ -300,6 +304,7 @@ def _static_options(
         nodes_to_exclude=exclude,
         calibrate_method=options.calibrate_method,
         percentile=options.percentile,
+        percentile_tails=options.percentile_tails,
         histogram_bins=options.histogram_bins,
         reduce_range=options.reduce_range,
         per_channel=options.static_per_channel,

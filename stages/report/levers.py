@@ -114,6 +114,26 @@ def verdict(lev: LeverRecord, limits: Limits) -> str:
     ])  # fmt: skip
 
 
+def split_part(lev: LeverRecord, evals: list[str]) -> str | None:
+    """The shipped row beside its static int8 group's halves (the levers stage's `split`)."""
+    shipped = next((r for r in lev.rows if r.name == "shipped" and r.error is None), None)
+    if not lev.split or shipped is None:
+        return None
+    rows = [
+        [r.name, *[set_cell(r.eval.get(s)) for s in evals]] if r.error is None
+        else [r.name, *[f"not split: {r.error}"] * len(evals)]
+        for r in [shipped, *lev.split]
+    ]  # fmt: skip
+    return "\n\n".join([
+        "**Which half of the static int8 group costs the agreement.** The shipped model, then "
+        "its static group with only the weights int8 (activations float), then with only the "
+        "activations int8 (the float model's weights); dynamic int8 ops as shipped in all "
+        "three (`stages/quant_split.py`). Neither half is a model to ship: onnxruntime runs "
+        "float kernels on it, so neither is timed.",
+        table(["model", *[f"{s} (eval)" for s in evals]], rows),
+    ])  # fmt: skip
+
+
 def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> list[str]:
     """Markdown parts of the section; none when the class measures no variant. With `limits`,
     a verdict ends it."""
@@ -160,6 +180,9 @@ def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> lis
     if refused:
         parts.append("Refused variants (the pass's own message, with the best it found):\n\n"
                      + "\n".join(refused))  # fmt: skip
+    split = split_part(lev, evals)
+    if split:
+        parts.append(split)
     if limits is not None and any(r.name == "shipped" for r in built):
         parts.append(verdict(lev, limits))
     return parts

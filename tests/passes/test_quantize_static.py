@@ -308,6 +308,40 @@ def test_histogram_methods_clip_a_rare_outlier_that_minmax_keeps(options):
     assert other < minmax / 4
 
 
+def _input_range(out: onnx.ModelProto) -> tuple[float, float]:
+    """The float range [lo, hi] that the graph's image input is quantized to (uint8)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    image = out.graph.input[0].name
+    ql = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == image)
+    scale, zero = float(inits[ql.input[1]]), int(inits[ql.input[2]])
+    return -zero * scale, (255 - zero) * scale
+
+
+def test_separate_percentile_tails_drop_the_rare_side_symmetric_keeps():
+    # symmetric: +-the 99th percentile of |x| (~9.9), clipped to the max (9): the step spends
+    # 6 of the 19 units on two pixels. separate: 0.5 % off each signed tail, [-9.9, 2.9]
+    ctx = registry.PassContext(calibration=tiny.skewed_inputs())
+    model = tiny.tiny_ctc()
+    opts = {"calibrate_method": "percentile", "percentile": 99.0}
+    sym = _input_range(quantize_static(model, QuantizeStaticOptions(**opts), ctx))
+    sep = _input_range(
+        quantize_static(model, QuantizeStaticOptions(**opts, percentile_tails="separate"), ctx)
+    )
+    assert sym[0] == pytest.approx(-9.9, abs=0.2) and sym[1] == pytest.approx(9.0, abs=0.2)
+    assert sep[0] == pytest.approx(-9.9, abs=0.2) and sep[1] == pytest.approx(2.9, abs=0.2)
+    # the step every bulk value is rounded to: about 0.68x symmetric's
+    assert (sep[1] - sep[0]) < 0.72 * (sym[1] - sym[0])
+
+
+def test_percentile_tails_need_the_percentile_method():
+    with pytest.raises(ValueError, match="percentile_tails is only used with calibrate_method"):
+        QuantizeStaticOptions(percentile_tails="separate")
+    with pytest.raises(ValueError, match="percentile and percentile_tails are only used"):
+        QuantizeStaticOptions(
+            calibrate_method="entropy", percentile=99.0, percentile_tails="separate"
+        )
+
+
 def test_one_calibration_serves_every_nodes_to_exclude(monkeypatch):
     """Ranges depend on the model, op types, calibrator and images, never on nodes_to_exclude:
     the same model quantized again with a node kept float reuses them (quantize_to_tolerance's

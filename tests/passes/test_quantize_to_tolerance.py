@@ -362,6 +362,25 @@ def test_percentile_calibration_reaches_the_static_group():
     assert pct < minmax / 4
 
 
+def test_percentile_tails_reach_the_static_group():
+    # quantize_static's test: separate tails drop the two +9 pixels that symmetric ones keep
+    model = tiny.tiny_ctc()
+    ctx = dataclasses.replace(context(model), calibration=tiny.skewed_inputs())
+    flat = {"static_per_channel": False, "dynamic_op_types": [], **LOOSE}
+    pct = {"calibrate_method": "percentile", "percentile": 99.0}
+
+    def input_top(tails: str) -> float:
+        opts = QuantizeToToleranceOptions(**flat, **pct, percentile_tails=tails)
+        out = quantize_to_tolerance(model, opts, ctx)
+        inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+        image = out.graph.input[0].name
+        q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == image)
+        return (255 - int(inits[q.input[2]])) * float(inits[q.input[1]])
+
+    assert input_top("symmetric") == pytest.approx(9.0, abs=0.2)
+    assert input_top("separate") == pytest.approx(2.9, abs=0.2)
+
+
 def test_bias_correction_reaches_the_static_group():
     """quantize_static's bias correction, asked for here, moves only the static group's int32
     bias (its numeric effect is tested in test_quantize_static)."""
@@ -455,6 +474,8 @@ def test_options_are_checked():
         QuantizeToToleranceOptions(min_agreement=1.5)
     with pytest.raises(pydantic.ValidationError, match="percentile is only used"):
         QuantizeToToleranceOptions(percentile=99.9)
+    with pytest.raises(pydantic.ValidationError, match="percentile_tails is only used"):
+        QuantizeToToleranceOptions(percentile_tails="separate")
     assert registry.get("quantize_to_tolerance").exact is False
 
 
