@@ -3,6 +3,7 @@ an ImageError and its stable code; never another exception."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import subprocess
@@ -195,22 +196,42 @@ def test_formats_decode_to_the_right_gray(backend: str, data: bytes, gray: float
 
 
 @pytest.mark.parametrize("backend", ["pillow", "opencv", "numpy"])
-def test_extreme_aspect_ratio_is_refused(tmp_path: Path, backend: str):
-    """Run under a 3 GiB address-space limit so the failure cannot take the machine down."""
-    (tmp_path / "wide.png").write_bytes(encode(Image.new("L", (1_000_000, 1), 200), "PNG"))
-    spec = SPECS[backend]
-    code = f"""
+@pytest.mark.parametrize("interpolation", ["area", "bilinear"])
+def test_a_long_strip_within_the_limit_resizes_in_little_memory(
+    tmp_path: Path, backend: str, interpolation: str
+):
+    """5000x2 resizes to 160000x64, inside max_pixels. The numpy backend's filters once were
+    dense 160000x5000 matrices (6 GB; a fuzzed image took a test worker down by OOM): they must
+    fit the 3 GiB address space the subprocess gets."""
+    (tmp_path / "strip.png").write_bytes(encode(Image.new("RGB", (5000, 2), (200, 9, 9)), "PNG"))
+    spec = dataclasses.replace(SPECS[backend], interpolation=interpolation)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIMITED.format(spec=spec.as_dict()), str(tmp_path / "strip.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.split() == ["ok", str(64 * 160_000)], proc.stdout
+
+
+LIMITED = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from ocr_bundles_runtime.preprocess import ImageError, Preprocess, preprocess
 try:
-    x = preprocess(sys.argv[1], Preprocess(**{spec.as_dict()!r}))
+    x = preprocess(sys.argv[1], Preprocess(**{spec!r}))
     print("ok", x.size)
 except ImageError as e:
     print(e.code)
 """
+
+
+@pytest.mark.parametrize("backend", ["pillow", "opencv", "numpy"])
+def test_extreme_aspect_ratio_is_refused(tmp_path: Path, backend: str):
+    """Run under a 3 GiB address-space limit so the failure cannot take the machine down."""
+    (tmp_path / "wide.png").write_bytes(encode(Image.new("L", (1_000_000, 1), 200), "PNG"))
+    spec = SPECS[backend]
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "wide.png")],
+        [sys.executable, "-c", LIMITED.format(spec=spec.as_dict()), str(tmp_path / "wide.png")],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -389,27 +389,40 @@ def _resize_numpy(pixels: np.ndarray, width: int, height: int, how: Interpolatio
         rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.intp)
         cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.intp)
         return pixels[rows[:, None], cols]
-    x = pixels.astype(np.float32)
-    x = _axis_weights(h, height, how) @ x.reshape(h, -1)
-    x = x.reshape(height, w, -1).transpose(1, 0, 2).reshape(w, -1)
-    x = (_axis_weights(w, width, how) @ x).reshape(width, height, -1).transpose(1, 0, 2)
+    x = pixels.astype(np.float32).reshape(h, w, -1)
+    x = _filtered(x, *_axis_taps(h, height, how))
+    x = _filtered(x.transpose(1, 0, 2), *_axis_taps(w, width, how)).transpose(1, 0, 2)
     out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
     return out[:, :, 0] if pixels.ndim == 2 else out
 
 
-def _axis_weights(src: int, dst: int, how: Interpolation) -> np.ndarray:
-    """A dst x src matrix: bilinear (triangle, widened when shrinking) or area (box) filter."""
+def _filtered(x: np.ndarray, idx: np.ndarray, wts: np.ndarray) -> np.ndarray:
+    """Axis 0 of `x` resampled: out[j] = sum over taps t of wts[j, t] * x[idx[j, t]], one tap
+    at a time, so memory stays at the output's size."""
+    out = np.zeros((idx.shape[0], *x.shape[1:]), np.float32)
+    for t in range(idx.shape[1]):
+        out += wts[:, t, None, None] * x[idx[:, t]]
+    return out
+
+
+def _axis_taps(src: int, dst: int, how: Interpolation) -> tuple[np.ndarray, np.ndarray]:
+    """Per output index, the source indices its filter reads and their weights (dst x taps):
+    bilinear (triangle, widened when shrinking) or area (box). A band, not a dst x src matrix:
+    a 5000 x 2 strip resized to height 64 would need 6 GB as a matrix."""
     scale = src / dst
     centers = (np.arange(dst) + 0.5) * scale
-    pos = np.arange(src) + 0.5
     support = max(scale, 1.0)
-    dist = np.abs(pos[None, :] - centers[:, None]) / support
+    reach = support / 2 if how == "area" else support  # farthest center-to-pixel distance read
+    first = np.floor(centers - reach - 0.5).astype(np.intp)
+    idx = first[:, None] + np.arange(int(np.ceil(2 * reach)) + 2)
+    inside = (idx >= 0) & (idx < src)
+    dist = np.where(inside, np.abs(idx + 0.5 - centers[:, None]) / support, np.inf)
     if how == "area":
         wts = (dist <= 0.5).astype(np.float32)
-        wts[np.arange(dst), np.abs(dist).argmin(axis=1)] = 1.0  # never an empty row
+        wts[np.arange(dst), dist.argmin(axis=1)] = 1.0  # never an empty row
     else:
         wts = np.clip(1.0 - dist, 0.0, None).astype(np.float32)
-    return wts / wts.sum(axis=1, keepdims=True)
+    return np.clip(idx, 0, src - 1), wts / wts.sum(axis=1, keepdims=True)
 
 
 def _detail(e: Exception) -> str:
