@@ -35,13 +35,18 @@ PASS_NAMES = ["fix_output_shape", "quantize_dynamic"]
 LOOSE = {"min_agreement": 0.0, "max_accuracy_drop_pts": 100.0}
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("levers")
+def built(factory: pytest.TempPathFactory, passes: list) -> Path:
+    """A project with a source, data and class `low` built with `passes`."""
+    root = factory.mktemp("levers")
     builders.write_source(root)
     builders.write_data(root)
-    builders.build_class(root, "low", PASSES)
+    builders.build_class(root, "low", passes)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built(tmp_path_factory, PASSES)
 
 
 def measure(
@@ -179,11 +184,7 @@ STATIC = [{"fix_output_shape": {}}, {"quantize_static": {"op_types": ["Conv", "G
 
 @pytest.fixture(scope="module")
 def static_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("levers_static")
-    builders.write_source(root)
-    builders.write_data(root)
-    builders.build_class(root, "low", STATIC)
-    return root
+    return built(tmp_path_factory, STATIC)
 
 
 def test_a_static_group_is_scored_in_halves_untimed_and_reported(static_project: Path):
