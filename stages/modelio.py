@@ -36,6 +36,13 @@ class CtcSpec:
     kind: str = "logits"  # or "probabilities": the graph ends in a Softmax
 
 
+def copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy: passes are pure functions and never edit the model they are given."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
 def load(path: str | Path) -> onnx.ModelProto:
     """Load a model, refusing garbage, truncated files and external data outside its folder."""
     path = Path(path)
@@ -116,8 +123,7 @@ def with_spec(
     model: onnx.ModelProto, charset: list[str], layout: str, blank: int, kind: str = "logits"
 ) -> onnx.ModelProto:
     """A copy of `model` carrying the CTC contract as metadata."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy(model)
     values = {
         "charset": json.dumps(charset, ensure_ascii=False),
         "layout": layout,
@@ -238,8 +244,7 @@ def input_value(model: onnx.ModelProto) -> onnx.ValueInfoProto:
 def exposing(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy whose graph outputs are `names`, in that order (types left to onnxruntime's
     inference): how a probe reads intermediate tensors from one run."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy(model)
     del out.graph.output[:]
     out.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
     return out
@@ -250,8 +255,7 @@ def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
 
     onnx 1.23's checker rejects a graph output without a shape field, yet "no shape" is how
     fix_output_shape (rank 0) and the quantizers' working copies say "unknown" on purpose."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy(model)
     for value in out.graph.output:
         if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
             value.type.tensor_type.shape.SetInParent()

@@ -34,6 +34,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ocr_bundles_runtime.preprocess import MIN_WIDTH, Preprocess
 
+from . import modelio
+
 __all__ = ["attach", "pixels_graph", "unsupported"]
 
 INPUT = "pixels"
@@ -301,8 +303,7 @@ def attach(model: onnx.ModelProto, spec: Preprocess) -> onnx.ModelProto:
     image = _image_input(model, spec)
     pixels = pixels_graph(spec, _opset(model), output=image.name)
     _check_names(model, pixels)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = modelio.copy(model)
     g = out.graph
     index = [i.name for i in g.input].index(image.name)
     del g.input[index]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import onnx
 
+from . import modelio
+
 
 def weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its activations float: every DequantizeLinear of a QuantizeLinear's output
     is replaced by that QuantizeLinear's float input (graph outputs are kept as they are)."""
-    out = _copy(model)
+    out = modelio.copy(model)
     g = out.graph
     inits = {t.name for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
@@ -40,7 +42,7 @@ def weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
 def activations_only(model: onnx.ModelProto, float_model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with the float model's weights and biases wherever a node reads a dequantized
     initializer; raises ValueError naming a node that has no twin to take them from."""
-    out = _copy(model)
+    out = modelio.copy(model)
     g = out.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
@@ -81,12 +83,6 @@ def _float_input(
         out.graph.initializer.append(tensor)
         inits[name] = tensor
     return name
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _pruned(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from .atomic import write_json
 from .errors import PipelineError
@@ -118,6 +118,14 @@ class ToleranceStep(Record):
     accepted: bool
 
 
+class ScaleSearchRecord(Record):
+    """quantize_to_tolerance's scale_search_images on the chosen static model."""
+
+    factors: dict[str, float]  # activation tensor -> factor on its scale (only those != 1)
+    rel_mse_before: float  # output error against the float model on the search tensors
+    rel_mse_after: float
+
+
 class ToleranceReport(Record):
     """quantize_to_tolerance's decision: every node's sensitivity, each variant tried per
     validation set, the nodes kept float and why."""
@@ -128,6 +136,15 @@ class ToleranceReport(Record):
     steps: list[ToleranceStep]
     float_nodes: list[str] = Field(default_factory=list)
     why: dict[str, str] = Field(default_factory=dict)
+    scale_search: ScaleSearchRecord | None = None  # absent when the option is off
+
+    @model_serializer(mode="wrap")
+    def _absent_when_off(self, handler: Any) -> dict[str, Any]:
+        # models quantized without scale_search_images keep the report (and bytes) they had
+        data = handler(self)
+        if data.get("scale_search") is None:
+            data.pop("scale_search", None)
+        return data
 
 
 class StageRecord(Record):

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from ocr_bundles_runtime.preprocess import Preprocess
 from ocr_bundles_runtime.session import Runtime
 
+from . import modelio
 from .errors import UnknownNameError
 from .scoring import Scoring
 
@@ -89,8 +90,7 @@ def unchanged(model: onnx.ModelProto, pass_name: str, reason: str) -> onnx.Model
     nothing to do and why; build.pop_reports moves it into the build record, leaving the input's
     bytes. The entry goes last (replacing any earlier one) so that popping restores the order."""
     key = f"report.{pass_name}"
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = modelio.copy(model)
     kept = [p for p in out.metadata_props if p.key != key]
     del out.metadata_props[:]
     out.metadata_props.extend(kept)

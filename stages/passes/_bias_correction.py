@@ -34,8 +34,7 @@ def correct_biases(
     targets = _int32_biases(quantized)
     if not targets:
         return quantized
-    out = onnx.ModelProto()
-    out.CopyFrom(quantized)
+    out = modelio.copy(quantized)
     want = _channel_means(float_model, [t.output for t in targets], samples)
     inits = {i.name: i for i in out.graph.initializer}
     for t, target in zip(targets, want, strict=True):

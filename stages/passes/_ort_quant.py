@@ -89,8 +89,7 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     shape (ddddocr's [1, seqlen]) makes the quantizer's shape inference and calibration sessions
     warn or merge shapes leniently, so the copy declares none and `finish` restores the original.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = modelio.copy(model)
     used = {n.name for n in out.graph.node}
     for i, node in enumerate(out.graph.node):
         if not node.name:

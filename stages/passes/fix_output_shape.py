@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import modelio
 from ..errors import PassError
 from ..registry import PassContext, register
 
@@ -31,8 +32,7 @@ def fix_output_shape(
     model: onnx.ModelProto, options: FixOutputShapeOptions, context: PassContext
 ) -> onnx.ModelProto:
     """Replace declared output shapes by `rank` symbolic dims (or none)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = modelio.copy(model)
     names = [o.name for o in out.graph.output]
     wanted = options.outputs if options.outputs is not None else names
     missing = sorted(set(wanted) - set(names))

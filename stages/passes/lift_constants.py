@@ -46,8 +46,7 @@ def lift_constants(
     model: onnx.ModelProto, options: LiftConstantsOptions, context: PassContext
 ) -> onnx.ModelProto:
     """Turn tensor-valued Constant nodes into initializers."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = modelio.copy(model)
     graph = out.graph
     outputs = {o.name for o in graph.output}
     kept, lifted = [], 0

@@ -96,8 +96,7 @@ def prune_charset(
             f"the allowed characters cover all {len(spec.charset)} classes: nothing to prune"
             + skipped,
         )
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = modelio.copy(model)
     head = _find_head(out, spec.output_name, len(spec.charset), spec.layout)
     _slice_head(out.graph, head, keep)
     _fix_class_count(out.graph, head, len(spec.charset), len(keep))

@@ -29,6 +29,7 @@ Notes:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import OrderedDict
@@ -45,11 +46,13 @@ from ocr_bundles_runtime.session import make_session, run
 
 from .. import modelio
 from ..errors import PassError
-from ..records import SensitivityRow, ToleranceReport, ToleranceStep
+from ..records import ScaleSearchRecord, SensitivityRow, ToleranceReport, ToleranceStep
 from ..registry import PassContext, register
 from ..scoring import hits
 from . import _ort_quant as q
+from . import _scale_search as scale_search
 from . import quantize_dynamic as qd
+from ._scale_search import ScaleSearch
 from .convert_opset import default_opset
 from .quantize_static import (
     DEFAULT_PERCENTILE,
@@ -140,6 +143,20 @@ class QuantizeToToleranceOptions(BaseModel):
     reduce_range: bool = Field(
         False, description="7-bit weights (x86 CPUs without VNNI if U8S8 saturation hurts)"
     )
+    scale_search_images: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="fine-tune the static group's activation scales on this many calibration "
+        "tensors against the float model's outputs (_scale_search: one sweep in graph order, "
+        "each scale times every factor of scale_search_grid, kept where the output error "
+        "drops); every variant the tolerance judges is tuned; 0: off",
+    )
+    scale_search_grid: list[float] = Field(
+        default_factory=lambda: [0.8, 0.9, 1.1, 1.25],
+        min_length=1,
+        description="factors tried on each activation scale by scale_search_images",
+    )
     sensitivity: Literal["quantize_one", "keep_one"] = Field(
         "quantize_one",
         description="how a node's sensitivity is measured: output divergence when only it is "
@@ -168,6 +185,8 @@ class QuantizeToToleranceOptions(BaseModel):
         if not self.static_op_types and not self.dynamic_op_types:
             raise ValueError("static_op_types and dynamic_op_types are both empty")
         percentile_only(self.calibrate_method, self.percentile, self.percentile_tails)
+        if any(f <= 0 for f in self.scale_search_grid):
+            raise ValueError(f"scale_search_grid {self.scale_search_grid}: factors must be > 0")
         return self
 
 
@@ -184,6 +203,10 @@ class _Plan:
     sensitivity: list[SensitivityRow] = field(default_factory=list)
     steps: list[ToleranceStep] = field(default_factory=list)
     cache: dict[tuple[tuple[str, ...], bool], onnx.ModelProto] = field(default_factory=dict)
+    # scale_search_images: the float model's outputs on those tensors, and each tuned static
+    # model (by its float static nodes) with what the search changed
+    search_ref: list[np.ndarray] | None = None
+    tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearch]] = field(default_factory=dict)
 
 
 @register(NAME, QuantizeToToleranceOptions, kind="quantize", exact=False, measured=("sensitivity",))
@@ -344,10 +367,33 @@ def _build(
     out = plan.work
     if set(plan.candidates) - set(float_static):
         out = _static(out, options, context, list(float_static))
+        if options.scale_search_images:
+            out = _tuned(plan, out, options, context, key[0])
     if dynamic and plan.dynamic_nodes:
         out = _dynamic(out, plan.work, options, context, None)
     plan.cache[key] = out
     return out
+
+
+def _tuned(
+    plan: _Plan,
+    model: onnx.ModelProto,
+    options: QuantizeToToleranceOptions,
+    context: PassContext,
+    float_static: tuple[str, ...],
+) -> onnx.ModelProto:
+    """The static model with its activation scales fine-tuned (_scale_search), once per set of
+    float static nodes."""
+    if float_static not in plan.tuned:
+        xs = [np.asarray(x, np.float32) for x in context.calibration[: options.scale_search_images]]
+        if plan.search_ref is None:
+            session = make_session(plan.work.SerializeToString(), context.runtime)
+            plan.search_ref = [run(session, x).astype(np.float64) for x in xs]
+        where = f"{NAME} ({len(float_static)} float)"
+        plan.tuned[float_static] = scale_search.search(
+            model, xs, plan.search_ref, context.runtime, options.scale_search_grid, where
+        )
+    return plan.tuned[float_static][0]
 
 
 def _dynamic(
@@ -506,12 +552,14 @@ def _report(plan: _Plan, order: list[str], k: int, dynamic: bool) -> ToleranceRe
         set(plan.dynamic_nodes) if dynamic else set()
     )
     rows = [s.model_copy(update={"quantized": s.node in quantized}) for s in plan.sensitivity]
+    tuned = plan.tuned.get(tuple(sorted(order[:k])))
     return ToleranceReport(
         reference=plan.ref_accuracy,
         sensitivity=rows,
         steps=plan.steps,
         float_nodes=float_nodes,
         why=why,
+        scale_search=ScaleSearchRecord(**dataclasses.asdict(tuned[1])) if tuned else None,
     )
 
 

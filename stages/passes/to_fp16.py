@@ -73,8 +73,7 @@ def to_fp16(
     unknown = sorted(set(options.node_block_list) - nodes)
     if unknown:
         raise PassError("to_fp16", f"node_block_list names {unknown} that are not in the model")
-    work = onnx.ModelProto()
-    work.CopyFrom(model)  # the converter rewrites the graph it is given in place
+    work = modelio.copy(model)  # the converter rewrites the graph it is given in place
     out = convert_float_to_float16(
         work,
         keep_io_types=options.keep_io_types,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..atomic import write_text
 from ..errors import PipelineError
+from ..params import LeverParams
 from ..records import (
     BUILD_FILE,
     CHECKS_FILE,
@@ -113,7 +114,7 @@ def write_reports(
     reports_dir: Path,
     plots_dir: Path,
     notes: Sequence[str] = (),
-    agreement_goal: float = 0.97,
+    agreement_goal: float = LeverParams.model_fields["agreement_goal"].default,
 ) -> str:
     """Write every report, picture and plot file; returns the summary markdown."""
     loaded = {t: load_class(metrics_dir, builds, t) for t in targets}
