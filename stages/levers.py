@@ -14,6 +14,10 @@ every model in the same process, in `timing_rounds` interleaved rounds over the 
 `timing_images` of the first val set, with the int8 kernels the shipped .ort runs
 (`int8_kernels: fast`; the texts use the recipe's kernels, as evaluate does).
 
+Variants are built and scored in worker processes, one per usable core (most of their time
+is 1-thread sessions, the class's runtime): each worker runs exactly what the stage would run
+alone, so the rows do not depend on the core count; the timing rounds run after, alone.
+
 The shipped model's static int8 group is also scored in halves (stages/quant_split.py: int8
 weights with float activations, int8 activations with float weights), not timed: which half
 costs the agreement, and so which levers can win it back.
@@ -24,9 +28,11 @@ metrics/levers/<C>.json: records.LeverRecord, read by the report's class pages.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from .evaluate import EvalSets, eval_runtime, predict
 from .measure.machine import machine_info
 from .params import Params
 from .passes._ort_quant import working_copy
+from .progress import usable_cores
 from .quant_split import activations_only, weights_only
 from .recipe import Recipe, patched
 from .records import BuildRecord, LeverRecord, LeverRow, LeverSet, read_record
@@ -217,10 +224,11 @@ def measure_class(
     timing_images: int,
     timing_rounds: int = 1,
     params_file: str = "params.yaml",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The shipped model and every variant of `variants` (built from the model stage's folder
-    `source`), scored against the class's float model on its decision sets and on the
-    evaluation sets."""
+    `source`, in `workers` processes), scored against the class's float model on its decision
+    sets and on the evaluation sets."""
     recipe = read_recipe(build)
     build_record = read_record(build / BUILD_FILE, BuildRecord)
     scorer = Scorer(
@@ -235,25 +243,69 @@ def measure_class(
     print(f"levers@{target}: the shipped model's static int8 group in halves, where it has one",
           flush=True)  # fmt: skip
     split = scorer.split(shipped)
+    jobs = []
     for i, (name, patch) in enumerate(variants.items(), start=1):
-        where = f"{params_file}: levers.variants.{target}.{name}"
-        variant = patched(recipe, patch, where)
+        variant = patched(recipe, patch, f"{params_file}: levers.variants.{target}.{name}")
         k = shared_prefix(recipe, variant)  # the build's stage k holds their output
         start = build / build_record.stages[k - 1].file if k else source / "model.onnx"
-        print(f"levers@{target}: variant {i}/{len(variants)} {name} from {start.name} ...",
-              flush=True)  # fmt: skip
-        try:
-            tail = variant.model_copy(update={"passes": variant.passes[k:]})
-            results = run_passes(onnx.load(start), tail, context)
-        except PassError as e:
-            rows.append(LeverRow(name=name, patch=patch, error=str(e)))
-            print(f"levers@{target}: {name} refused: {e}", flush=True)
-            continue
-        kept = float_nodes({k: v for r in results for k, v in r.report.items()})
-        rows.append(scorer.row(name, patch, results[-1].model, kept))
+        tail = variant.model_copy(update={"passes": variant.passes[k:]})
+        jobs.append(_Job(f"levers@{target}", f"{i}/{len(variants)}", name, patch, start, tail))
+    for row, data in _build_all(jobs, scorer, context, workers):
+        rows.append(row)
+        if data is not None:
+            scorer.models[row.name] = data
     print(f"levers@{target}: timing {len(scorer.models) + 1} models, {timing_rounds} rounds",
           flush=True)  # fmt: skip
     return {**scorer.timed(rows, timing_rounds), "split": split}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One variant to build and score: its passes from `start` on."""
+
+    stage: str  # levers@<class>, for the progress lines
+    of: str  # "i/n"
+    name: str
+    patch: dict[str, Any]
+    start: Path
+    tail: Recipe
+
+
+_WORKER: tuple[Scorer, PassContext] | None = None  # a worker's scorer and decision data
+
+
+def _init_worker(scorer: Scorer, context: PassContext) -> None:
+    global _WORKER
+    _WORKER = (scorer, context)
+
+
+def _build_and_score(job: _Job) -> tuple[LeverRow, bytes | None]:
+    """The variant's row and, when it was built, its model's bytes (timed by the parent)."""
+    assert _WORKER is not None, "_init_worker first"
+    scorer, context = _WORKER
+    print(f"{job.stage}: variant {job.of} {job.name} from {job.start.name} ...", flush=True)
+    try:
+        results = run_passes(onnx.load(job.start), job.tail, context)
+    except PassError as e:
+        print(f"{job.stage}: {job.name} refused: {e}", flush=True)
+        return LeverRow(name=job.name, patch=job.patch, error=str(e)), None
+    kept = float_nodes({k: v for r in results for k, v in r.report.items()})
+    row = scorer.row(job.name, job.patch, results[-1].model, kept)
+    return row, scorer.models.pop(job.name)
+
+
+def _build_all(
+    jobs: list[_Job], scorer: Scorer, context: PassContext, workers: int
+) -> list[tuple[LeverRow, bytes | None]]:
+    """Every job's result in job order: in this process with one worker, else in `workers`
+    fresh processes (spawned: no onnxruntime state is inherited)."""
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        _init_worker(scorer, context)
+        return [_build_and_score(job) for job in jobs]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, spawn, _init_worker, (scorer, context)) as pool:
+        return list(pool.map(_build_and_score, jobs))
 
 
 def measure_levers(
@@ -281,6 +333,6 @@ def measure_levers(
     )  # fmt: skip
     measured = measure_class(
         target, model_dir, build, context, sets, variants, contract.scoring,
-        lev.eval_images, lev.timing_images, lev.timing_rounds, params_file,
+        lev.eval_images, lev.timing_images, lev.timing_rounds, params_file, usable_cores(),
     )  # fmt: skip
     return LeverRecord(**record, **measured)

@@ -50,14 +50,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def measure(
-    root: Path, variants: dict, eval_images: int | None = None, passes: list = PASSES
-) -> LeverRecord:
+    root: Path, variants: dict, eval_images: int | None = None, passes: list = PASSES,
+    workers: int = 1,
+) -> LeverRecord:  # fmt: skip
     build = root / "build" / "low" / "model"
     rec = builders.recipe(passes)
     fields = measure_class(
         "low", root / "models" / "source", build, builders.context(root, rec),
         EvalSets(read_sets(root / "data", ["clean", "hard"], "eval")), variants, Scoring(),
-        eval_images, 4, 2,
+        eval_images, 4, 2, workers=workers,
     )  # fmt: skip
     return LeverRecord(target="low", machine={"cpu": "test", "isa": []}, eval_images=eval_images,
                        timing_images=4, timing_rounds=2, **fields)  # fmt: skip
@@ -110,6 +111,24 @@ def test_shipped_row_then_variants_each_built_and_scored(project: Path):
     path = project / "levers.json"
     write_record(path, lev)
     assert read_record(path, LeverRecord) == lev
+
+
+def test_variants_built_in_worker_processes_read_as_built_in_this_one(project: Path):
+    """The stage builds variants on every core; a row must not depend on where it was built
+    (only its time is measured afterwards, in this process)."""
+    variants = {
+        "per_channel": {"quantize_dynamic": {"per_channel": True}},
+        "lstm_only": {"quantize_dynamic": {"op_types": ["LSTM"]}},
+        "refused": {"quantize_dynamic": {"nodes_to_quantize": ["no_such_node"]}},
+    }
+    one, two = (measure(project, variants, eval_images=6, workers=w) for w in (1, 2))
+
+    def untimed(lev: LeverRecord) -> list:
+        return [r.model_copy(update={"warm_ms": None}) for r in lev.rows]
+
+    assert [r.name for r in two.rows] == ["shipped", *variants]
+    assert untimed(one) == untimed(two)
+    assert two.rows[-1].error and all(r.warm_ms for r in two.rows[:-1])
 
 
 def test_a_variant_starts_from_the_builds_stage_before_its_first_patched_pass(
