@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantType
 
-from ocr_bundles_runtime.session import make_session, run
+from ocr_bundles_runtime.session import Runtime, make_session, run
 
 from .. import modelio
 from ..errors import PassError
@@ -185,3 +185,17 @@ def check_and_finish(
             f"{type(e).__name__}: {e}; {advice}",
         ) from e
     return out
+
+
+def rel_mse(
+    model: onnx.ModelProto, xs: list[np.ndarray], reference: list[np.ndarray], rt: Runtime
+) -> float:
+    """Output error relative to the reference's energy, to 3 significant digits: a ranking or a
+    choice made on it then does not move with the build CPU's float rounding (1e-6 relative)."""
+    session = make_session(model.SerializeToString(), rt)
+    err = ref = 0.0
+    for x, want in zip(xs, reference, strict=True):
+        got = run(session, x).astype(np.float64)
+        err += float(np.sum((got - want) ** 2))
+        ref += float(np.sum(np.asarray(want, np.float64) ** 2))
+    return float(f"{err / max(ref, 1e-30):.3g}")

@@ -14,24 +14,15 @@ float rounding (1e-6 relative) cannot choose a different factor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ocr_bundles_runtime.session import Runtime, make_session, run
+from ocr_bundles_runtime.session import Runtime
 
 from .. import modelio
-
-
-@dataclass(frozen=True)
-class ScaleSearch:
-    """What the search changed: each tuned activation's factor, and the output error."""
-
-    factors: dict[str, float]  # activation tensor -> factor on its scale (only those != 1)
-    rel_mse_before: float
-    rel_mse_after: float
+from ..records import ScaleSearchRecord
+from ._ort_quant import rel_mse
 
 
 def activation_scales(model: onnx.ModelProto) -> dict[str, str]:
@@ -81,19 +72,6 @@ def _requantize_bias(q: onnx.TensorProto, scale: onnx.TensorProto, f: float) -> 
     q.CopyFrom(numpy_helper.from_array(np.clip(new, info.min, info.max).astype(np.int32), q.name))
 
 
-def rel_mse(
-    model: onnx.ModelProto, xs: list[np.ndarray], reference: list[np.ndarray], rt: Runtime
-) -> float:
-    """Output error relative to the reference's energy, to 3 significant digits."""
-    session = make_session(model.SerializeToString(), rt)
-    err = ref = 0.0
-    for x, want in zip(xs, reference, strict=True):
-        got = run(session, x).astype(np.float64)
-        err += float(np.sum((got - want) ** 2))
-        ref += float(np.sum(np.asarray(want, np.float64) ** 2))
-    return float(f"{err / max(ref, 1e-30):.3g}")
-
-
 def search(
     model: onnx.ModelProto,
     xs: list[np.ndarray],
@@ -101,7 +79,7 @@ def search(
     rt: Runtime,
     grid: list[float],
     progress: str = "",
-) -> tuple[onnx.ModelProto, ScaleSearch]:
+) -> tuple[onnx.ModelProto, ScaleSearchRecord]:
     """One coordinate sweep over the activation scales; a factor is kept only when it lowers
     the (rounded) error, so the result never reads the tensors worse than `model`."""
     factors: dict[str, float] = {}
@@ -116,4 +94,6 @@ def search(
         if progress and (i % 8 == 0 or i == len(tensors)):
             print(f"{progress}: scales {i}/{len(tensors)}, rel_mse {before:.3g} -> {best:.3g}",
                   flush=True)  # fmt: skip
-    return with_factors(model, factors), ScaleSearch(factors, before, best)
+    return with_factors(model, factors), ScaleSearchRecord(
+        factors=factors, rel_mse_before=before, rel_mse_after=best
+    )

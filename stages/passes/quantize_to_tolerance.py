@@ -29,7 +29,6 @@ Notes:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import OrderedDict
@@ -52,7 +51,6 @@ from ..scoring import hits
 from . import _ort_quant as q
 from . import _scale_search as scale_search
 from . import quantize_dynamic as qd
-from ._scale_search import ScaleSearch
 from .convert_opset import default_opset
 from .quantize_static import (
     DEFAULT_PERCENTILE,
@@ -206,7 +204,9 @@ class _Plan:
     # scale_search_images: the float model's outputs on those tensors, and each tuned static
     # model (by its float static nodes) with what the search changed
     search_ref: list[np.ndarray] | None = None
-    tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearch]] = field(default_factory=dict)
+    tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearchRecord]] = field(
+        default_factory=dict
+    )
 
 
 @register(NAME, QuantizeToToleranceOptions, kind="quantize", exact=False, measured=("sensitivity",))
@@ -432,15 +432,8 @@ def _dynamic(
 def _rel_mse(
     plan: _Plan, model: onnx.ModelProto, context: PassContext, options: QuantizeToToleranceOptions
 ) -> float:
-    """Output error relative to the input model's, to 3 significant digits: the ranking and
-    the report then do not move with the build CPU's float rounding (1e-6 relative)."""
-    session = make_session(model.SerializeToString(), context.runtime)
-    err = ref = 0.0
-    for x, want in zip(_probe(context, options), plan.ref_outputs, strict=True):
-        got = run(session, x)
-        err += float(np.sum((got.astype(np.float64) - want) ** 2))
-        ref += float(np.sum(want.astype(np.float64) ** 2))
-    return float(f"{err / max(ref, 1e-30):.3g}")
+    """Output error relative to the input model's on the probe tensors (3 significant digits)."""
+    return q.rel_mse(model, _probe(context, options), plan.ref_outputs, context.runtime)
 
 
 def _rank(plan: _Plan, options: QuantizeToToleranceOptions, context: PassContext) -> list[str]:
@@ -559,7 +552,7 @@ def _report(plan: _Plan, order: list[str], k: int, dynamic: bool) -> ToleranceRe
         steps=plan.steps,
         float_nodes=float_nodes,
         why=why,
-        scale_search=ScaleSearchRecord(**dataclasses.asdict(tuned[1])) if tuned else None,
+        scale_search=tuned[1] if tuned else None,
     )
 
 

@@ -15,6 +15,7 @@ from ocr_bundles_runtime.session import Runtime
 from stages import registry
 from stages.passes import _scale_search as ss
 from stages.passes import quantize_to_tolerance as qtt
+from stages.passes._ort_quant import rel_mse
 from stages.passes.quantize_static import QuantizeStaticOptions, quantize_static
 
 CTX = registry.PassContext(calibration=tiny.inputs(8))
@@ -73,8 +74,8 @@ def test_the_search_restores_a_spoiled_range():
     tuned, found = ss.search(spoiled, XS, ref, RT, [0.25, 0.5, 2.0])
     assert found.factors.get(image) == 0.25
     assert found.rel_mse_after < 0.8 * found.rel_mse_before  # measured: 0.67x
-    assert ss.rel_mse(tuned, XS, ref, RT) == found.rel_mse_after
-    assert found.rel_mse_before == ss.rel_mse(spoiled, XS, ref, RT)
+    assert rel_mse(tuned, XS, ref, RT) == found.rel_mse_after
+    assert found.rel_mse_before == rel_mse(spoiled, XS, ref, RT)
 
 
 def test_the_search_keeps_a_factor_only_when_the_error_drops():
