@@ -380,11 +380,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     recipe = read_recipe(args.build)
     sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
     record = verify_bundle(
-        args.target, args.bundle, sets, reference_texts(args.reference, sets, contract.input),
+        args.target, args.bundle, args.build, sets,
+        reference_texts(args.reference, sets, contract.input),
         {p: _named(params.profiles, p, args.params, "profiles") for p in recipe.profiles},
         params.verify.images, contract.scoring,
-        recipe.budgets.max_accuracy_drop_pts, decided_on(args.build), params.verify.client_images,
-        integer_model(args.build),
+        recipe.budgets.max_accuracy_drop_pts, decided_on(args.build), integer_model(args.build),
     )  # fmt: skip
     write_record(args.out, record)
     for name, run in record.profiles.items():
@@ -394,13 +394,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for s, r in run.sets.items()
         )
         print(f"verify@{args.target} {name} ({run.how}): {shown or run.reason}")
+    return 0
+
+
+def _clients_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="the class's bundle folder")
+
+
+@verb("clients", "read evaluation images through the class's bundle with each reference client",
+      _params, _target, _model, _data, _clients_args, _out)  # fmt: skip
+def cmd_clients(args: argparse.Namespace) -> int:
+    from .client_runs import client_record
+    from .contract import read_contract
+    from .data.dataset import read_sets
+    from .evaluate import EvalSets
+    from .records import write_record
+
+    params = _load_params(args)
+    sets = EvalSets(read_sets(args.data, params.data.sources(), "eval"))
+    scoring = read_contract(args.model).scoring
+    record = client_record(args.target, args.bundle, sets, params.verify.client_images, scoring)
+    write_record(args.out, record)
     for name, client in record.clients.items():
         shown = ", ".join(
             f"{s} {r.accuracy:.3f} (agree python {r.agreement_python:.3f})"
             for s, r in client.sets.items()
         )
         check = {True: "passed", False: "FAILED", None: "-"}[client.conformance]
-        print(f"verify@{args.target} {name} {client.runtime}: {shown or client.reason}; "
+        print(f"clients@{args.target} {name} {client.runtime}: {shown or client.reason}; "
               f"conformance {check}")  # fmt: skip
     return 0
 
@@ -429,6 +450,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="the class's bundle folder")
     p.add_argument("--baselines", type=Path, required=True, help="the baselines stage's folder")
     p.add_argument("--verify", type=Path, required=True, help="the class's verify/<C>.json")
+    p.add_argument(
+        "--clients", type=Path, required=True, help="the class's verify/clients/<C>.json"
+    )
 
 
 @verb("bench", "measure every variant of a class in fresh pinned processes, interleaved",
@@ -451,6 +475,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data=args.data,
         sets=params.data.sources(),
         verify=args.verify,
+        clients=args.clients,
     )
     bench = params.bench_as_run()  # only the baselines that apply to model.source
     result = run_bench(inputs, read_recipe(args.build), read_contract(args.model), bench)

@@ -1,6 +1,8 @@
 """The reference clients (clients/js) run a bundle as an app in another language would: the
 client decodes each image file itself, feeds the pixels, decodes CTC and checks the bundle's
-conformance vectors. Run by the verify stage on this machine; `make js` installs them.
+conformance vectors. The clients stage (`clients@<C>`) runs them on this machine: Node runs
+this CPU's own int8 kernels, so unlike verify it reruns on another x86 kind. `make js` installs
+them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ocr_bundles_runtime.manifest import BundleSpec, find_bundle, parse_bundle
+
 from .errors import PipelineError
+from .evaluate import EvalSets
+from .profiles.host import host_cpu, host_isa
+from .records import ClientRun, ClientSet, ClientsRecord
+from .scoring import Scoring, agreement, score
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
 BACKENDS = {"node": "onnxruntime-node", "wasm": "onnxruntime-web"}  # our name -> npm package
@@ -65,3 +73,45 @@ def check(bundle: Path, backend: str) -> tuple[bool, str | None]:
         if not row.get("ok", False)
     ]
     return proc.returncode == 0, (json.dumps(failed[0]) if failed else None)
+
+
+def clients_on(spec: BundleSpec, sets: EvalSets, n: int, scoring: Scoring) -> dict[str, ClientRun]:
+    """The first `n` images of every set through each reference client, text for text against
+    the Python runtime's primary read of the same files, and the conformance check."""
+    why = unavailable()
+    if why is None and spec.feed != "pixels":
+        why = "the bundle feeds a host-preprocessed tensor (bundle.preprocess: host)"
+    if why is not None:
+        return {b: ClientRun(runtime=BACKENDS[b], reason=why) for b in BACKENDS}
+    from ocr_bundles_runtime import Recognizer
+
+    rec = Recognizer.from_bundle(spec.root)
+    images = {s: ps[:n] for s, ps in sets.images.items()}
+    python = {s: [rec.first_read(p)[0] for p in ps] for s, ps in images.items()}
+    out = {}
+    for backend in BACKENDS:
+        ok, failure = check(spec.root, backend)
+        run = ClientRun(runtime=runtime_name(backend), conformance=ok,
+                        conformance_failure=failure)  # fmt: skip
+        for s, ps in images.items():
+            got = [t if t is not None else "\0unread" for t in read_texts(spec.root, backend, ps)]
+            run.sets[s] = ClientSet(
+                images=len(ps),
+                accuracy=round(score(got, sets.labels[s][:n], scoring)["accuracy"], 5),
+                agreement_python=agreement(got, python[s], scoring),
+            )
+        out[backend] = run
+    return out
+
+
+def client_record(
+    target: str, bundle: Path, sets: EvalSets, n: int, scoring: Scoring
+) -> ClientsRecord:
+    """The clients stage: the class's bundle through every reference client on this machine."""
+    spec = parse_bundle(find_bundle(bundle))
+    return ClientsRecord(
+        target=target,
+        machine={"cpu": host_cpu(), "isa": host_isa()},
+        images_per_set=n if spec.feed == "pixels" else None,
+        clients=clients_on(spec, sets, n, scoring),
+    )

@@ -279,6 +279,11 @@ def _init_worker(scorer: Scorer, context: PassContext) -> None:
     _WORKER = (scorer, context)
 
 
+def _drop_worker() -> None:
+    global _WORKER
+    _WORKER = None
+
+
 def _build_and_score(job: _Job) -> tuple[LeverRow, bytes | None]:
     """The variant's row and, when it was built, its model's bytes (timed by the parent)."""
     assert _WORKER is not None, "_init_worker first"
@@ -302,7 +307,10 @@ def _build_all(
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         _init_worker(scorer, context)
-        return [_build_and_score(job) for job in jobs]
+        try:
+            return [_build_and_score(job) for job in jobs]
+        finally:
+            _drop_worker()  # hold no model or decision data past the stage
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, spawn, _init_worker, (scorer, context)) as pool:
         return list(pool.map(_build_and_score, jobs))

@@ -141,7 +141,8 @@ class VerifyParams(Strict):
         300,
         ge=1,
         description="first images of each evaluation set the reference clients (clients/js: "
-        "onnxruntime-node and -web) read per pixel-feed bundle, against the Python runtime",
+        "onnxruntime-node and -web) read per pixel-feed bundle, against the Python runtime "
+        "(the clients stage, on this machine)",
     )
 
 

@@ -412,7 +412,8 @@ class ClientRun(Record):
 
 
 class VerifyRecord(Record):
-    """verify/<C>.json: what each declared CPU profile reads through the bundle."""
+    """verify/<C>.json: what each declared CPU profile reads through the bundle, against the
+    build's reading (the same on every x86 machine: kept where machine.json `numerics` is)."""
 
     target: str
     model_file: str  # the bundle file an app runs (model.ort or model.onnx)
@@ -420,9 +421,18 @@ class VerifyRecord(Record):
     resolution_pts: float  # one image of a set, in accuracy points
     max_accuracy_drop_pts: float | None  # the class's budget, applied per profile and set
     build_machine: dict[str, Any]  # cpu and ISA flags of the machine that ran this stage
+    build_reading: str  # what agreement_build and max_abs_diff compare with
     profiles: dict[str, ProfileRun]
+
+
+class ClientsRecord(Record):
+    """verify/clients/<C>.json: the bundle through each reference client on this machine
+    (onnxruntime-node runs this CPU's own kernels, so it is remeasured per machine)."""
+
+    target: str
+    machine: dict[str, Any]  # cpu and ISA flags of the machine the clients ran on
+    images_per_set: int | None  # None: no pixel-feed bundle, nothing read
     clients: dict[str, ClientRun] = Field(default_factory=dict)  # node, wasm
-    client_images_per_set: int | None = None
 
 
 class MemorySetting(Record):
@@ -461,7 +471,9 @@ class BenchRecord(Record):
     memory_settings: list[MemorySetting] = Field(default_factory=list)
     compute_floor: dict[str, Any] = Field(default_factory=dict)
     profiles: dict[str, ProfileRun] = Field(default_factory=dict)  # verify/<C>.json's runs
-    clients: dict[str, ClientRun] = Field(default_factory=dict)  # verify/<C>.json's clients
+    # the machine that ran them (VerifyRecord.build_machine): another x86 one keeps them
+    profiles_machine: dict[str, Any] = Field(default_factory=dict)
+    clients: dict[str, ClientRun] = Field(default_factory=dict)  # verify/clients/<C>.json's
 
 
 # ---------------------------------------------------------------------------- serve_bench

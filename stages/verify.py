@@ -4,8 +4,13 @@ For every profile the model an app runs (the manifest's first format) reads the 
 `verify.images` images of every evaluation set, preprocessed once on this machine (the same
 tensors everywhere, so every difference comes from the CPU's kernels), natively where this
 machine is such a CPU and under QEMU where it is not. Per profile and set: accuracy, agreement
-with the float reference, agreement with this machine's texts and the largest output
-difference from this machine's. Emulation says nothing about speed: no time is recorded.
+with the float reference, agreement with the build's texts and the largest output difference
+from the build's outputs. The build's reading is its final model on x86-64 with exact int8
+kernels, as evaluate reads it (the report's accuracy tables), which every x86 machine computes
+alike: so the record depends on machine.json's `numerics`, not on the x86 kind, and another x86
+build machine keeps it. What this machine's own CPU reads through the bundle is bench's
+(`bundle` accuracy) and the clients stage's. Emulation says nothing about speed: no time is
+recorded.
 """
 
 from __future__ import annotations
@@ -30,23 +35,25 @@ from ocr_bundles_runtime.manifest import BundleSpec, find_bundle, parse_bundle, 
 from ocr_bundles_runtime.preprocess import model_input
 from ocr_bundles_runtime.session import session_plan
 
-from . import client_runs, modelio
+from . import modelio
 from .evaluate import EvalSets, eval_runtime
 from .profiles.host import host_cpu, host_isa
 from .profiles.profile import CpuProfile, Placement, place
 from .profiles.run import run_on
 from .progress import usable_cores
-from .records import ClientRun, ClientSet, ProfileRun, ProfileSet, VerifyRecord
+from .records import ProfileRun, ProfileSet, VerifyRecord
 from .scoring import Scoring, agreement, score
 
-BUILD_MACHINE = "this machine"
+BUILD = "the build"  # the final model, exact int8 kernels, on the evaluation's tensors
+HERE = "this machine"  # the bundle's primary file run natively, where a float profile needs it
 VECTORS = "conformance vectors"  # not an evaluation set: checked, never scored
-FLOAT = "float"  # ProfileRun.how: a float model, whose emulated run this machine's stands for
+FLOAT = "float"  # ProfileRun.how: a float model, whose run elsewhere this machine's stands for
 FLOAT_REASON = (
     "a float model (no integer op): float kernels agree across ISAs to ~1e-5 "
     "(tests/test_profiles.py), so this machine's run stands for this profile; not emulated "
     "(high's model on x86-avx2 under QEMU: ~40 s per image)"
 )
+EXACT_REASON = "x86-64 with exact int8 kernels: every x86 CPU computes these outputs"
 
 
 def integer_model(build_dir: Path) -> bool:
@@ -73,19 +80,21 @@ class Subset:
     tensors: dict[str, list[np.ndarray]]
     labels: dict[str, list[str]]
     reference: dict[str, list[str]]
+    build: dict[str, list[np.ndarray]]  # the build model's input: the evaluation's tensors
     vectors: Conformance | None = None  # fed as the set VECTORS when the bundle has them
 
 
 def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n: int) -> Subset:
     """The first `n` images of every set, fed as the bundle's model takes them; the bundle's
     conformance vectors ride along as the set VECTORS."""
+    tensors = {s: xs[:n] for s, xs in sets.tensors(spec.preprocess).items()}
     if spec.feed == "pixels":
         feeds = {
             s: [model_input(p, spec.preprocess, spec.feed) for p in ps[:n]]
             for s, ps in sets.images.items()
         }
     else:  # the tensors evaluation made already
-        feeds = {s: xs[:n] for s, xs in sets.tensors(spec.preprocess).items()}
+        feeds = dict(tensors)
     vectors = read_vectors(spec)
     if vectors is not None:
         feeds[VECTORS] = [
@@ -97,6 +106,7 @@ def subset(sets: EvalSets, spec: BundleSpec, reference: dict[str, list[str]], n:
         tensors=feeds,
         labels={s: ts[:n] for s, ts in sets.labels.items()},
         reference={s: ts[:n] for s, ts in reference.items()},
+        build=tensors,
         vectors=vectors,
     )
 
@@ -113,9 +123,25 @@ def outputs_on(
     """The model's outputs for every subset tensor, computed where `placement` says."""
     fmt, name = primary_file(spec)
     plan = session_plan(eval_runtime(spec.runtime), ort_format=fmt == "ort")
-    flat = [x for xs in data.tensors.values() for x in xs]
-    out = iter(run_on(placement, spec.root / name, plan, flat, label))
-    return {s: [next(out) for _ in xs] for s, xs in data.tensors.items()}
+    return _run(placement, spec.root / name, plan, data.tensors, label)
+
+
+def build_outputs(
+    build_dir: Path, spec: BundleSpec, data: Subset, label: str
+) -> dict[str, list[np.ndarray]]:
+    """The build's reading: its final model.onnx on the evaluation's tensors, natively with
+    the exact int8 kernels evaluate uses (a .ort file cannot take them on AVX2)."""
+    plan = session_plan(eval_runtime(spec.runtime), ort_format=False)
+    native = Placement("native", (sys.executable,))
+    return _run(native, Path(build_dir) / "model.onnx", plan, data.build, label)
+
+
+def _run(
+    placement: Placement, model: Path, plan: dict, feeds: dict[str, list[np.ndarray]], label: str
+) -> dict[str, list[np.ndarray]]:
+    flat = [x for xs in feeds.values() for x in xs]
+    out = iter(run_on(placement, model, plan, flat, label))
+    return {s: [next(out) for _ in xs] for s, xs in feeds.items()}
 
 
 def texts(spec: BundleSpec, outputs: list[np.ndarray]) -> list[str]:
@@ -136,7 +162,7 @@ def score_profile(
     for s, ys in outputs.items():
         if s == VECTORS:
             continue
-        got, here = texts(spec, ys), texts(spec, build[s])
+        got, built = texts(spec, ys), texts(spec, build[s])
         acc = score(got, data.labels[s], scoring)["accuracy"]
         ref = score(data.reference[s], data.labels[s], scoring)["accuracy"]
         out[s] = ProfileSet(
@@ -145,15 +171,17 @@ def score_profile(
             reference_accuracy=round(ref, 5),
             accuracy_drop_pts=round(100 * (ref - acc), 3),
             agreement_reference=agreement(got, data.reference[s], scoring),
-            agreement_build=agreement(got, here, scoring),
-            max_abs_diff=float(
-                max(
-                    np.abs(a.astype(np.float64) - b).max()
-                    for a, b in zip(ys, build[s], strict=True)
-                )
-            ),
+            agreement_build=agreement(got, built, scoring),
+            max_abs_diff=largest_diff(ys, build[s]),
         )
     return out
+
+
+def largest_diff(ys: list[np.ndarray], build: list[np.ndarray]) -> float:
+    """Largest output difference, to 4 digits: the build's float parts differ between x86
+    kinds by ~1e-6, which must not reach a record every x86 machine keeps."""
+    diff = max(np.abs(a.astype(np.float64) - b).max() for a, b in zip(ys, build, strict=True))
+    return float(f"{diff:.4g}")
 
 
 def _conformance(run: ProfileRun, report: CheckReport) -> None:
@@ -177,9 +205,22 @@ def within_budget(
     )
 
 
+def placements(profiles: dict[str, CpuProfile], integer: bool) -> dict[str, Placement]:
+    """Where each profile runs. Without `integer` ops, a profile this machine is not reads
+    what this machine reads (FLOAT), emulable or not."""
+    places = {name: place(p) for name, p in profiles.items()}
+    if integer:
+        return places
+    return {
+        n: pl if pl.how == "native" else Placement(FLOAT, reason=FLOAT_REASON)  # type: ignore[arg-type]
+        for n, pl in places.items()
+    }
+
+
 def verify_bundle(
     target: str,
     bundle: Path,
+    build_dir: Path,
     sets: EvalSets,
     reference: dict[str, list[str]],
     profiles: dict[str, CpuProfile],
@@ -187,26 +228,24 @@ def verify_bundle(
     scoring: Scoring,
     max_drop_pts: float | None,
     judged_sets: list[str] | None = None,
-    client_images: int = 0,
     integer: bool = True,
 ) -> VerifyRecord:
-    """Run the bundle on this machine and on every profile; score each against both. Without
-    `integer` ops in the model, an emulated profile reads what this machine reads (FLOAT)."""
+    """Run the bundle on every profile and score each against the float reference and the
+    build's reading (build_outputs); a FLOAT profile gets this machine's run of the bundle."""
     spec = parse_bundle(find_bundle(bundle))
     data = subset(sets, spec, reference, images)
-    places = {name: place(p) for name, p in profiles.items()}
-    if not integer:
-        places = {
-            n: Placement(FLOAT, reason=FLOAT_REASON) if pl.how == "emulated" else pl  # type: ignore[arg-type]
-            for n, pl in places.items()
-        }
-    jobs = {BUILD_MACHINE: Placement("native", (sys.executable,))}
-    jobs |= {n: pl for n, pl in places.items() if pl.how in ("native", "emulated")}
+    places = placements(profiles, integer)
+    jobs = {n: pl for n, pl in places.items() if pl.how in ("native", "emulated")}
+    if any(pl.how == FLOAT for pl in places.values()):
+        jobs[HERE] = Placement("native", (sys.executable,))
     with ThreadPoolExecutor(max_workers=max(1, usable_cores())) as pool:
         futures = {
             n: pool.submit(outputs_on, pl, spec, data, f"verify@{target} {n} ({pl.how})")
             for n, pl in jobs.items()
         }
+        futures[BUILD] = pool.submit(
+            build_outputs, build_dir, spec, data, f"verify@{target} the build (exact int8)"
+        )
         results = {n: f.result() for n, f in futures.items()}
     runs = {}
     run_file = primary_file(spec)[1]
@@ -219,8 +258,8 @@ def verify_bundle(
             reason=pl.reason or None,
         )
         if pl.how != "unavailable":
-            got = results[BUILD_MACHINE] if pl.how == FLOAT else results[name]
-            run.sets = score_profile(spec, data, got, results[BUILD_MACHINE], scoring)
+            got = results[HERE] if pl.how == FLOAT else results[name]
+            run.sets = score_profile(spec, data, got, results[BUILD], scoring)
             run.within_budget = within_budget(run.sets, max_drop_pts, judged_sets)
             if data.vectors is not None:
                 outputs = got[VECTORS]
@@ -233,41 +272,6 @@ def verify_bundle(
         resolution_pts=round(100 / images, 3),
         max_accuracy_drop_pts=max_drop_pts,
         build_machine={"cpu": host_cpu(), "isa": host_isa()},
+        build_reading=EXACT_REASON,
         profiles=runs,
-        clients=clients_on(spec, sets, client_images, scoring) if client_images else {},
-        client_images_per_set=client_images or None,
     )
-
-
-def clients_on(spec: BundleSpec, sets: EvalSets, n: int, scoring: Scoring) -> dict[str, ClientRun]:
-    """The first `n` images of every set through each reference client, text for text against
-    the Python runtime's primary read of the same files, and the conformance check."""
-    why = client_runs.unavailable()
-    if why is None and spec.feed != "pixels":
-        why = "the bundle feeds a host-preprocessed tensor (bundle.preprocess: host)"
-    if why is not None:
-        return {
-            b: ClientRun(runtime=client_runs.BACKENDS[b], reason=why) for b in client_runs.BACKENDS
-        }
-    from ocr_bundles_runtime import Recognizer
-
-    rec = Recognizer.from_bundle(spec.root)
-    images = {s: ps[:n] for s, ps in sets.images.items()}
-    python = {s: [rec.first_read(p)[0] for p in ps] for s, ps in images.items()}
-    out = {}
-    for backend in client_runs.BACKENDS:
-        ok, failure = client_runs.check(spec.root, backend)
-        run = ClientRun(runtime=client_runs.runtime_name(backend), conformance=ok,
-                        conformance_failure=failure)  # fmt: skip
-        for s, ps in images.items():
-            got = [
-                t if t is not None else "\0unread"
-                for t in client_runs.read_texts(spec.root, backend, ps)
-            ]
-            run.sets[s] = ClientSet(
-                images=len(ps),
-                accuracy=round(score(got, sets.labels[s][:n], scoring)["accuracy"], 5),
-                agreement_python=agreement(got, python[s], scoring),
-            )
-        out[backend] = run
-    return out

@@ -13,6 +13,7 @@ import builders
 from ocr_bundles_runtime.preprocess import Preprocess
 from stages.baselines import build_baselines
 from stages.build import read_recipe
+from stages.client_runs import client_record
 from stages.data.dataset import read_sets
 from stages.evaluate import EvalSets, reference_texts
 from stages.measure.bench import run_bench
@@ -85,10 +86,14 @@ def measure_project(root: Path) -> dict[str, Any]:
     metrics = root / "metrics"
     reference = reference_texts(root / "baselines" / "reference.json", sets, contract.input)
     for target in CLASSES:
+        build = root / "build" / target / "model"
+        bundle = root / "bundles" / target
         verify = verify_bundle(
-            target, root / "bundles" / target, sets, reference, PROFILES, 5, contract.scoring, 0.5
+            target, bundle, build, sets, reference, PROFILES, 5, contract.scoring, 0.5
         )
         write_record(root / "verify" / f"{target}.json", verify)
+        clients = client_record(target, bundle, sets, 3, contract.scoring)
+        write_record(root / "verify" / "clients" / f"{target}.json", clients)
         inputs = BenchInputs(
             target=target,
             source=source,
@@ -99,6 +104,7 @@ def measure_project(root: Path) -> dict[str, Any]:
             data=root / "data",
             sets=list(SOURCES),
             verify=root / "verify" / f"{target}.json",
+            clients=root / "verify" / "clients" / f"{target}.json",
         )
         record = run_bench(inputs, read_recipe(inputs.build), contract, PARAMS)
         write_record(metrics / f"{target}.json", record)

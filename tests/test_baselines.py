@@ -82,7 +82,7 @@ def test_the_bench_stage_measures_only_the_applicable_ones(
     monkeypatch.setattr("stages.records.write_record", lambda *_a: None)
     argv = ["bench", "--params", str(root / "params.yaml"), "--target", "low"]
     argv += ["--model", str(root / "source"), "--data", "d", "--build", "b", "--eval", "e"]
-    argv += ["--bundle", "u", "--baselines", "s", "--verify", "v", "--out", "o"]
+    argv += ["--bundle", "u", "--baselines", "s", "--verify", "v", "--clients", "c", "--out", "o"]
     assert cli.main(argv) == 0
     assert [p.baselines for p in got] == [["stock", "naive_int8"]]
 

@@ -209,6 +209,18 @@ def test_machine_file_holds_the_facts_and_is_rewritten_only_when_they_change(
     assert out.stat().st_mtime_ns == before and "(unchanged)" in capsys.readouterr().out
 
 
+def test_every_x86_kind_computes_the_same_int8_numbers_and_arm_kinds_stay_apart() -> None:
+    """machine.json `numerics` keys the stages that compute int8 texts (build ... levers):
+    AVX2 and VNNI machines share it (exact kernels), ARM with and without SME do not."""
+    avx2 = machine.numerics("x86_64", frozenset({"avx2", "fma"}))
+    vnni = machine.numerics("x86_64", frozenset({"avx2", "avx512f", "avx512_vnni", "amx_int8"}))
+    assert avx2 == vnni == {"arch": "x86_64", "int8": []}
+    a76 = machine.numerics("aarch64", frozenset({"asimd", "asimddp"}))
+    sme = machine.numerics("aarch64", frozenset({"asimd", "asimddp", "i8mm", "sme"}))
+    assert a76 == {"arch": "aarch64", "int8": ["asimddp"]} and sme["int8"][-1] == "sme"
+    assert machine.machine_info()["numerics"] == machine.numerics()
+
+
 def test_the_committed_metrics_were_measured_on_the_committed_machine() -> None:
     """DVC reuses committed figures where machine.json is equal: they must be its figures."""
     root = Path(__file__).resolve().parents[1]
@@ -337,7 +349,7 @@ def test_params_yaml_floor_sizes_are_the_bench_s(
     monkeypatch.setattr("stages.records.write_record", lambda *_a: None)
     argv = ["bench", "--params", str(tmp_path / "params.yaml"), "--target", "low"]
     argv += ["--model", "m", "--data", "d", "--build", "b", "--eval", "e"]
-    argv += ["--bundle", "u", "--baselines", "s", "--verify", "v", "--out", "o"]
+    argv += ["--bundle", "u", "--baselines", "s", "--verify", "v", "--clients", "c", "--out", "o"]
     assert cli.main(argv) == 0
     assert [p.floor_sizes for p in got] == [[48, 96]]
 

@@ -28,8 +28,9 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
+# machine.json: its `numerics` is a param of every stage that computes int8 numbers
 COPIED = ("stages", "runtime/ocr_bundles_runtime", "dvc.yaml", "pipeline.yaml", "pyproject.toml",
-          ".dvcignore", ".gitignore")  # fmt: skip
+          ".dvcignore", ".gitignore", "machine.json")  # fmt: skip
 TARGET = "reader"
 CLASSES = ("", "a", "b", "c", "d", "e", " ")  # blank first; the model draws a space at line ends
 FOLDER = "captchas/readable"

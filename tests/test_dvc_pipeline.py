@@ -27,7 +27,7 @@ pytestmark = [
 ]
 
 DATA = {"synthetic@clean", "synthetic@hard", "folder@mine"}
-PER_CLASS = ("build", "evaluate", "bundle", "verify", "bench", "levers")
+PER_CLASS = ("build", "evaluate", "bundle", "verify", "clients", "bench", "levers")
 ALL_STAGES = {
     "model",
     *DATA,
@@ -144,15 +144,29 @@ def test_override_reruns_only_that_class(repo: Path) -> None:
 
 
 def test_another_machines_facts_rerun_only_the_measuring_stages(repo: Path) -> None:
-    """make build rewrites machine.json; timings measured elsewhere are never reused."""
+    """make build rewrites machine.json; another x86 CPU (same `numerics`) remeasures what it
+    times and what runs its own kernels (clients: onnxruntime-node), and keeps the texts and
+    scores every x86 machine computes alike (build ... verify, levers)."""
     facts = json.loads((repo / "machine.json").read_text())
-    other = {**facts, "cpu": "another cpu", "usable_cores": 1}
+    other = {**facts, "cpu": "another cpu", "isa": ["avx2"], "usable_cores": 1}
     (repo / "machine.json").write_text(json.dumps(other, indent=2) + "\n")
     ran, out = repro(repo)
     measuring = {"preprocess", "serve_bench"}
-    measuring |= {f"{v}@{t}" for v in ("verify", "bench", "levers") for t in minirepo.TARGETS}
+    measuring |= {f"{v}@{t}" for v in ("clients", "bench") for t in minirepo.TARGETS}
     assert ran == measuring | {"report"}, f"repro ran {sorted(ran)}:\n{out}"
     assert_clean(repo, "after the repro")
+
+
+def test_another_architectures_numerics_make_every_int8_computing_stage_stale(
+    repo: Path,
+) -> None:
+    facts = json.loads((repo / "machine.json").read_text())
+    other = {**facts, "numerics": {"arch": "aarch64", "int8": ["asimddp"]}}
+    (repo / "machine.json").write_text(json.dumps(other, indent=2) + "\n")
+    # every per-class stage: the int8 computing ones by `numerics`, the others by the file
+    stale = {f"{v}@{t}" for v in PER_CLASS for t in minirepo.TARGETS}
+    stale |= {"baselines", "preprocess", "serve_bench"}
+    assert set(status(repo)) == stale, json.dumps(status(repo), indent=2)
 
 
 def test_recipe_edit_reruns_only_that_class(repo: Path) -> None:

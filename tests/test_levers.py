@@ -3,6 +3,7 @@ scored against the float model it quantizes (stages/levers.py), and their report
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -282,7 +283,7 @@ def _row(name: str, size_mb: float, warm_ms: float, a: float, b: float) -> Lever
 
 MACHINE = {"cpu": "test", "isa": []}
 LIMITS = Limits(goal=0.97, max_ships_mb=6.0, min_speedup=3.0, ships_extra_mb=0.2,
-                shipped_speedup=3.5)  # fmt: skip
+                shipped_speedup=3.5, bench_machine=MACHINE)  # fmt: skip
 
 
 def test_the_verdict_names_what_reaches_the_goal_and_what_fits_the_budgets():
@@ -303,6 +304,21 @@ def test_the_verdict_names_what_reaches_the_goal_and_what_fits_the_budgets():
     alone = verdict(lev.model_copy(update={"rows": lev.rows[:1]}), LIMITS)
     assert alone.endswith("Reach the goal: none. Best within the budgets: shipped (a 0.950).")
     assert text in "\n\n".join(levers_section(lev, LIMITS))
+    assert "timed on" not in text  # the bench's machine timed the rows too
+
+
+def test_the_verdict_says_when_the_rows_were_timed_on_another_machine():
+    """levers reruns on machine.json's numerics, not on the x86 kind: a build on another x86
+    machine keeps the rows, whose times are the levers machine's, and the verdict says so."""
+    lev = LeverRecord(target="low", machine={"cpu": "vnni", "isa": ["avx512_vnni"]},
+                      eval_images=500, timing_images=10,
+                      rows=[_row("shipped", 5.0, 2.0, 0.95, 0.99)])  # fmt: skip
+    other = dataclasses.replace(LIMITS, bench_machine={"cpu": "avx2", "isa": ["avx2"]})
+    text = verdict(lev, other)
+    assert "The rows were timed on vnni (avx512_vnni: with VNNI), the bench on avx2" in text
+    assert "`dvc repro -f -s levers@low`" in text
+    same_kind = dataclasses.replace(LIMITS, bench_machine=dict(lev.machine, numerics={}))
+    assert "timed on" not in verdict(lev, same_kind)
 
 
 def test_limits_come_from_the_bench_record_of_the_class():
@@ -313,6 +329,7 @@ def test_limits_come_from_the_bench_record_of_the_class():
         variants={"bundle": SimpleNamespace(ships_mb=5.55)},
         budgets={"max_size_mb": budget(6.0), "min_warm_speedup": budget(3.0)},
         bundle_ratios=SimpleNamespace(warm_speedup=3.79),
+        machine=MACHINE,
     )
     limits = limits_of(bench, lev, 0.97)
     assert limits.max_ships_mb == 6.0 and limits.min_speedup == 3.0

@@ -88,7 +88,9 @@ def argv(root: Path, verb: str, target: str = "low", source: str = "clean") -> l
             *["--target", target, *model, *data, *build, "--eval", str(root / "no-eval.json")],
             *["--bundle", str(root / "no-bundle"), "--baselines", str(root / "no-baselines")],
             *["--verify", str(root / "no-verify.json")],
+            *["--clients", str(root / "no-clients.json")],
         ],
+        "clients": ["--target", target, *model, *data, "--bundle", str(root / "no-bundle")],
         "verify": [
             *["--target", target, *model, *data, *build, "--bundle", str(root / "no-bundle")],
             *["--reference", str(root / "no-reference.json")],
@@ -459,6 +461,7 @@ PARAMS_VERBS = [
     "evaluate",
     "baselines",
     "verify",
+    "clients",
     "bench",
 ]
 

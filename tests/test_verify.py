@@ -1,24 +1,34 @@
 """The verify stage on the tiny measured project: the shipped model on each declared profile,
-scored against the float reference and against this machine; carried into metrics and report."""
+scored against the float reference and against the build's reading (its final model, exact
+int8 kernels); carried into metrics and report. The clients stage's record beside it."""
 
 from __future__ import annotations
 
 import json
 
-from stages.records import BenchRecord, VerifyRecord, read_record
+from stages.profiles.host import host_arch, host_cpu, host_flags
+from stages.records import BenchRecord, ClientsRecord, VerifyRecord, read_record
 from stages.report import runs_on_section
 from stages.scoring import Scoring
 
 
-def test_this_machine_as_a_profile_reads_exactly_what_this_machine_reads(measured: dict):
+def test_this_machine_as_a_profile_reads_what_the_build_read(measured: dict):
+    """The native run of the shipped .ort against the build's model.onnx with exact kernels:
+    the same texts, outputs within float noise. (On an AVX2 machine a .ort cannot take the
+    exact kernels and may saturate: that is what the column is there to show, so there the
+    test asks only that the comparison ran.)"""
     rec = read_record(measured["root"] / "verify" / "low.json", VerifyRecord)
     assert rec.model_file == "model.ort"  # low ships .ort: what its app runs
     assert rec.images_per_set == 5 and rec.resolution_pts == 20.0
+    assert "exact int8 kernels" in rec.build_reading
     here = rec.profiles["here"]
     assert here.how == "native" and set(here.sets) == {"clean", "hard"}
+    exact_here = host_arch() != "x86_64" or {"avx512_vnni", "avx_vnni"} & host_flags()
     for s in here.sets.values():
         assert s.images == 5
-        assert s.agreement_build == 1.0 and s.max_abs_diff == 0.0
+        if exact_here:
+            assert s.agreement_build == 1.0 and s.max_abs_diff < 1e-4, s
+        assert 0.0 <= s.agreement_build <= 1.0
         assert s.accuracy_drop_pts == round(100 * (s.reference_accuracy - s.accuracy), 3)
     assert here.within_budget == all(s.accuracy_drop_pts <= 0.5 for s in here.sets.values())
 
@@ -85,10 +95,34 @@ def test_a_float_model_is_not_emulated_and_this_machines_run_stands_for_it(
     ref = {"clean": ["abc"] * len(sets.labels["clean"])}
     profiles = {"emu": CpuProfile(arch="x86_64", qemu_cpu="Haswell", note="emulated x86")}
     bundle = measured["root"] / "bundles" / "high"
-    rec = verify.verify_bundle("high", bundle, sets, ref, profiles, 3, Scoring(), 0.5,
+    build = measured["root"] / "build" / "high" / "model"
+    rec = verify.verify_bundle("high", bundle, build, sets, ref, profiles, 3, Scoring(), 0.5,
                                integer=False)  # fmt: skip
     run = rec.profiles["emu"]
     assert run.how == "float" and "not emulated" in (run.reason or "")
-    assert run.sets["clean"].agreement_build == 1.0 and run.sets["clean"].max_abs_diff == 0.0
+    assert run.sets["clean"].agreement_build == 1.0 and run.sets["clean"].max_abs_diff < 1e-4
     with pytest.raises((PipelineError, OSError)):
-        verify.verify_bundle("high", bundle, sets, ref, profiles, 3, Scoring(), 0.5)
+        verify.verify_bundle("high", bundle, build, sets, ref, profiles, 3, Scoring(), 0.5)
+
+
+def test_a_float_model_reads_this_machines_run_even_where_no_emulator_could(
+    monkeypatch,
+):
+    """A float bundle's profile that QEMU cannot emulate (AVX-512) is FLOAT too: whether the
+    build machine has AVX-512 then changes nothing in the record."""
+    from stages import verify
+    from stages.profiles.profile import CpuProfile, Placement
+
+    monkeypatch.setattr(verify, "place", lambda p: Placement("unavailable", reason="no QEMU"))
+    profiles = {"vnni": CpuProfile(arch="x86_64", requires=["avx512_vnni"], note="n")}
+    assert verify.placements(profiles, integer=False)["vnni"].how == "float"
+    assert verify.placements(profiles, integer=True)["vnni"].how == "unavailable"
+
+
+def test_the_clients_record_names_its_machine_and_reaches_the_metrics(measured: dict):
+    clients = read_record(measured["root"] / "verify" / "clients" / "low.json", ClientsRecord)
+    assert clients.target == "low" and clients.machine["cpu"] == host_cpu()
+    bench = read_record(measured["metrics"] / "low.json", BenchRecord)
+    assert bench.clients == clients.clients
+    verify = read_record(measured["root"] / "verify" / "low.json", VerifyRecord)
+    assert bench.profiles_machine == verify.build_machine

@@ -21,6 +21,7 @@ from ..recipe import Recipe
 from ..records import (
     BaselinesRecord,
     BenchRecord,
+    ClientsRecord,
     EvalRecord,
     MemorySetting,
     SetAccuracy,
@@ -188,14 +189,14 @@ def run_bench(
         inputs.bundle, sets, contract.scoring, label, recipe.runtime.intra_op_threads
     )
     cores = pinned_cores(recipe.runtime.intra_op_threads)
-    variants = [
-        *baseline_variants(inputs, recipe, contract, list(params.baselines)),
-        *pipeline_variants(inputs, recipe, contract),
-        *memory_variants(inputs, recipe),
-    ]
-    # the shipped primary file is the final model: its texts are final's
-    acc |= {v.name: acc["final"] for v in variants if v.name.startswith("mem:")}
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        variants = [
+            *baseline_variants(inputs, recipe, contract, list(params.baselines), Path(tmp)),
+            *pipeline_variants(inputs, recipe, contract),
+            *memory_variants(inputs, recipe),
+        ]
+        # the shipped primary file is the final model: its texts are final's
+        acc |= {v.name: acc["final"] for v in variants if v.name.startswith("mem:")}
         kinds = {v.kind for v in variants}
         variants += floor_variants(inputs, recipe, contract, kinds, Path(tmp))
         alias = same_worker([v for v in variants if v.skipped is None])
@@ -254,5 +255,6 @@ def run_bench(
         memory_settings=memory_table(records),
         compute_floor=compute,
         profiles=verified.profiles,
-        clients=verified.clients,
+        profiles_machine=verified.build_machine,
+        clients=read_record(inputs.clients, ClientsRecord).clients,
     )

@@ -2,9 +2,13 @@
 the server bench and the report use it without loading a model.
 
 `python -m stages.measure.machine --out machine.json` (make build runs it before dvc repro)
-writes these facts where preprocess, bench and serve_bench depend on them: timings belong to a
-machine, so DVC remeasures on another CPU, core count or library version and reuses the
-committed figures only where the facts are equal."""
+writes these facts where the measuring stages depend on them: timings belong to a machine, so
+DVC remeasures on another CPU, core count or library version and reuses the committed figures
+only where the facts are equal. Stages whose numbers (not times) come from this machine's
+kernels (build, evaluate, baselines, bundle, levers) depend on `numerics` alone: what decides
+the integers an int8 model computes here. Every x86-64 CPU is one kind there, since every
+session runs onnxruntime's exact int8 kernels (runtime.int8_kernels), so a build on an AVX2
+machine keeps the texts and scores a VNNI machine computed, and remeasures only timings."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..profiles.host import host_cpu, host_isa
+from ..profiles.host import host_arch, host_cpu, host_flags, host_isa
 
 ROOT = Path(__file__).resolve().parents[2]  # child processes run `-m stages...` from here
 
@@ -27,6 +31,22 @@ def pinned_cores(threads: int, available: Sequence[int] | None = None) -> list[i
     """The first `threads` CPUs this process may use (all of them if there are fewer)."""
     cpus = sorted(os.sched_getaffinity(0) if available is None else available)
     return cpus[: max(1, threads)]
+
+
+# ARM flags whose int8 kernels compute other integers (asimddp/i8mm gave the same bits on the
+# inputs compared, KleidiAI's SME kernels did not): they stay apart until shown equal
+ARM_INT8_FLAGS = ("asimddp", "i8mm", "sme")
+
+
+def numerics(arch: str | None = None, flags: frozenset[str] | None = None) -> dict[str, Any]:
+    """What decides the numbers an int8 model computes on this machine: its architecture and,
+    on ARM, the int8 extensions. x86-64 has none here: the exact kernels give AVX2 (U8U8) the
+    integers VNNI computes (tests/test_int8_kernels.py, and the whole suite on emulated
+    Haswell: tests/test_int8_on_both_x86.py)."""
+    arch = host_arch() if arch is None else arch
+    flags = host_flags() if flags is None else flags
+    int8 = [f for f in ARM_INT8_FLAGS if f in flags] if arch == "aarch64" else []
+    return {"arch": arch, "int8": int8}
 
 
 def machine_info() -> dict[str, Any]:
@@ -40,6 +60,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": metadata.version("onnxruntime"),
         "ddddocr": metadata.version("ddddocr"),
+        "numerics": numerics(),
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ocr_bundles_runtime.manifest import sizes_mb
 
 from .. import modelio
-from ..baselines import NAIVE_FILE, stock_kind, stock_model_file
+from ..baselines import NAIVE_FILE, naive_int8, stock_kind, stock_model_file
 from ..contract import Contract
 from ..recipe import Recipe
 from ..records import BUILD_FILE, BuildRecord, read_record
@@ -40,6 +40,7 @@ class BenchInputs:
     data: Path
     sets: list[str]
     verify: Path  # verify/<C>.json: what each CPU profile of the class reads
+    clients: Path  # verify/clients/<C>.json: the reference clients on this machine
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,17 @@ def _onnx(name: str, path: Path, pre: Any, rt: Any, **kw: Any) -> Variant:
 
 
 def baseline_variants(
-    inputs: BenchInputs, recipe: Recipe, contract: Contract, include: list[str]
+    inputs: BenchInputs, recipe: Recipe, contract: Contract, include: list[str], work: Path
 ) -> list[Variant]:
+    """stock (ddddocr, or a file source's model as declared) and naive_int8, built into `work`
+    (it lives as long as the bench's timing: the baselines stage keeps no model)."""
     origin = json.loads((inputs.source / "source.json").read_text())
     out = []
     threads = dataclasses.replace(recipe.runtime, providers=("CPUExecutionProvider",))
     for name in include:
         if name == "naive_int8":
-            out.append(_onnx(name, inputs.baselines / NAIVE_FILE, contract.input, threads))
+            naive_int8(inputs.source / "model.onnx", work / NAIVE_FILE)
+            out.append(_onnx(name, work / NAIVE_FILE, contract.input, threads))
             continue
         kind = stock_kind(name, origin)
         if kind is None:  # a file source's stock: its model as declared, plain onnxruntime

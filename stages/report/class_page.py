@@ -302,21 +302,25 @@ def runs_on_section(m: BenchRecord) -> str:
     if not m.profiles:
         return "The class declares no CPU profile (recipe `profiles:`)."
     sets = sorted({s for run in m.profiles.values() for s in run.sets})
+    vm = m.profiles_machine
+    same = not vm or all(vm.get(k) == m.machine.get(k) for k in ("cpu", "isa"))
+    here = "this machine" if same else f"{vm.get('cpu', '?')}"
     rows = []
     for name, run in m.profiles.items():
         if run.how == "unavailable":
             rows.append([name, f"not run: {run.reason}", *[DASH] * len(sets), DASH, DASH])
             continue
-        how = {"native": "native", "float": f"this machine's run ({run.reason})"}.get(
-            run.how, f"emulated (`{run.emulator}`)"
-        )
+        how = {
+            "native": "native" if same else f"native on {here}",
+            "float": f"{here}'s run ({run.reason})",
+        }.get(run.how, f"emulated (`{run.emulator}`)")
         rows.append(
             [
                 name,
                 how,
                 *[
                     f"{pct(r.accuracy)} ({fmt(r.accuracy_drop_pts, 1)} pts; ref "
-                    f"{fmt(r.agreement_reference, 3)}, here {fmt(r.agreement_build, 3)}; "
+                    f"{fmt(r.agreement_reference, 3)}, build {fmt(r.agreement_build, 3)}; "
                     f"max diff {r.max_abs_diff:.2g})"
                     if (r := run.sets.get(s))
                     else DASH
@@ -329,7 +333,7 @@ def runs_on_section(m: BenchRecord) -> str:
     first = next((r for run in m.profiles.values() for r in run.sets.values()), None)
     n = first.images if first else 0
     notes = [f"- `{name}`: {run.note}" for name, run in m.profiles.items()]
-    native = [name for name, run in m.profiles.items() if run.how == "native"]
+    native = [name for name, run in m.profiles.items() if run.how == "native" and same]
     speed = (
         f"- Speed and memory figures above are {', '.join(native)}'s: measured on this machine."
         if native
@@ -343,8 +347,12 @@ def runs_on_section(m: BenchRecord) -> str:
             f"The shipped model on each CPU profile the class declares, on the first {n} images "
             f"of each evaluation set (one image = {100 / max(1, n):.2g} points). Each cell: "
             "accuracy (drop against the float reference on the same images; agreement with the "
-            "reference's texts and with this machine's texts; largest output difference from "
-            "this machine's). Emulation checks numerics only: no time is measured there.",
+            "reference's texts and with the build's: its final model on x86-64 with exact int8 "
+            "kernels, which is what the accuracy tables above read on every x86 machine; "
+            "largest output difference from the build's). Emulation checks numerics only: no "
+            f"time is measured there. Run on {isa_words(vm) if vm else 'this machine'}; "
+            "another x86 build machine keeps these runs (machine.json `numerics`), and what "
+            "its own CPU reads through the bundle is the bundle row's accuracy above.",
             "",
             table(["profile", "ran", *sets, "within budget", "conformance vectors"], rows),
             "",

@@ -20,6 +20,7 @@ class Limits:
     min_speedup: float | None  # budgets.min_warm_speedup: warm speed against stock
     ships_extra_mb: float  # what the shipped bundle adds to its model file
     shipped_speedup: float | None  # the shipped bundle's warm speed against stock
+    bench_machine: dict  # whose timings shipped_speedup is (BenchRecord.machine)
 
 
 def limits_of(m: BenchRecord, lev: LeverRecord, goal: float) -> Limits | None:
@@ -35,6 +36,23 @@ def limits_of(m: BenchRecord, lev: LeverRecord, goal: float) -> Limits | None:
         min_speedup=speed.limit if speed else None,
         ships_extra_mb=bundle.ships_mb - shipped.size_mb,
         shipped_speedup=m.bundle_ratios.warm_speedup if m.bundle_ratios else None,
+        bench_machine=m.machine,
+    )
+
+
+TIMING_FACTS = ("cpu", "isa", "usable_cores", "onnxruntime")
+
+
+def timed_elsewhere(lev: LeverRecord, limits: Limits) -> str:
+    """A sentence when the levers rows were timed on another machine than the bench (the
+    levers stage reruns on numerics, not on the x86 kind: machine.json `numerics`)."""
+    a, b = lev.machine, limits.bench_machine
+    if all(a.get(k) == b.get(k) for k in TIMING_FACTS):
+        return ""
+    return (
+        f" The rows were timed on {isa_words(a)}, the bench on {isa_words(b)}: the speed "
+        "column mixes two machines' ratios (int8 gains follow the CPU's VNNI support); "
+        f"`dvc repro -f -s levers@{lev.target}` times the rows on this machine."
     )
 
 
@@ -108,7 +126,7 @@ def verdict(lev: LeverRecord, limits: Limits) -> str:
         f"set. Budgets: {', '.join(budgets) or 'none'}. A row ships ≈ its model plus the "
         f"{fmt(limits.ships_extra_mb, 2)} MB the shipped bundle adds to its model; its speed ≈ "
         f"the shipped bundle's {fmt(limits.shipped_speedup, 2)}× stock (bench) times the "
-        "shipped row's warm ms over the row's (timed above).",
+        "shipped row's warm ms over the row's (timed above)." + timed_elsewhere(lev, limits),
         table(header, rows),
         f"Reach the goal: {', '.join(reach) or 'none'}. Best within the budgets: {best or 'none'}.",
     ])  # fmt: skip
@@ -172,7 +190,9 @@ def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> lis
         f"build decides on; the evaluation sets ({images} images of each) no decision saw. "
         f"Timed on {isa_words(lev.machine)}, one thread, with the int8 kernels a bundle's .ort "
         f"runs: the median over {lev.timing_rounds} interleaved round(s) of every model on the "
-        f"same {lev.timing_images} images; a time is this machine's only."
+        f"same {lev.timing_images} images; a time is that machine's only. The rows' texts "
+        "are every x86 machine's (exact int8 kernels), so another x86 build machine keeps "
+        "this table; its times stay the machine's named here."
     )
     patches = [f"- `{r.name}`: `{r.patch}`" for r in lev.rows if r.patch]
     refused = [f"- `{r.name}` refused: {r.error}" for r in lev.rows if r.error]

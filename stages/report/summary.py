@@ -99,7 +99,7 @@ def profiles_table(metrics: dict[str, BenchRecord]) -> str:
                 continue
             cells = [
                 f"{s} {pct(r.accuracy)} ({signed(-r.accuracy_drop_pts)} pts), ref "
-                f"{fmt(r.agreement_reference, 3)}, here {fmt(r.agreement_build, 3)}"
+                f"{fmt(r.agreement_reference, 3)}, build {fmt(r.agreement_build, 3)}"
                 for s, r in run.sets.items()
             ]
             images = next(iter(run.sets.values())).images if run.sets else 0
