@@ -126,3 +126,18 @@ def test_the_clients_record_names_its_machine_and_reaches_the_metrics(measured: 
     assert bench.clients == clients.clients
     verify = read_record(measured["root"] / "verify" / "low.json", VerifyRecord)
     assert bench.profiles_machine == verify.build_machine
+
+
+def test_a_record_kept_from_another_x86_machine_says_whose_runs_it_holds(measured: dict):
+    """A build on another x86 kind keeps verify's record (same `numerics`); its native run was
+    that machine's, and the report must not call it this machine's."""
+    from stages.report.summary import profiles_table
+
+    bench = read_record(measured["metrics"] / "low.json", BenchRecord)
+    assert "| here | native |" in runs_on_section(bench)
+    other = bench.model_copy(update={"profiles_machine": {"cpu": "other cpu", "isa": ["avx2"]}})
+    text = runs_on_section(other)
+    assert "| here | native on other cpu |" in text
+    assert "Run on other cpu (avx2: without VNNI)" in text
+    assert "measured on this machine." not in text  # no profile is this machine's here
+    assert "| native on other cpu |" in profiles_table({"low": other})

@@ -297,14 +297,25 @@ def vectors_cell(run: ProfileRun) -> str:
     return f"pass{diff}" if run.conformance else f"FAIL: {run.conformance_failure}"
 
 
+def ran_elsewhere(m: BenchRecord) -> str | None:
+    """The CPU that ran the verify stage when it is not the bench's: a build on another x86
+    kind keeps verify's record (machine.json `numerics`), whose native and float runs were
+    that machine's."""
+    vm = m.profiles_machine
+    if not vm or all(vm.get(k) == m.machine.get(k) for k in ("cpu", "isa")):
+        return None
+    return str(vm.get("cpu", "another machine"))
+
+
 def runs_on_section(m: BenchRecord) -> str:
     """What each declared CPU profile reads through the shipped model (verify/<C>.json)."""
     if not m.profiles:
         return "The class declares no CPU profile (recipe `profiles:`)."
     sets = sorted({s for run in m.profiles.values() for s in run.sets})
     vm = m.profiles_machine
-    same = not vm or all(vm.get(k) == m.machine.get(k) for k in ("cpu", "isa"))
-    here = "this machine" if same else f"{vm.get('cpu', '?')}"
+    elsewhere = ran_elsewhere(m)
+    same = elsewhere is None
+    here = elsewhere or "this machine"
     rows = []
     for name, run in m.profiles.items():
         if run.how == "unavailable":

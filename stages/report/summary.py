@@ -21,7 +21,7 @@ from ..records import (
     SourceUse,
     VariantMetrics,
 )
-from .class_page import client_rows, vectors_cell
+from .class_page import client_rows, ran_elsewhere, vectors_cell
 from .format import (
     DASH,
     acc_cells,
@@ -93,6 +93,7 @@ def summary(
 def profiles_table(metrics: dict[str, BenchRecord]) -> str:
     rows = []
     for target, m in metrics.items():
+        elsewhere = ran_elsewhere(m)
         for name, run in m.profiles.items():
             if run.how == "unavailable":
                 rows.append([target, name, "not run here", DASH, DASH, DASH])
@@ -106,7 +107,8 @@ def profiles_table(metrics: dict[str, BenchRecord]) -> str:
             ok = fmt(run.within_budget)
             if run.conformance is not None:
                 ok += f"; vectors {vectors_cell(run)}"
-            rows.append([target, name, run.how, str(images), "; ".join(cells), ok])
+            how = f"{run.how} on {elsewhere}" if elsewhere and run.how != "emulated" else run.how
+            rows.append([target, name, how, str(images), "; ".join(cells), ok])
         rows += client_rows(target, m)
     header = ["class", "profile", "ran", "images / set", "accuracy vs reference, agreement", "ok"]
     return table(header, rows) if rows else "No class declares a CPU profile."
