@@ -13,7 +13,18 @@ from ..records import (
     ProfileRun,
     VariantEval,
 )
-from .format import DASH, acc_cells, change_cell, fmt, isa_words, pct, set_names, signed, table
+from .format import (
+    DASH,
+    acc_cells,
+    change_cell,
+    fmt,
+    isa_words,
+    pct,
+    same_machine,
+    set_names,
+    signed,
+    table,
+)
 from .levers import Limits, levers_section
 
 
@@ -302,7 +313,7 @@ def ran_elsewhere(m: BenchRecord) -> str | None:
     kind keeps verify's record (machine.json `numerics`), whose native and float runs were
     that machine's."""
     vm = m.profiles_machine
-    if not vm or all(vm.get(k) == m.machine.get(k) for k in ("cpu", "isa")):
+    if same_machine(vm, m.machine, ("cpu", "isa")):
         return None
     return str(vm.get("cpu", "another machine"))
 

@@ -79,6 +79,12 @@ def change_pts(right_to_wrong: int, wrong_to_right: int, images: int) -> str:
     return f"{signed(delta)} [{signed(lo)}, {signed(hi)}]"
 
 
+def same_machine(a: dict[str, Any], b: dict[str, Any], facts: tuple[str, ...]) -> bool:
+    """Whether two records' `machine` facts agree on `facts` (an empty record: unknown, kept
+    as the same)."""
+    return not a or not b or all(a.get(k) == b.get(k) for k in facts)
+
+
 def isa_words(machine: dict[str, Any]) -> str:
     """The measuring machine (a record's `machine`) and its int8 extensions in words."""
     isa = machine.get("isa", [])

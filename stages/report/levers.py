@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..records import BenchRecord, LeverRecord, LeverRow, LeverSet
-from .format import DASH, change_pts, fmt, isa_words, table
+from .format import DASH, change_pts, fmt, isa_words, same_machine, table
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def timed_elsewhere(lev: LeverRecord, limits: Limits) -> str:
     """A sentence when the levers rows were timed on another machine than the bench (the
     levers stage reruns on numerics, not on the x86 kind: machine.json `numerics`)."""
     a, b = lev.machine, limits.bench_machine
-    if all(a.get(k) == b.get(k) for k in TIMING_FACTS):
+    if same_machine(a, b, TIMING_FACTS):
         return ""
     return (
         f" The rows were timed on {isa_words(a)}, the bench on {isa_words(b)}: the speed "
