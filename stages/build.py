@@ -39,7 +39,7 @@ from . import modelio, registry
 from .atomic import atomic_dir, write_json
 from .contract import CHARSET_FILE, Contract
 from .errors import PassError
-from .profiles.host import host_cpu, host_isa
+from .profiles.host import host_facts
 from .recipe import Equivalence, Recipe
 from .records import (
     BUILD_FILE,
@@ -266,7 +266,7 @@ def build_record(
 def check_record(target: str, results: list[StageResult]) -> CheckRecord:
     return CheckRecord(
         target=target,
-        machine={"cpu": host_cpu(), "isa": host_isa()},
+        machine=host_facts(),
         stages=[
             StageCheck(
                 file=f"stages/{r.filename}",

@@ -17,7 +17,7 @@ from ocr_bundles_runtime.manifest import BundleSpec, find_bundle, parse_bundle
 
 from .errors import PipelineError
 from .evaluate import EvalSets
-from .profiles.host import host_cpu, host_isa
+from .profiles.host import host_facts
 from .records import ClientRun, ClientSet, ClientsRecord
 from .scoring import Scoring, agreement, score
 
@@ -111,7 +111,7 @@ def client_record(
     spec = parse_bundle(find_bundle(bundle))
     return ClientsRecord(
         target=target,
-        machine={"cpu": host_cpu(), "isa": host_isa()},
+        machine=host_facts(),
         images_per_set=n if spec.feed == "pixels" else None,
         clients=clients_on(spec, sets, n, scoring),
     )

@@ -37,7 +37,7 @@ from ocr_bundles_runtime.session import session_plan
 
 from . import modelio
 from .evaluate import EvalSets, eval_runtime
-from .profiles.host import host_cpu, host_isa
+from .profiles.host import host_facts
 from .profiles.profile import CpuProfile, Placement, place
 from .profiles.run import run_on
 from .progress import usable_cores
@@ -271,7 +271,7 @@ def verify_bundle(
         images_per_set=images,
         resolution_pts=round(100 / images, 3),
         max_accuracy_drop_pts=max_drop_pts,
-        build_machine={"cpu": host_cpu(), "isa": host_isa()},
+        build_machine=host_facts(),
         build_reading=EXACT_REASON,
         profiles=runs,
     )

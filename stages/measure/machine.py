@@ -5,10 +5,10 @@ the server bench and the report use it without loading a model.
 writes these facts where the measuring stages depend on them: timings belong to a machine, so
 DVC remeasures on another CPU, core count or library version and reuses the committed figures
 only where the facts are equal. Stages whose numbers (not times) come from this machine's
-kernels (build, evaluate, baselines, bundle, levers) depend on `numerics` alone: what decides
-the integers an int8 model computes here. Every x86-64 CPU is one kind there, since every
-session runs onnxruntime's exact int8 kernels (runtime.int8_kernels), so a build on an AVX2
-machine keeps the texts and scores a VNNI machine computed, and remeasures only timings."""
+kernels (build, evaluate, baselines, bundle, verify, levers) depend on `numerics` alone: what
+decides the integers an int8 model computes here. Every x86-64 CPU is one kind there, since
+every session runs onnxruntime's exact int8 kernels (runtime.int8_kernels), so a build on an
+AVX2 machine keeps the texts and scores a VNNI machine computed, and remeasures only timings."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..profiles.host import host_arch, host_cpu, host_flags, host_isa
+from ..profiles.host import host_arch, host_facts, host_flags
 
 ROOT = Path(__file__).resolve().parents[2]  # child processes run `-m stages...` from here
 
@@ -53,8 +53,7 @@ def machine_info() -> dict[str, Any]:
     """The CPU (with the ISA flags that decide int8 speed), cores and library versions: ratios
     differ between machines, so every figure says which one measured it."""
     return {
-        "cpu": host_cpu(),
-        "isa": host_isa(),
+        **host_facts(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),

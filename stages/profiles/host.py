@@ -43,6 +43,11 @@ def host_cpu() -> str:
     return fallback
 
 
+def host_facts() -> dict[str, str | list[str]]:
+    """The CPU and its int8 flags: what a record names as the machine that computed it."""
+    return {"cpu": host_cpu(), "isa": host_isa()}
+
+
 def host_arch() -> str:
     """x86_64 or aarch64 (platform.machine's spelling; arm64 on macOS is aarch64 here)."""
     arch = platform.machine().lower()
