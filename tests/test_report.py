@@ -266,3 +266,33 @@ def test_stage_rows_say_when_an_exact_stage_took_its_inputs_texts():
     assert _checked(True, took) == "exact; 100 per set read as 02-lift_constants: its texts"
     assert _checked(True, VariantEval(sets={})) == "exact"
     assert _checked(False, None) == "lossy"
+
+
+def test_a_ratio_budget_inside_its_rounds_spread_is_reported_on_the_edge(measured: dict) -> None:
+    """The median decides a ratio budget; when some round fell on the other side of its limit,
+    the class page and the summary say so (low's speed budget on the 2026-12-06 EPYC: 3.009
+    against 3.0, rounds 2.986-3.042), and say nothing when every round is on one side."""
+    from stages.records import Budget
+    from stages.report.class_page import budgets_section
+    from stages.report.format import on_the_edge
+    from stages.report.summary import _budget_cell
+
+    bench = read_record(measured["metrics"] / "low.json", BenchRecord)
+
+    def with_speed(limit: float, spread: list[float], median: float) -> BenchRecord:
+        budgets = dict(bench.budgets)
+        budgets["min_warm_speedup"] = Budget(limit=limit, value=median, ok=median >= limit)
+        spreads = {**bench.bundle_ratios_spread, "warm_speedup": spread}
+        return bench.model_copy(update={"budgets": budgets, "bundle_ratios_spread": spreads})
+
+    edge = with_speed(3.0, [2.986, 3.042], 3.009)
+    assert on_the_edge(edge) == {"min_warm_speedup": [2.986, 3.042]}
+    assert "✅ (on the edge: its rounds span 2.99–3.04)" in budgets_section(edge)
+    assert "min_warm_speedup on the edge: its rounds span 2.99–3.04" in _budget_cell(edge)
+    missed = with_speed(3.0, [2.9, 3.05], 2.99)
+    assert "❌ under (on the edge: its rounds span 2.90–3.05)" in budgets_section(missed)
+    cell = _budget_cell(missed)  # the tiny class misses its RSS budget too
+    assert "missed: " in cell and "min_warm_speedup; min_warm_speedup on the edge" in cell
+    clear = with_speed(3.0, [3.05, 3.2], 3.1)
+    assert "min_warm_speedup" not in on_the_edge(clear)
+    assert "on the edge" not in budgets_section(clear) + _budget_cell(clear)

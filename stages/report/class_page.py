@@ -17,8 +17,10 @@ from .format import (
     DASH,
     acc_cells,
     change_cell,
+    edge_words,
     fmt,
     isa_words,
+    on_the_edge,
     pct,
     same_machine,
     set_names,
@@ -112,16 +114,31 @@ def facts(m: BenchRecord) -> str:
 
 
 def budgets_section(m: BenchRecord) -> str:
+    edge = on_the_edge(m)
     rows = [
         [
             name + (f" ({b.set})" if b.set else ""),
             fmt(b.limit, 2),
             fmt(b.value, 2),
-            DASH if b.ok is None else ("✅" if b.ok else _miss(name)),
+            _ok_cell(name, b.ok, edge.get(name)),
         ]
         for name, b in m.budgets.items()
     ]
-    return table(["budget (the bundle)", "limit", "value", "ok"], rows)
+    note = (
+        "\n\nA ratio budget is judged on the median of the interleaved rounds; one whose "
+        "limit lies between its rounds' lowest and highest ratio is on the edge: another run "
+        "of this machine may judge it the other way."
+        if edge
+        else ""
+    )
+    return table(["budget (the bundle)", "limit", "value", "ok"], rows) + note
+
+
+def _ok_cell(name: str, ok: bool | None, edge: list[float] | None) -> str:
+    if ok is None:
+        return DASH
+    cell = "✅" if ok else _miss(name)
+    return f"{cell} ({edge_words(edge)})" if edge else cell
 
 
 def _miss(budget: str) -> str:

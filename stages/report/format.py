@@ -91,3 +91,23 @@ def isa_words(machine: dict[str, Any]) -> str:
     vnni = {"avx512_vnni", "avx_vnni"} & set(isa)
     kind = "with VNNI" if vnni else "without VNNI" if "avx2" in isa else "no x86 int8 extension"
     return f"{machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"
+
+
+# each ratio budget and the ratio whose min-max over the bench's rounds it is judged against
+ROUND_RATIOS = {"min_warm_speedup": "warm_speedup", "max_cpu_ratio": "cpu"}
+
+
+def on_the_edge(m: BenchRecord) -> dict[str, list[float]]:
+    """Ratio budgets whose limit lies inside the rounds' min-max: the median decides them, and
+    some round fell on the other side, so another run of this machine may decide otherwise."""
+    edge = {}
+    for name, ratio in ROUND_RATIOS.items():
+        budget, spread = m.budgets.get(name), m.bundle_ratios_spread.get(ratio)
+        limit = budget.limit if budget is not None else None
+        if limit is not None and spread and spread[0] < limit < spread[1]:
+            edge[name] = spread
+    return edge
+
+
+def edge_words(spread: list[float]) -> str:
+    return f"on the edge: its rounds span {spread[0]:.2f}–{spread[1]:.2f}"

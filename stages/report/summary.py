@@ -27,8 +27,10 @@ from .format import (
     acc_cells,
     change_cell,
     change_pts,
+    edge_words,
     fmt,
     isa_words,
+    on_the_edge,
     pct,
     set_names,
     signed,
@@ -346,7 +348,9 @@ def _budget_cell(m: BenchRecord) -> str:
     if not judged:
         return "none set"
     failed = [n for n, b in m.budgets.items() if b.ok is False]
-    return f"{sum(judged)}/{len(judged)} ok" + (f" (missed: {', '.join(failed)})" if failed else "")
+    edge = [f"{n} {edge_words(spread)}" for n, spread in on_the_edge(m).items()]
+    notes = ([f"missed: {', '.join(failed)}"] if failed else []) + edge
+    return f"{sum(judged)}/{len(judged)} ok" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _machine_line(m: BenchRecord) -> str:
