@@ -234,18 +234,14 @@ def test_cross_field_validation_names_both_fields():
         QuantizeStaticOptions(calibrate_method="percentile", percentile=50)
 
 
-def _captchas(n: int) -> list[np.ndarray]:
-    from captcha.image import ImageCaptcha
-
+def _captchas(n: int, seed: int = 0) -> list[np.ndarray]:
+    """ImageCaptcha images drawn from a seed (the bare class draws from `secrets`, which made
+    this test read other images, and another agreement, on every run)."""
     from ocr_bundles_runtime.preprocess import Preprocess, preprocess
+    from stages.data.imagecaptcha import ImageCaptchaStyle, sample_imagecaptcha
 
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        text = "".join(rng.choice(list("abcdefghjkmnpqrstuvwxyz23456789"), 5))
-        image = ImageCaptcha(width=int(rng.integers(100, 220))).generate(text).getvalue()
-        out.append(preprocess(image, Preprocess()))
-    return out
+    style = ImageCaptchaStyle(alphabet="abcdefghjkmnpqrstuvwxyz23456789")
+    return [preprocess(sample_imagecaptcha(style, seed, i)[1], Preprocess()) for i in range(n)]
 
 
 def _argmaxes(model: onnx.ModelProto, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -270,7 +266,8 @@ def test_real_model_conv_qdq_and_per_channel_trap():
     ops = tiny.op_counts(out)
     assert ops["Conv"] == 21 and ops["QuantizeLinear"] >= 21
     ref = _argmaxes(model, ctx.calibration)
-    assert _agreement(ref, _argmaxes(out, ctx.calibration)) >= 0.9  # measured ~0.96
+    # measured on seed 0: 0.98 per tensor, 0.94 per channel (seeds 0-5: 0.95-1.0, 0.94-1.0)
+    assert _agreement(ref, _argmaxes(out, ctx.calibration)) >= 0.9
     # onnxruntime 1.32 would write per-axis DequantizeLinear into the opset-12 graph
     with pytest.raises(PassError, match=r"opset 12: add convert_opset"):
         quantize_static(model, QuantizeStaticOptions(per_channel=True), ctx)
