@@ -18,9 +18,10 @@ Variants are built and scored in worker processes, one per usable core (most of 
 is 1-thread sessions, the class's runtime): each worker runs exactly what the stage would run
 alone, so the rows do not depend on the core count; the timing rounds run after, alone.
 
-The shipped model's static int8 group is also scored in halves (stages/quant_split.py: int8
-weights with float activations, int8 activations with float weights), not timed: which half
-costs the agreement, and so which levers can win it back.
+The shipped model's static int8 group is also scored in parts (stages/quant_split.py: int8
+weights with float activations, int8 activations with float weights, then the activations of
+one producing op type float at a time), not timed: which part costs the agreement, and so which
+levers can win it back.
 
 metrics/levers/<C>.json: records.LeverRecord, read by the report's class pages.
 """
@@ -52,7 +53,13 @@ from .measure.machine import machine_info
 from .params import Params
 from .passes._ort_quant import working_copy
 from .progress import usable_cores
-from .quant_split import activations_only, weights_only
+from .quant_split import (
+    GRAPH_INPUT,
+    activation_producers,
+    activations_only,
+    float_after,
+    weights_only,
+)
 from .recipe import Recipe, patched
 from .records import BuildRecord, LeverRecord, LeverRow, LeverSet, read_record
 from .registry import PassContext
@@ -64,6 +71,11 @@ WARMUP = 10
 FLOAT = "\0float"  # the float model's key among the timed ones: no variant name can equal it
 WEIGHTS_ONLY = "int8 weights only"  # the shipped static group's halves (Scorer.split)
 ACTIVATIONS_ONLY = "int8 activations only"
+
+
+def float_after_name(kind: str) -> str:
+    """The split row with the activations `kind` produces float (quant_split.float_after)."""
+    return f"{kind} float" if kind == GRAPH_INPUT else f"{kind} outputs float"
 
 
 def float_stage(record: BuildRecord, build: Path, source: Path) -> Path:
@@ -181,7 +193,7 @@ class Scorer:
         )
 
     def split(self, model: onnx.ModelProto) -> list[LeverRow]:
-        """The model's static int8 group in halves (quant_split), scored, not timed (their
+        """The model's static int8 group in parts (quant_split), scored, not timed (their
         kernels are float ones); none without a static group. The float model's nodes are
         named as the quantizers name them, so every quantized node finds its twin."""
         if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
@@ -189,9 +201,13 @@ class Scorer:
         rows = [self.row(WEIGHTS_ONLY, {}, weights_only(model), [], timed=False)]
         try:
             twin = activations_only(model, working_copy(onnx.load(self.float_path)))
+            rows.append(self.row(ACTIVATIONS_ONLY, {}, twin, [], timed=False))
         except ValueError as e:
-            return [*rows, LeverRow(name=ACTIVATIONS_ONLY, patch={}, error=str(e))]
-        return [*rows, self.row(ACTIVATIONS_ONLY, {}, twin, [], timed=False)]
+            rows.append(LeverRow(name=ACTIVATIONS_ONLY, patch={}, error=str(e)))
+        return rows + [
+            self.row(float_after_name(kind), {}, float_after(model, kind), [], timed=False)
+            for kind in activation_producers(model)
+        ]
 
     def timed(self, rows: list[LeverRow], rounds: int) -> dict[str, Any]:
         """The record's fields: every built row's warm ms and the float model's, measured in
@@ -240,7 +256,7 @@ def measure_class(
     print(f"levers@{target}: shipped", flush=True)
     shipped = onnx.load(build / "model.onnx")
     rows = [scorer.row("shipped", {}, shipped, shipped_kept)]
-    print(f"levers@{target}: the shipped model's static int8 group in halves, where it has one",
+    print(f"levers@{target}: the shipped model's static int8 group in parts, where it has one",
           flush=True)  # fmt: skip
     split = scorer.split(shipped)
     jobs = []

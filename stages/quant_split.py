@@ -1,40 +1,85 @@
-"""Which half of a static int8 group costs agreement: its weights or its activations.
+"""Which part of a static int8 group costs agreement: its weights or its activations, and
+which activations.
 
-Two graph rewrites of a QDQ model (quantize_static's output, quantize_to_tolerance's static
-group), each undoing one half of the quantization so that the other half's cost can be read
-alone against the float model:
+Graph rewrites of a QDQ model (quantize_static's output, quantize_to_tolerance's static group),
+each undoing part of the quantization so that the rest's cost can be read alone against the
+float model:
 
 - weights_only: every activation QuantizeLinear -> DequantizeLinear pair is bypassed; the
   weights stay the dequantized int8 ones.
 - activations_only: every weight and bias a node reads through a DequantizeLinear is the float
   model's again (the node of the same name there); the activation pairs stay.
+- float_after(op_type): only the activations that `op_type` nodes produce are float again
+  (GRAPH_INPUT: the graph's inputs); every other pair and every weight stays int8. One rewrite
+  per producing op type (activation_producers) shows whether the activations' cost sits at one
+  kind of tensor (a convolution's output, an activation function's, a residual sum) or is
+  spread over all of them, and so whether keeping one kind float, or equalizing its channels,
+  could win it back.
 
-Neither is a model to ship: with one half gone onnxruntime cannot fuse the int8 kernels and runs
-float ones. Dynamic int8 ops (DynamicQuantizeLSTM, MatMulInteger, ...) stay as they are in both.
+None is a model to ship: with part of a group float, onnxruntime cannot fuse the int8 kernels
+and runs float ones. Dynamic int8 ops (DynamicQuantizeLSTM, MatMulInteger, ...) stay as they
+are in all.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import onnx
 
 from . import modelio
 
+GRAPH_INPUT = "graph input"  # activation_producers' name for the graph's own inputs
+
 
 def weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its activations float: every DequantizeLinear of a QuantizeLinear's output
     is replaced by that QuantizeLinear's float input (graph outputs are kept as they are)."""
-    out = modelio.copy(model)
-    g = out.graph
+    return _bypassed(model, None)
+
+
+def float_after(model: onnx.ModelProto, op_type: str) -> onnx.ModelProto:
+    """`model` with only the activations that `op_type` nodes produce float (GRAPH_INPUT: the
+    graph's inputs): weights_only restricted to the pairs quantizing those tensors."""
+    if op_type not in activation_producers(model):
+        raise ValueError(f"no quantized activation of this model is produced by {op_type!r}")
+    return _bypassed(model, op_type)
+
+
+def activation_producers(model: onnx.ModelProto) -> list[str]:
+    """The op types whose outputs the model quantizes as activations (GRAPH_INPUT for the
+    graph's inputs), the most quantized tensors first."""
+    kinds = Counter(kind for _, kind in _activation_pairs(model).values())
+    return [k for k, _ in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _activation_pairs(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """Per DequantizeLinear output of an activation pair: (the float tensor its QuantizeLinear
+    reads, the op type that produced that tensor or GRAPH_INPUT). Graph outputs are left out:
+    they stay as they are."""
+    g = model.graph
     inits = {t.name for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     outputs = {o.name for o in g.output}
-    bypass = {}
+    pairs = {}
     for n in g.node:
         q = producer.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
         pair = q is not None and q.op_type == "QuantizeLinear" and n.input[0] not in inits
         if pair and n.output[0] not in outputs:
-            bypass[n.output[0]] = q.input[0]
-    for n in g.node:
+            source = producer.get(q.input[0])
+            pairs[n.output[0]] = (q.input[0], source.op_type if source else GRAPH_INPUT)
+    return pairs
+
+
+def _bypassed(model: onnx.ModelProto, op_type: str | None) -> onnx.ModelProto:
+    """`model` with the activation pairs of tensors `op_type` produced bypassed (None: all)."""
+    out = modelio.copy(model)
+    bypass = {
+        dq: tensor
+        for dq, (tensor, kind) in _activation_pairs(out).items()
+        if op_type is None or kind == op_type
+    }
+    for n in out.graph.node:
         n.input[:] = [bypass.get(x, x) for x in n.input]
     return _pruned(out)
 

@@ -207,17 +207,20 @@ def static_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built(tmp_path_factory, STATIC)
 
 
-def test_a_static_group_is_scored_in_halves_untimed_and_reported(static_project: Path):
+def test_a_static_group_is_scored_in_parts_untimed_and_reported(static_project: Path):
     lev = measure(static_project, {}, passes=STATIC)
     assert [r.name for r in lev.rows] == ["shipped"]
-    halves = {r.name: r for r in lev.split}
-    assert list(halves) == [levers.WEIGHTS_ONLY, levers.ACTIVATIONS_ONLY]
-    for r in halves.values():
+    parts = {r.name: r for r in lev.split}
+    # the halves, then one row per op type whose outputs the group quantizes
+    by_kind = [levers.float_after_name(k) for k in ("Conv", "Gemm", "Reshape", "graph input")]
+    assert list(parts) == [levers.WEIGHTS_ONLY, levers.ACTIVATIONS_ONLY, *by_kind]
+    for r in parts.values():
         assert r.error is None and r.warm_ms is None and set(r.eval) == {"clean", "hard"}
         assert all(0.0 <= s.agreement <= 1.0 for s in r.eval.values())
     text = "\n\n".join(levers_section(lev))
-    assert "Which half of the static int8 group" in text
+    assert "Which part of the static int8 group" in text
     assert f"| {levers.WEIGHTS_ONLY} | " in text and f"| {levers.ACTIVATIONS_ONLY} | " in text
+    assert "| Conv outputs float | " in text and "| graph input float | " in text
 
 
 def test_a_half_that_cannot_be_made_is_recorded_with_why(static_project: Path, monkeypatch):

@@ -6,7 +6,13 @@ from onnx import numpy_helper
 
 from stages import registry
 from stages.passes.quantize_static import QuantizeStaticOptions, quantize_static
-from stages.quant_split import activations_only, weights_only
+from stages.quant_split import (
+    GRAPH_INPUT,
+    activation_producers,
+    activations_only,
+    float_after,
+    weights_only,
+)
 
 CTX = registry.PassContext(calibration=tiny.inputs(8))
 XS = tiny.inputs(6, seed=7)
@@ -92,3 +98,28 @@ def test_a_model_without_a_static_group_is_left_as_it_is():
     model = tiny.tiny_ctc()
     assert weights_only(model) == model
     assert activations_only(model, model) == model
+
+
+def test_float_after_bypasses_only_the_activations_one_op_type_produces():
+    _, q = quantized()
+    kinds = activation_producers(q)
+    assert kinds == ["Conv", "Gemm", "Reshape", GRAPH_INPUT]  # one tensor each: by name
+    pairs = tiny.op_counts(q)["QuantizeLinear"]
+    for kind in kinds:
+        part = float_after(q, kind)
+        assert tiny.op_counts(part)["QuantizeLinear"] == pairs - 1
+        assert kind not in activation_producers(part)
+        # what it bypasses is real: each kind's 8-bit rounding moves the outputs
+        assert np.abs(outputs(part) - outputs(q)).max() > 1e-6
+    # every kind bypassed in turn is weights_only
+    every = q
+    for kind in kinds:
+        every = float_after(every, kind)
+    np.testing.assert_allclose(outputs(every), outputs(weights_only(q)), rtol=1e-6, atol=1e-6)
+
+
+def test_float_after_an_op_type_that_produces_no_quantized_activation_says_so():
+    _, q = quantized()
+    with pytest.raises(ValueError, match="produced by 'Sigmoid'"):
+        float_after(q, "Sigmoid")
+    assert activation_producers(weights_only(q)) == []

@@ -138,6 +138,14 @@ def attributable(v: VariantMetrics, floor: VariantMetrics | None) -> dict[str, f
     }
 
 
+# each budget on a ratio against stock: the Ratios field it limits, and whether it is a floor
+RATIO_BUDGETS: dict[str, tuple[str, bool]] = {
+    "max_attributable_rss_ratio": ("attributable_peak_rss", False),
+    "max_cpu_ratio": ("cpu", False),
+    "min_warm_speedup": ("warm_speedup", True),
+}
+
+
 def check_budgets(
     budgets: Any,
     shipped: VariantMetrics,
@@ -173,12 +181,7 @@ def check_budgets(
             budgets.max_accuracy_drop_pts, drops.get(worst) if worst else None, worst
         ),
     }
-    for name, field in (
-        ("max_attributable_rss_ratio", "attributable_peak_rss"),
-        ("max_cpu_ratio", "cpu"),
-    ):
+    for name, (field, floor) in RATIO_BUDGETS.items():
         value = getattr(vs_stock, field) if vs_stock is not None else None
-        out[name] = judged(getattr(budgets, name), value)
-    speedup = vs_stock.warm_speedup if vs_stock is not None else None
-    out["min_warm_speedup"] = judged(budgets.min_warm_speedup, speedup, floor=True)
+        out[name] = judged(getattr(budgets, name), value, floor=floor)
     return out

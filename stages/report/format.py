@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..measure.metrics import RATIO_BUDGETS
 from ..records import BenchRecord, Change, VariantMetrics
 from ..scoring import accuracy_change_interval
 
@@ -93,15 +94,11 @@ def isa_words(machine: dict[str, Any]) -> str:
     return f"{machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"
 
 
-# each ratio budget and the ratio whose min-max over the bench's rounds it is judged against
-ROUND_RATIOS = {"min_warm_speedup": "warm_speedup", "max_cpu_ratio": "cpu"}
-
-
 def on_the_edge(m: BenchRecord) -> dict[str, list[float]]:
     """Ratio budgets whose limit lies inside the rounds' min-max: the median decides them, and
     some round fell on the other side, so another run of this machine may decide otherwise."""
     edge = {}
-    for name, ratio in ROUND_RATIOS.items():
+    for name, (ratio, _) in RATIO_BUDGETS.items():  # those the rounds measure have a spread
         budget, spread = m.budgets.get(name), m.bundle_ratios_spread.get(ratio)
         limit = budget.limit if budget is not None else None
         if limit is not None and spread and spread[0] < limit < spread[1]:

@@ -133,7 +133,7 @@ def verdict(lev: LeverRecord, limits: Limits) -> str:
 
 
 def split_part(lev: LeverRecord, evals: list[str]) -> str | None:
-    """The shipped row beside its static int8 group's halves (the levers stage's `split`)."""
+    """The shipped row beside its static int8 group's parts (the levers stage's `split`)."""
     shipped = next((r for r in lev.rows if r.name == "shipped" and r.error is None), None)
     if not lev.split or shipped is None:
         return None
@@ -143,11 +143,16 @@ def split_part(lev: LeverRecord, evals: list[str]) -> str | None:
         for r in [shipped, *lev.split]
     ]  # fmt: skip
     return "\n\n".join([
-        "**Which half of the static int8 group costs the agreement.** The shipped model, then "
+        "**Which part of the static int8 group costs the agreement.** The shipped model, then "
         "its static group with only the weights int8 (activations float), then with only the "
-        "activations int8 (the float model's weights); dynamic int8 ops as shipped in all "
-        "three (`stages/quant_split.py`). Neither half is a model to ship: onnxruntime runs "
-        "float kernels on it, so neither is timed.",
+        "activations int8 (the float model's weights), then as shipped but with the "
+        "activations one op type produces float (`<op> outputs float`: one row per op type "
+        "whose outputs are quantized); dynamic int8 ops as shipped in all "
+        "(`stages/quant_split.py`). A cost that one kind of tensor holds shows in its row "
+        "coming close to the int8-weights row; a cost spread over all leaves every such row "
+        "near the shipped one, and then no lever that spares one kind of tensor (keeping it "
+        "float, equalizing its channels) wins it back. None is a model to ship: onnxruntime "
+        "runs float kernels on it, so none is timed.",
         table(["model", *[f"{s} (eval)" for s in evals]], rows),
     ])  # fmt: skip
 
