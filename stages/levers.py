@@ -18,6 +18,10 @@ Variants are built and scored in worker processes, one per usable core (most of 
 is 1-thread sessions, the class's runtime): each worker runs exactly what the stage would run
 alone, so the rows do not depend on the core count; the timing rounds run after, alone.
 
+The float model itself is scored with its weights slightly changed (stages/perturb.py: in
+float16, and times 1 + a seeded random `levers.weight_noise`), not timed: how many of its texts
+any small change flips on each set, the floor under every variant's agreement there.
+
 The shipped model's static int8 group is also scored in parts (stages/quant_split.py: int8
 weights with float activations, int8 activations with float weights, then the activations of
 one producing op type float at a time), not timed: which part costs the agreement, and so which
@@ -52,6 +56,7 @@ from .evaluate import EvalSets, eval_runtime, predict
 from .measure.machine import machine_info
 from .params import Params
 from .passes._ort_quant import working_copy
+from .perturb import fp16_rounded, weight_noise
 from .progress import usable_cores
 from .quant_split import (
     GRAPH_INPUT,
@@ -71,6 +76,13 @@ WARMUP = 10
 FLOAT = "\0float"  # the float model's key among the timed ones: no variant name can equal it
 WEIGHTS_ONLY = "int8 weights only"  # the shipped static group's halves (Scorer.split)
 ACTIVATIONS_ONLY = "int8 activations only"
+
+
+FP16 = "float model, weights in float16"  # the fragility rows (Scorer.fragility)
+
+
+def noise_name(relative: float) -> str:
+    return f"float model, each weight ± {100 * relative:g} % at random"
 
 
 def float_after_name(kind: str) -> str:
@@ -209,6 +221,14 @@ class Scorer:
             for kind in activation_producers(model)
         ]
 
+    def fragility(self, noise: tuple[float, ...], seed: int) -> list[LeverRow]:
+        """The float model itself with its weights slightly changed (stages/perturb.py), scored
+        like the rows, not timed: the texts any small change of the weights flips, per set."""
+        base = onnx.load(self.float_path)
+        changed = {FP16: fp16_rounded(base)}
+        changed |= {noise_name(r): weight_noise(base, r, seed) for r in noise}
+        return [self.row(name, {}, m, [], timed=False) for name, m in changed.items()]
+
     def timed(self, rows: list[LeverRow], rounds: int) -> dict[str, Any]:
         """The record's fields: every built row's warm ms and the float model's, measured in
         the same interleaved rounds."""
@@ -241,6 +261,8 @@ def measure_class(
     timing_rounds: int = 1,
     params_file: str = "params.yaml",
     workers: int = 1,
+    noise: tuple[float, ...] = (),
+    noise_seed: int = 0,
 ) -> dict[str, Any]:
     """The shipped model and every variant of `variants` (built from the model stage's folder
     `source`, in `workers` processes), scored against the class's float model on its decision
@@ -259,6 +281,8 @@ def measure_class(
     print(f"levers@{target}: the shipped model's static int8 group in parts, where it has one",
           flush=True)  # fmt: skip
     split = scorer.split(shipped)
+    print(f"levers@{target}: the float model with its weights slightly changed", flush=True)
+    fragility = scorer.fragility(noise, noise_seed)
     jobs = []
     for i, (name, patch) in enumerate(variants.items(), start=1):
         variant = patched(recipe, patch, f"{params_file}: levers.variants.{target}.{name}")
@@ -272,7 +296,7 @@ def measure_class(
             scorer.models[row.name] = data
     print(f"levers@{target}: timing {len(scorer.models) + 1} models, {timing_rounds} rounds",
           flush=True)  # fmt: skip
-    return {**scorer.timed(rows, timing_rounds), "split": split}
+    return {**scorer.timed(rows, timing_rounds), "split": split, "fragility": fragility}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,5 +382,6 @@ def measure_levers(
     measured = measure_class(
         target, model_dir, build, context, sets, variants, contract.scoring,
         lev.eval_images, lev.timing_images, lev.timing_rounds, params_file, usable_cores(),
+        tuple(lev.weight_noise), lev.noise_seed,
     )  # fmt: skip
     return LeverRecord(**record, **measured)

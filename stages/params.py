@@ -174,6 +174,13 @@ class LeverParams(Strict):
         description="per class, named patches of its pass options (as in overrides.<class>."
         "passes): each is built with the class's decision data and scored",
     )
+    weight_noise: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.003, 0.01],
+        description="relative sizes of the seeded random changes of every weight of the float "
+        "model that each class with variants also scores (stages/perturb.py), beside its "
+        "weights in float16: how many texts any small change flips, per set",
+    )
+    noise_seed: int = Field(0, ge=0, description="seed of those random changes")
 
     @field_validator("variants")
     @classmethod

@@ -568,6 +568,9 @@ class LeverRecord(Record):
     float_size_mb: float | None = None
     float_warm_ms: float | None = None
     rows: list[LeverRow] = Field(default_factory=list)  # "shipped" first
-    # the shipped model's static int8 group in halves (levers.Scorer.split): which half costs
+    # the shipped model's static int8 group in parts (levers.Scorer.split): which part costs
     # the agreement; scored like rows, not timed, not shippable (their kernels are float)
     split: list[LeverRow] = Field(default_factory=list)
+    # the float model with its weights slightly changed (levers.Scorer.fragility,
+    # stages/perturb.py): how many of its texts any small change flips; scored, not timed
+    fragility: list[LeverRow] = Field(default_factory=list)

@@ -52,14 +52,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def measure(
     root: Path, variants: dict, eval_images: int | None = None, passes: list = PASSES,
-    workers: int = 1,
+    workers: int = 1, noise: tuple[float, ...] = (),
 ) -> LeverRecord:  # fmt: skip
     build = root / "build" / "low" / "model"
     rec = builders.recipe(passes)
     fields = measure_class(
         "low", root / "models" / "source", build, builders.context(root, rec),
         EvalSets(read_sets(root / "data", ["clean", "hard"], "eval")), variants, Scoring(),
-        eval_images, 4, 2, workers=workers,
+        eval_images, 4, 2, workers=workers, noise=noise,
     )  # fmt: skip
     return LeverRecord(target="low", machine={"cpu": "test", "isa": []}, eval_images=eval_images,
                        timing_images=4, timing_rounds=2, **fields)  # fmt: skip
@@ -232,6 +232,23 @@ def test_a_half_that_cannot_be_made_is_recorded_with_why(static_project: Path, m
     assert lev.split[0].error is None
     assert lev.split[1].name == levers.ACTIVATIONS_ONLY and "node 'conv'" in lev.split[1].error
     assert "not split: node 'conv'" in "\n\n".join(levers_section(lev))
+
+
+def test_the_float_model_is_scored_with_its_weights_slightly_and_much_changed(project: Path):
+    lev = measure(project, {}, noise=(0.0001, 0.5))
+    rows = {r.name: r for r in lev.fragility}
+    assert list(rows) == [levers.FP16, levers.noise_name(0.0001), levers.noise_name(0.5)]
+    assert levers.noise_name(0.003) == "float model, each weight ± 0.3 % at random"
+    for r in rows.values():
+        assert r.error is None and r.warm_ms is None and r.float_nodes == []
+        assert set(r.val) == set(r.eval) == {"clean", "hard"}
+    # a 0.01 % change keeps the tiny model's texts; half of each weight reads none of them
+    small, large = rows[levers.noise_name(0.0001)], rows[levers.noise_name(0.5)]
+    assert all(s.agreement == 1.0 for s in [*small.val.values(), *small.eval.values()])
+    assert all(s.agreement < 0.5 for s in [*large.val.values(), *large.eval.values()])
+    text = "\n\n".join(levers_section(lev))
+    assert "How fragile the float model's texts are" in text
+    assert f"| {levers.noise_name(0.5)} | " in text and "val hard" in text
 
 
 def test_a_dynamic_only_class_has_no_halves(project: Path):

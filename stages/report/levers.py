@@ -157,6 +157,28 @@ def split_part(lev: LeverRecord, evals: list[str]) -> str | None:
     ])  # fmt: skip
 
 
+def fragility_part(lev: LeverRecord, val: list[str], evals: list[str]) -> str | None:
+    """The float model with its weights slightly changed (the levers stage's `fragility`)."""
+    if not lev.fragility:
+        return None
+    rows = [
+        [r.name, *[set_cell(r.val.get(s)) for s in val], *[set_cell(r.eval.get(s)) for s in evals]]
+        for r in lev.fragility
+    ]
+    return "\n\n".join([
+        "**How fragile the float model's texts are.** The float model itself, scored like the "
+        "rows, with its weights slightly changed (`stages/perturb.py`): rounded to float16, "
+        "and each weight times 1 + a seeded random change whose standard deviation is the "
+        "stated share (params.yaml `levers.weight_noise`). int8 with a scale per output "
+        "channel moves a weight by up to half a step: 0.4 % of its channel's largest weight, "
+        "more of smaller ones. So a row here that changes the weights less than int8 does, yet "
+        "agrees less than the goal on a set, says that set's texts flip under any such "
+        "change: agreement above that row there asks for about float precision. Not timed, "
+        "not models to ship.",
+        table(["model", *[f"val {s}" for s in val], *[f"{s} (eval)" for s in evals]], rows),
+    ])  # fmt: skip
+
+
 def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> list[str]:
     """Markdown parts of the section; none when the class measures no variant. With `limits`,
     a verdict ends it."""
@@ -205,9 +227,9 @@ def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> lis
     if refused:
         parts.append("Refused variants (the pass's own message, with the best it found):\n\n"
                      + "\n".join(refused))  # fmt: skip
-    split = split_part(lev, evals)
-    if split:
-        parts.append(split)
+    for part in (split_part(lev, evals), fragility_part(lev, val, evals)):
+        if part:
+            parts.append(part)
     if limits is not None and any(r.name == "shipped" for r in built):
         parts.append(verdict(lev, limits))
     return parts
