@@ -325,6 +325,14 @@ def test_the_verdict_names_what_reaches_the_goal_and_what_fits_the_budgets():
     assert alone.endswith("Reach the goal: none. Best within the budgets: shipped (a 0.950).")
     assert text in "\n\n".join(levers_section(lev, LIMITS))
     assert "timed on" not in text  # the bench's machine timed the rows too
+    # the first fragility row below the goal is named; none when every one reaches it
+    fragile = [_row("float16", 0, 0, 0.99, 1.0), _row("0.3 %", 0, 0, 0.99, 0.96),
+               _row("1 %", 0, 0, 0.90, 0.88)]  # fmt: skip
+    named = verdict(lev.model_copy(update={"fragility": fragile}), LIMITS)
+    assert named.endswith("misses the goal with its weights changed as little as in `0.3 %` "
+                          '(b 0.960; "How fragile" above): there, the goal asks for about '
+                          "float precision.")  # fmt: skip
+    assert verdict(lev.model_copy(update={"fragility": fragile[:1]}), LIMITS) == text
 
 
 def test_the_verdict_says_when_the_rows_were_timed_on_another_machine():

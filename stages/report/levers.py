@@ -128,8 +128,24 @@ def verdict(lev: LeverRecord, limits: Limits) -> str:
         f"the shipped bundle's {fmt(limits.shipped_speedup, 2)}× stock (bench) times the "
         "shipped row's warm ms over the row's (timed above)." + timed_elsewhere(lev, limits),
         table(header, rows),
-        f"Reach the goal: {', '.join(reach) or 'none'}. Best within the budgets: {best or 'none'}.",
+        f"Reach the goal: {', '.join(reach) or 'none'}. Best within the budgets: {best or 'none'}."
+        + fragile_words(lev, limits.goal),
     ])  # fmt: skip
+
+
+def fragile_words(lev: LeverRecord, goal: float) -> str:
+    """A sentence naming the first fragility row (float16, then growing random changes of the
+    float model's weights) whose texts already miss the goal on some evaluation set."""
+    for r in lev.fragility:
+        if r.error is None and r.eval:
+            worst = min(r.eval, key=lambda s: r.eval[s].agreement)
+            if r.eval[worst].agreement < goal:
+                return (
+                    f" The float model itself misses the goal with its weights changed as "
+                    f"little as in `{r.name}` ({worst} {fmt(r.eval[worst].agreement, 3)}; "
+                    "\"How fragile\" above): there, the goal asks for about float precision."
+                )
+    return ""
 
 
 def split_part(lev: LeverRecord, evals: list[str]) -> str | None:
