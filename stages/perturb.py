@@ -3,8 +3,8 @@
 Agreement with the float model is the gate of a lossy class, but on a set the model reads
 only half right, many of its answers sit next to another one, and any change of the numbers
 flips some. These rewrites change every float initializer of the model by a known, small
-amount and nothing else, so that the texts they flip measure that fragility per set: the
-agreement no quantizer can beat with a bigger change of the same weights.
+amount and nothing else, so that the texts they flip measure that fragility per set: a scale
+for a quantizer's agreement there, since what it flips depends on how far it moves the outputs.
 
 - fp16_rounded: every weight rounded to float16 and back (relative change <= 2^-11), the
   precision a half-float bundle would keep;
@@ -56,5 +56,5 @@ def _mapped(
         if t.data_type != onnx.TensorProto.FLOAT:
             continue
         a = numpy_helper.to_array(t)
-        t.CopyFrom(numpy_helper.from_array(change(a, i).reshape(a.shape), t.name))
+        t.CopyFrom(numpy_helper.from_array(change(a, i), t.name))
     return out

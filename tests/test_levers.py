@@ -330,8 +330,8 @@ def test_the_verdict_names_what_reaches_the_goal_and_what_fits_the_budgets():
                _row("1 %", 0, 0, 0.90, 0.88)]  # fmt: skip
     named = verdict(lev.model_copy(update={"fragility": fragile}), LIMITS)
     assert named.endswith("misses the goal with its weights changed as little as in `0.3 %` "
-                          '(b 0.960; "How fragile" above): there, the goal asks for about '
-                          "float precision.")  # fmt: skip
+                          '(b 0.960; "How fragile" above): there, the goal asks for outputs '
+                          "closer to the float model's than that change leaves them.")  # fmt: skip
     assert verdict(lev.model_copy(update={"fragility": fragile[:1]}), LIMITS) == text
 
 

@@ -143,7 +143,8 @@ def fragile_words(lev: LeverRecord, goal: float) -> str:
                 return (
                     f" The float model itself misses the goal with its weights changed as "
                     f"little as in `{r.name}` ({worst} {fmt(r.eval[worst].agreement, 3)}; "
-                    "\"How fragile\" above): there, the goal asks for about float precision."
+                    "\"How fragile\" above): there, the goal asks for outputs closer to the "
+                    "float model's than that change leaves them."
                 )
     return ""
 
@@ -189,8 +190,8 @@ def fragility_part(lev: LeverRecord, val: list[str], evals: list[str]) -> str | 
         "channel moves a weight by up to half a step: 0.4 % of its channel's largest weight, "
         "more of smaller ones. So a row here that changes the weights less than int8 does, yet "
         "agrees less than the goal on a set, says that set's texts flip under any such "
-        "change: agreement above that row there asks for about float precision. Not timed, "
-        "not models to ship.",
+        "change: a variant agreeing more there must leave the outputs closer to the float "
+        "model's than that change does. Not timed, not models to ship.",
         table(["model", *[f"val {s}" for s in val], *[f"{s} (eval)" for s in evals]], rows),
     ])  # fmt: skip
 
