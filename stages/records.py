@@ -330,6 +330,9 @@ class VariantMetrics(Record):
     attributable_peak_rss_mb: float | None = None
     rss_warm_mb: float | None = None  # resident after warm-up (long-session run)
     rss_growth_mb: float | None = None  # resident after `long_session` calls minus rss_warm_mb
+    # the same over the second half of those calls only: what a leak adds, without the
+    # one-time growth of the first calls (the allocator's next block, a lazy fallback)
+    rss_growth_late_mb: float | None = None
     long_session: int | None = None  # recognitions in the long-session run
     fallback_loaded: bool | None = None  # bundles: did any image load the fallback
     sets: dict[str, SetAccuracy] = Field(default_factory=dict)
@@ -444,6 +447,7 @@ class MemorySetting(Record):
     cold_start_ms: float | None
     peak_rss_mb: float | None
     rss_growth_mb: float | None  # None: no long session for this variant
+    rss_growth_late_mb: float | None  # over the second half of the long session
     warm_p50_ms: float | None
     peak_rss_delta_mb: float | None
     cold_start_delta_ms: float | None

@@ -19,7 +19,7 @@ from ocr_bundles_runtime.decode import decode
 from ocr_bundles_runtime.preprocess import Preprocess
 from stages import cli, modelio
 from stages.errors import RecipeError
-from stages.measure import floor, machine, metrics, spawn
+from stages.measure import floor, machine, metrics, spawn, worker
 from stages.measure.variants import Variant
 from stages.params import BenchParams, load_params
 from stages.recipe import Budgets
@@ -412,7 +412,44 @@ def test_failed_worker_names_the_variant_and_quotes_stderr(measured: dict) -> No
 def test_long_session_run_reports_resident_memory_growth(measured: dict) -> None:
     out = spawn.spawn(onnx_spec(measured, [0], long_session=25), timeout_s=120)
     assert len(out["total_ms"]) == 25 and len(out["texts"]) == 2
-    assert out["rss_end_mb"] > 0 and out["rss_warm_mb"] > 0
+    assert out["rss_end_mb"] > 0 and out["rss_warm_mb"] > 0 and out["rss_half_mb"] > 0
+
+
+class _Holding(worker.Runner):
+    """A fake recognizer that keeps `per_call` MB on each call and `step` MB more on its
+    second, the first one measured (the worker's first call is the cold start's)."""
+
+    def __init__(self, spec: dict[str, Any], step: float, per_call: float) -> None:
+        super().__init__(spec)
+        self.step, self.per_call, self.held = step, per_call, []
+
+    def import_libs(self) -> None:
+        pass
+
+    def load(self) -> None:
+        pass
+
+    def recognize(self, data: bytes) -> str:
+        mb = self.per_call + (self.step if len(self.held) == 1 else 0.0)
+        self.held.append(b"\x01" * int(mb * 2**20))  # written, so resident
+        return "ab"
+
+
+@pytest.mark.parametrize(("step", "per_call", "late"), [(0.0, 0.2, 10.0), (20.0, 0.0, 0.0)])
+def test_a_leak_grows_in_the_second_half_and_a_one_time_step_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: float, per_call: float, late: float
+) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"png")
+    monkeypatch.setitem(worker.RUNNERS, "onnx", lambda spec: _Holding(spec, step, per_call))
+    spec = {"kind": "onnx", "variant": "v", "images": [str(image)], "warmup": 0,
+            "long_session": 100, "warm_images": 2,
+            "cores": sorted(os.sched_getaffinity(0))}  # fmt: skip
+    out = worker.measure(spec)
+    growth, second = out["rss_end_mb"] - out["rss_warm_mb"], out["rss_end_mb"] - out["rss_half_mb"]
+    # 0.2 MB a call over 100 calls: 20 MB, 10 of them in the second half; a 20 MB step on
+    # the first measured call: all of it in the first half
+    assert growth == pytest.approx(20.0, abs=3.0) and second == pytest.approx(late, abs=3.0)
 
 
 @pytest.mark.integration

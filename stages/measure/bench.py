@@ -90,6 +90,7 @@ def variant_record(
         update |= {
             "rss_warm_mb": round(long["rss_warm_mb"], 1),
             "rss_growth_mb": round(long["rss_end_mb"] - long["rss_warm_mb"], 1),
+            "rss_growth_late_mb": round(long["rss_end_mb"] - long["rss_half_mb"], 1),
             "long_session": len(long["total_ms"]),
         }
     return rec.model_copy(update=update)
@@ -118,6 +119,7 @@ def memory_table(records: dict[str, VariantMetrics]) -> list[MemorySetting]:
                 cold_start_ms=v.cold_start_ms,
                 peak_rss_mb=v.peak_rss_mb,
                 rss_growth_mb=v.rss_growth_mb,
+                rss_growth_late_mb=v.rss_growth_late_mb,
                 warm_p50_ms=v.warm_p50_ms,
                 peak_rss_delta_mb=_delta(v.peak_rss_mb, base.peak_rss_mb),
                 cold_start_delta_ms=_delta(v.cold_start_ms, base.cold_start_ms),

@@ -15,10 +15,12 @@ from ..records import (
 )
 from .format import (
     DASH,
+    GROWTH_HEADER,
     acc_cells,
     change_cell,
     edge_words,
     fmt,
+    growth_cell,
     isa_words,
     on_the_edge,
     pct,
@@ -41,7 +43,7 @@ def variants_table(m: BenchRecord) -> str:
         "peak RSS MB",
         "above floor: cold ms, RSS MB",
         "CPU s / 1000",
-        "RSS growth MB",
+        GROWTH_HEADER,
         *[f"{s} %" for s in sets],
     ]
     rows = []
@@ -65,7 +67,7 @@ def variants_table(m: BenchRecord) -> str:
                 fmt(v.peak_rss_mb, 0),
                 f"{fmt(v.attributable_cold_start_ms, 0)}, {fmt(v.attributable_peak_rss_mb, 1)}",
                 fmt(v.cpu_s_per_1000, 2),
-                fmt(v.rss_growth_mb, 1),
+                growth_cell(v),
                 *acc_cells(v, sets),
             ]
         )
@@ -97,7 +99,9 @@ def facts(m: BenchRecord) -> str:
             f"- Evaluation images: {sizes}. Timings: {ds['timed_images']} images from "
             f"{ds['timed_from']}, after {ds['warmup']} warm-up calls, median of {ds['repeats']} "
             f"interleaved rounds, each a fresh process; memory growth over "
-            f"{ds['long_session']} calls in one process {long_scope(ds)}.",
+            f"{ds['long_session']} calls in one process {long_scope(ds)}, and in parentheses "
+            "over their second half alone (a leak grows there too; a one-time step of the "
+            "first calls, such as a lazily loaded fallback, does not).",
             f"- stock is {m.stock}.",
             "- Cold start: spawn to first recognized text (interpreter, imports, session, first "
             "image; page cache warm). Warm: image bytes to text. Model: session.run only. CPU: "
@@ -153,7 +157,7 @@ def memory_section(m: BenchRecord) -> str:
             r.setting,
             fmt(r.cold_start_ms, 0),
             fmt(r.peak_rss_mb, 1),
-            fmt(r.rss_growth_mb, 1),
+            growth_cell(r),
             fmt(r.warm_p50_ms, 2),
             signed(r.peak_rss_delta_mb),
             signed(r.cold_start_delta_ms, 0),
@@ -165,7 +169,7 @@ def memory_section(m: BenchRecord) -> str:
         "session setting (shipped file)",
         "cold start ms",
         "peak RSS MB",
-        "RSS growth MB",
+        GROWTH_HEADER,
         "warm p50 ms",
         "Δ peak RSS MB",
         "Δ cold ms",

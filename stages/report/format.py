@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..measure.metrics import RATIO_BUDGETS
-from ..records import BenchRecord, Change, VariantMetrics
+from ..records import BenchRecord, Change, MemorySetting, VariantMetrics
 from ..scoring import accuracy_change_interval
 
 DASH = "–"
@@ -92,6 +92,17 @@ def isa_words(machine: dict[str, Any]) -> str:
     vnni = {"avx512_vnni", "avx_vnni"} & set(isa)
     kind = "with VNNI" if vnni else "without VNNI" if "avx2" in isa else "no x86 int8 extension"
     return f"{machine['cpu']} ({', '.join(isa) or 'none'}: {kind})"
+
+
+GROWTH_HEADER = "RSS growth MB (2nd half)"  # the long-session columns (growth_cell)
+
+
+def growth_cell(v: VariantMetrics | MemorySetting) -> str:
+    """RSS growth over the whole long session, then over its second half alone: a leak shows
+    in both, a one-time step of the first calls only in the first."""
+    if v.rss_growth_mb is None:
+        return DASH
+    return f"{fmt(v.rss_growth_mb, 1)} ({fmt(v.rss_growth_late_mb, 1)})"
 
 
 def on_the_edge(m: BenchRecord) -> dict[str, list[float]]:

@@ -24,11 +24,13 @@ from ..records import (
 from .class_page import client_rows, ran_elsewhere, vectors_cell
 from .format import (
     DASH,
+    GROWTH_HEADER,
     acc_cells,
     change_cell,
     change_pts,
     edge_words,
     fmt,
+    growth_cell,
     isa_words,
     on_the_edge,
     pct,
@@ -158,7 +160,7 @@ def results_table(metrics: dict[str, BenchRecord]) -> str:
         "warm p50 ms (p95)",
         "CPU s / 1000",
         "peak RSS MB (+fallback)",
-        "RSS growth MB",
+        GROWTH_HEADER,
         "accuracy % per set (vs reference)",
         "budgets",
     ]
@@ -176,7 +178,7 @@ def results_table(metrics: dict[str, BenchRecord]) -> str:
                 f"{fmt(b.warm_p50_ms, 2)} ({fmt(b.warm_p95_ms, 2)})",
                 fmt(b.cpu_s_per_1000, 2),
                 f"{fmt(b.peak_rss_mb, 0)} ({fmt(fb.peak_rss_mb if fb else None, 0)})",
-                fmt(b.rss_growth_mb, 1),
+                growth_cell(b),
                 "; ".join(f"{s} {c}" for s, c in zip(sets, acc_cells(b, sets, ref), strict=True)),
                 _budget_cell(m),
             ]
@@ -299,7 +301,7 @@ def baselines_table(metrics: dict[str, BenchRecord]) -> str:
                     f"{fmt(v.warm_p50_ms, 2)} ({fmt(v.warm_p95_ms, 2)})",
                     fmt(v.peak_rss_mb, 0),
                     fmt(v.cpu_s_per_1000, 2),
-                    fmt(v.rss_growth_mb, 1),
+                    growth_cell(v),
                 ]
             )
     header = [
@@ -310,7 +312,7 @@ def baselines_table(metrics: dict[str, BenchRecord]) -> str:
         "warm p50 ms (p95)",
         "peak RSS MB",
         "CPU s / 1000",
-        "RSS growth MB",
+        GROWTH_HEADER,
     ]
     return table(header, rows)
 
