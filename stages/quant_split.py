@@ -41,8 +41,6 @@ def weights_only(model: onnx.ModelProto) -> onnx.ModelProto:
 def float_after(model: onnx.ModelProto, op_type: str) -> onnx.ModelProto:
     """`model` with only the activations that `op_type` nodes produce float (GRAPH_INPUT: the
     graph's inputs): weights_only restricted to the pairs quantizing those tensors."""
-    if op_type not in activation_producers(model):
-        raise ValueError(f"no quantized activation of this model is produced by {op_type!r}")
     return _bypassed(model, op_type)
 
 
@@ -72,13 +70,16 @@ def _activation_pairs(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
 
 
 def _bypassed(model: onnx.ModelProto, op_type: str | None) -> onnx.ModelProto:
-    """`model` with the activation pairs of tensors `op_type` produced bypassed (None: all)."""
+    """`model` with the activation pairs of tensors `op_type` produced bypassed (None: all);
+    raises ValueError when `op_type` produced none."""
     out = modelio.copy(model)
     bypass = {
         dq: tensor
         for dq, (tensor, kind) in _activation_pairs(out).items()
         if op_type is None or kind == op_type
     }
+    if op_type is not None and not bypass:
+        raise ValueError(f"no quantized activation of this model is produced by {op_type!r}")
     for n in out.graph.node:
         n.input[:] = [bypass.get(x, x) for x in n.input]
     return _pruned(out)
