@@ -79,6 +79,14 @@ SOURCE_ONLY: dict[str, tuple[str, str]] = {"stock_default": ("ddddocr", "ddddocr
 
 class BenchParams(Strict):
     repeats: int = Field(4, ge=1, description="interleaved rounds; figures are medians")
+    budget_minutes: float | None = Field(
+        3.0,
+        gt=0,
+        description="one class's bench aims to finish within this: after the first round it "
+        "projects the stage, and on a machine too slow for repeats and long_session it runs "
+        "fewer rounds and shorter long sessions (at least 3 and 200: measure/budget.py); "
+        "null: always as asked",
+    )
     warm_images: int = Field(50, ge=1, description="images timed per round after warm-up")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
     long_session: int = Field(

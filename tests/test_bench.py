@@ -262,8 +262,37 @@ def test_variants_that_repeat_a_worker_are_timed_once(
     assert runs["final"] == [{"v": "03-c"}] * 2
 
 
-def test_interleave_runs_every_variant_once_per_round_in_order() -> None:
-    assert spawn.run_order(["a", "b"], 2) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+def test_rounds_interleave_and_the_first_round_decides_how_many_follow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every variant once per round, in order; `rounds` sees the first round's runs and its
+    seconds and says how many rounds run in all (the bench's time budget)."""
+    variants = [Variant(n, "onnx", 1.0, {"model": n}) for n in ("a", "b")]
+    spawned: list[str] = []
+    monkeypatch.setattr(spawn, "spawn", lambda s: spawned.append(s["variant"]) or {"v": 1})
+    seen: list[tuple[list[str], float]] = []
+
+    def rounds(first: dict[str, list[dict[str, Any]]], round_s: float) -> int:
+        seen.append((sorted(first), round_s))
+        assert all(len(r) == 1 for r in first.values())
+        return 3
+
+    runs = spawn.measure(variants, [], BenchParams(repeats=5), [0], "test", {}, rounds)
+    assert spawned == ["a", "b"] * 3 and len(runs["a"]) == len(runs["b"]) == 3
+    assert seen[0][0] == ["a", "b"] and seen[0][1] >= 0
+    spawned.clear()
+    spawn.measure(variants, [], BenchParams(repeats=2), [0], "test")
+    assert spawned == ["a", "b", "a", "b"]
+
+
+def test_long_sessions_run_the_calls_they_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    variants = [Variant("bundle", "bundle", 1.0, long_session=True)]
+    specs: list[dict[str, Any]] = []
+    monkeypatch.setattr(spawn, "spawn", lambda spec: specs.append(spec) or {"ok": 1})
+    params = BenchParams(long_session=1000)
+    spawn.long_sessions(variants, [], params, 1, "test", calls=250)
+    assert [s["long_session"] for s in specs] == [250]
+    assert spawn.long_sessions(variants, [], params, 1, "test", calls=0) == {}
 
 
 # ---------------------------------------------------------------------------- floors
@@ -546,6 +575,51 @@ def test_ratios_budgets_memory_table_and_facts(low: BenchRecord) -> None:
     assert low.compute_floor["final"]["mmacs"]["total"] > 0
     # PARAMS.floor_sizes (tests/measured.py), not params.yaml's defaults
     assert low.compute_floor["rate_op"].startswith("onnxruntime MatMul fp32 32^3 / MatMulInteger")
+
+
+def test_the_budget_is_recorded_and_a_machine_over_it_runs_the_floors(
+    low: BenchRecord, measured: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixture's bench ran as asked (its counts are under the floors); rerun with a budget
+    no machine meets, low's bench runs 3 of 4 rounds and 200 of 400 calls and says so."""
+    from measured import PARAMS, SOURCES
+
+    from stages.build import read_recipe
+    from stages.contract import read_contract
+    from stages.measure.bench import run_bench
+    from stages.measure.variants import BenchInputs
+    from stages.report.class_page import facts
+
+    ds = low.dataset
+    assert (ds["repeats"], ds["long_session"], ds["budget_minutes"]) == (2, 30, 3.0)
+    assert "asked" not in ds and ds["projected_minutes"] >= 0
+    root = measured["root"]
+    inputs = BenchInputs(
+        target="low",
+        source=root / "models" / "source",
+        build=root / "build" / "low" / "model",
+        eval_json=root / "build" / "low" / "eval.json",
+        bundle=root / "bundles" / "low",
+        baselines=root / "baselines",
+        data=root / "data",
+        sets=list(SOURCES),
+        verify=root / "verify" / "low.json",
+        clients=root / "verify" / "clients" / "low.json",
+    )
+    real, calls = spawn.spawn, []
+    monkeypatch.setattr(spawn, "spawn", lambda spec: calls.append(spec) or real(spec))
+    params = PARAMS.model_copy(update={"repeats": 4, "long_session": 400, "budget_minutes": 1e-4})
+    record = run_bench(inputs, read_recipe(inputs.build), read_contract(inputs.source), params)
+    ds = record.dataset
+    assert (ds["repeats"], ds["long_session"]) == (3, 200)
+    assert ds["asked"] == {"repeats": 4, "long_session": 400}
+    timed = [c["variant"] for c in calls if not c["long_session"]]
+    assert timed.count("bundle") == 3 and timed.count("stock") == 3
+    assert {c["long_session"] for c in calls if c["long_session"]} == {200}
+    assert record.variants["bundle"].long_session == 200
+    assert "ran 3 rounds and long sessions of 200 calls where params.yaml asks 4 and 400" in (
+        facts(record)
+    )
 
 
 def test_timed_accuracy_compares_texts_by_the_contract_s_scoring():

@@ -47,9 +47,9 @@ def test_weight_noise_has_the_stated_relative_size_and_follows_its_seed():
     model = tiny.tiny_ctc()
     before = floats(model)
     after = floats(weight_noise(model, 0.01, seed=3))
-    ratios = np.concatenate([
-        (after[n][before[n] != 0] / before[n][before[n] != 0]).ravel() - 1.0 for n in before
-    ])
+    ratios = np.concatenate(
+        [(after[n][before[n] != 0] / before[n][before[n] != 0]).ravel() - 1.0 for n in before]
+    )
     assert ratios.size > 900  # the tiny model has 995 non-zero weights
     assert abs(float(ratios.std()) - 0.01) < 0.001 and abs(float(ratios.mean())) < 0.001
     assert others(weight_noise(model, 0.01, seed=3)) == others(model)

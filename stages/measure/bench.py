@@ -7,7 +7,9 @@ processes, variants.py lists what is timed and accuracy.py gathers each variant'
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,12 @@ from ..records import (
     read_record,
 )
 from ..scoring import Scoring, score
+from . import budget
 from . import floor as floors
 from .accuracy import accuracy_sources, accuracy_table, bundle_accuracy
 from .machine import machine_info, pinned_cores
 from .metrics import attributable, check_budgets, ratio_spread, ratios, round_stats, summarize
-from .spawn import long_sessions, measure, same_worker
+from .spawn import core_slots, long_session_variants, long_sessions, measure, same_worker
 from .variants import (
     BenchInputs,
     Variant,
@@ -136,7 +139,9 @@ def _delta(a: float | None, b: float | None) -> float | None:
 # ---------------------------------------------------------------------------- facts
 
 
-def dataset_info(sets: EvalSets, timed: list[Path], params: BenchParams) -> dict[str, Any]:
+def dataset_info(
+    sets: EvalSets, timed: list[Path], params: BenchParams, plan: budget.Plan
+) -> dict[str, Any]:
     from PIL import Image
 
     sizes = []
@@ -150,9 +155,8 @@ def dataset_info(sets: EvalSets, timed: list[Path], params: BenchParams) -> dict
         "timed_images": params.warm_images,
         "timed_from": "every evaluation set, interleaved",
         "warmup": params.warmup,
-        "repeats": params.repeats,
-        "long_session": params.long_session,
         "long_session_scope": params.long_session_scope,
+        **plan.record(),  # repeats and long_session as run, and the budget's reason if cut
     }
 
 
@@ -179,6 +183,7 @@ def run_bench(
 ) -> BenchRecord:
     """Measure every variant of a build and assemble metrics/<C>.json's record (the compute
     floor's MatMul sizes are params.floor_sizes)."""
+    started = time.monotonic()  # the time budget counts the bundle's accuracy run too
     evaluation = read_record(inputs.eval_json, EvalRecord)
     base = (
         read_record(inputs.baselines / ACCURACY_FILE, BaselinesRecord) if params.baselines else None
@@ -202,8 +207,31 @@ def run_bench(
         kinds = {v.kind for v in variants}
         variants += floor_variants(inputs, recipe, contract, kinds, Path(tmp))
         alias = same_worker([v for v in variants if v.skipped is None])
-        runs = measure(variants, images, params, cores, label, alias)
-        long = long_sessions(variants, images, params, recipe.runtime.intra_op_threads, label)
+        threads = recipe.runtime.intra_op_threads
+        plan = budget.fit(params.repeats, params.long_session, None, 0.0, 0.0, [], 1)
+
+        def rounds(first: dict[str, list[dict[str, Any]]], round_s: float) -> int:
+            nonlocal plan
+            long_runs = [
+                budget.seconds_per_call(first[alias.get(v.name, v.name)][0])
+                for v in long_session_variants(variants, params)
+                if first.get(alias.get(v.name, v.name))
+            ]
+            plan = budget.fit(
+                params.repeats,
+                params.long_session,
+                params.budget_minutes,
+                time.monotonic() - started,
+                round_s,
+                long_runs,
+                len(core_slots(threads)),
+            )
+            if plan.cut:
+                print(plan.message(label), file=sys.stderr, flush=True)
+            return plan.repeats
+
+        runs = measure(variants, images, params, cores, label, alias, rounds)
+        long = long_sessions(variants, images, params, threads, label, plan.long_session)
     sources = accuracy_sources(evaluation)
     records = with_attributable(
         {
@@ -241,7 +269,7 @@ def run_bench(
         affinity=cores,
         worker_affinity=[list(a) for a in affinities],
         machine=machine_info(),
-        dataset=dataset_info(sets, images, params),
+        dataset=dataset_info(sets, images, params, plan),
         stock=base.stock if base is not None else "not measured",
         variants=records,
         ratios=vs(final),

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,6 @@ TIMEOUT_S = 900.0  # per worker process
 
 class BenchError(PipelineError):
     """A worker failed or timed out; the message names the variant and quotes its stderr."""
-
-
-def run_order(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
-    """(round, variant) in run order: every variant once per round, rounds one after another."""
-    return [(r, name) for r in range(repeats) for name in names]
 
 
 def worker_spec(
@@ -133,20 +128,39 @@ def measure(
     cores: list[int],
     label: str,
     alias: dict[str, str] | None = None,
+    rounds: Callable[[dict[str, list[dict[str, Any]]], float], int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """All timing rounds, interleaved; each variant's worker results in round order. A variant
-    in `alias` is not run: it gets the runs of the variant it repeats."""
+    in `alias` is not run: it gets the runs of the variant it repeats. `rounds`: given the
+    first round's runs and its seconds, how many rounds to run in all (the bench's time
+    budget, budget.py); without it, params.repeats."""
     alias = alias or {}
     live = [v for v in variants if v.skipped is None and v.name not in alias]
-    by_name = {v.name: v for v in live}
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in live}
-    order = run_order([v.name for v in live], params.repeats)
-    bar = Progress(f"{label}: timing rounds ({len(live)} variants x {params.repeats})", len(order))
-    for _, name in order:
-        runs[name].append(spawn(worker_spec(by_name[name], images, params, cores, 0)))
-        bar.step()
+    what = f"{label}: timing rounds ({len(live)} variants x {{}})"
+    bar = Progress(what.format(params.repeats), len(live) * params.repeats)
+    t0 = time.monotonic()
+    _round(live, images, params, cores, runs, bar)
+    repeats = rounds(runs, time.monotonic() - t0) if rounds and live else params.repeats
+    bar.label, bar.total = what.format(repeats), len(live) * repeats
+    for _ in range(repeats - 1):
+        _round(live, images, params, cores, runs, bar)
     bar.close()
     return runs | {dup: runs[src] for dup, src in alias.items() if src in runs}
+
+
+def _round(
+    live: list[Variant],
+    images: list[Path],
+    params: BenchParams,
+    cores: list[int],
+    runs: dict[str, list[dict[str, Any]]],
+    bar: Progress,
+) -> None:
+    """One interleaved round: every live variant's worker once, in order."""
+    for v in live:
+        runs[v.name].append(spawn(worker_spec(v, images, params, cores, 0)))
+        bar.step()
 
 
 def core_slots(threads: int, available: Sequence[int] | None = None) -> list[list[int]]:
@@ -158,23 +172,33 @@ def core_slots(threads: int, available: Sequence[int] | None = None) -> list[lis
     return slots or [cpus]
 
 
-def long_sessions(
-    variants: list[Variant], images: list[Path], params: BenchParams, threads: int, label: str
-) -> dict[str, dict[str, Any]]:
-    """One long-session run per variant in scope (deployable ones, or every one): resident
-    memory after warm-up and after `params.long_session` recognitions in the same process."""
+def long_session_variants(variants: list[Variant], params: BenchParams) -> list[Variant]:
+    """The variants that get a long session: deployable ones, or every one (scope `all`)."""
     every = params.long_session_scope == "all"
-    todo = [v for v in variants if (every or v.long_session) and v.skipped is None]
-    if not params.long_session or not todo:
+    return [v for v in variants if (every or v.long_session) and v.skipped is None]
+
+
+def long_sessions(
+    variants: list[Variant],
+    images: list[Path],
+    params: BenchParams,
+    threads: int,
+    label: str,
+    calls: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One long-session run per variant in scope: resident memory after warm-up, halfway and
+    after `calls` recognitions (default params.long_session) in the same process."""
+    calls = params.long_session if calls is None else calls
+    todo = long_session_variants(variants, params)
+    if not calls or not todo:
         return {}
     slots = core_slots(threads)
     bar = Progress(
-        f"{label}: long sessions ({params.long_session} calls each, {len(slots)} at a time)",
-        len(todo),
+        f"{label}: long sessions ({calls} calls each, {len(slots)} at a time)", len(todo)
     )
 
     def one(i: int, v: Variant) -> tuple[str, dict[str, Any]]:
-        spec = worker_spec(v, images, params, slots[i % len(slots)], params.long_session)
+        spec = worker_spec(v, images, params, slots[i % len(slots)], calls)
         out = spawn(spec)
         bar.step()
         return v.name, out

@@ -85,6 +85,19 @@ def long_scope(ds: dict) -> str:
     )
 
 
+def budget_cut(ds: dict, who: str = "This machine") -> str:
+    """A sentence when the bench's time budget cut its rounds or long sessions (budget.py)."""
+    asked = ds.get("asked")
+    if not asked:
+        return ""
+    return (
+        f" {who} ran {ds['repeats']} rounds and long sessions of {ds['long_session']} "
+        f"calls where params.yaml asks {asked['repeats']} and {asked['long_session']}: as "
+        f"asked, the bench would have taken ~{ds['projected_minutes']} min here, over "
+        f"`bench.budget_minutes` {ds['budget_minutes']:g}."
+    )
+
+
 def facts(m: BenchRecord) -> str:
     mach, ds = m.machine, m.dataset
     isa = ", ".join(mach.get("isa", [])) or "none of the int8 extensions"
@@ -101,7 +114,7 @@ def facts(m: BenchRecord) -> str:
             f"interleaved rounds, each a fresh process; memory growth over "
             f"{ds['long_session']} calls in one process {long_scope(ds)}, and in parentheses "
             "over their second half alone (a leak grows there too; a one-time step of the "
-            "first calls, such as a lazily loaded fallback, does not).",
+            f"first calls, such as a lazily loaded fallback, does not).{budget_cut(ds)}",
             f"- stock is {m.stock}.",
             "- Cold start: spawn to first recognized text (interpreter, imports, session, first "
             "image; page cache warm). Warm: image bytes to text. Model: session.run only. CPU: "

@@ -143,7 +143,7 @@ def fragile_words(lev: LeverRecord, goal: float) -> str:
                 return (
                     f" The float model itself misses the goal with its weights changed as "
                     f"little as in `{r.name}` ({worst} {fmt(r.eval[worst].agreement, 3)}; "
-                    "\"How fragile\" above): there, the goal asks for outputs closer to the "
+                    '"How fragile" above): there, the goal asks for outputs closer to the '
                     "float model's than that change leaves them."
                 )
     return ""

@@ -21,7 +21,7 @@ from ..records import (
     SourceUse,
     VariantMetrics,
 )
-from .class_page import client_rows, ran_elsewhere, vectors_cell
+from .class_page import budget_cut, client_rows, ran_elsewhere, vectors_cell
 from .format import (
     DASH,
     GROWTH_HEADER,
@@ -90,7 +90,7 @@ def summary(
     if notes:
         parts += ["### Notes (params.yaml)", "\n".join(f"- {n}" for n in notes)]
     parts += [f"![{name}]({path})" for name, path in pictures.items()]
-    parts.append(_machine_line(first))
+    parts.append(_machine_line(metrics))
     return "\n\n".join(parts) + "\n"
 
 
@@ -355,13 +355,20 @@ def _budget_cell(m: BenchRecord) -> str:
     return f"{sum(judged)}/{len(judged)} ok" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _machine_line(m: BenchRecord) -> str:
-    mach, ds = m.machine, m.dataset
+def _machine_line(metrics: dict[str, BenchRecord]) -> str:
+    first = next(iter(metrics.values()))
+    mach, ds = first.machine, first.dataset
+    rounds = {name: m.dataset["repeats"] for name, m in metrics.items()}
+    if len(set(rounds.values())) > 1:
+        counts = ", ".join(f"{n} for {name}" for name, n in rounds.items())
+    else:
+        counts = str(ds["repeats"])
+    cuts = "".join(budget_cut(m.dataset, f"For {name}, it") for name, m in metrics.items())
     return (
         f"Measured on {mach['cpu']} ({', '.join(mach.get('isa', []))}; {mach['cores']} cores), "
         f"onnxruntime {mach['onnxruntime']}; each class's workers pinned to as many cores as its "
-        f"intra-op threads; medians of {ds['repeats']} interleaved rounds of fresh processes, "
+        f"intra-op threads; medians of {counts} interleaved rounds of fresh processes, "
         f"{ds['timed_images']} images timed. Speed = stock warm p50 / bundle warm p50. Ratios "
         "differ between machines (int8 gains follow the CPU's VNNI support): rebuild to "
-        "measure yours."
+        f"measure yours.{cuts}"
     )
