@@ -126,6 +126,20 @@ class ScaleSearchRecord(Record):
     rel_mse_after: float
 
 
+class QatRecord(Record):
+    """quantize_to_tolerance's qat_images on the chosen static model: the mean per-frame KL
+    divergence from the float model's class distribution before and after the fine-tune, on
+    the tensors it trained on and on validation tensors it did not (3 significant digits)."""
+
+    images: int
+    epochs: int
+    held_out_images: int
+    kl_before: float
+    kl_after: float
+    held_out_kl_before: float
+    held_out_kl_after: float
+
+
 class ToleranceReport(Record):
     """quantize_to_tolerance's decision: every node's sensitivity, each variant tried per
     validation set, the nodes kept float and why."""
@@ -137,13 +151,16 @@ class ToleranceReport(Record):
     float_nodes: list[str] = Field(default_factory=list)
     why: dict[str, str] = Field(default_factory=dict)
     scale_search: ScaleSearchRecord | None = None  # absent when the option is off
+    qat: QatRecord | None = None  # absent when the option is off
 
     @model_serializer(mode="wrap")
     def _absent_when_off(self, handler: Any) -> dict[str, Any]:
-        # models quantized without scale_search_images keep the report (and bytes) they had
+        # models quantized without scale_search_images or qat_images keep the report (and
+        # bytes) they had
         data = handler(self)
-        if data.get("scale_search") is None:
-            data.pop("scale_search", None)
+        for key in ("scale_search", "qat"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
 

@@ -22,6 +22,8 @@ Notes:
 - Sigmoid/Mul are never offered: quantizing the SiLU made ddddocr's model 3x slower, as does
   Conv through ConvInteger (dynamic), so Conv is only ever quantized statically. To keep the
   static group float altogether, set static_op_types: [].
+- qat_images fine-tunes each judged static model by gradient (_qat, torch, float64) against the
+  float model's outputs; scale_search_images is its gradient-free counterpart (one of the two).
 - static_per_channel needs opset >= 13 (per-axis DequantizeLinear): put convert_opset first.
 - quantize_static/quantize_dynamic refuse an already quantized model, so the dynamic step on the
   statically quantized model reuses quantize_dynamic's argument mapping and the shared helpers.
@@ -45,10 +47,17 @@ from ocr_bundles_runtime.session import make_session, run
 
 from .. import modelio
 from ..errors import PassError
-from ..records import ScaleSearchRecord, SensitivityRow, ToleranceReport, ToleranceStep
+from ..records import (
+    QatRecord,
+    ScaleSearchRecord,
+    SensitivityRow,
+    ToleranceReport,
+    ToleranceStep,
+)
 from ..registry import PassContext, register
 from ..scoring import hits
 from . import _ort_quant as q
+from . import _qat as qat
 from . import _scale_search as scale_search
 from . import quantize_dynamic as qd
 from .convert_opset import default_opset
@@ -155,6 +164,29 @@ class QuantizeToToleranceOptions(BaseModel):
         min_length=1,
         description="factors tried on each activation scale by scale_search_images",
     )
+    qat_images: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="quantization-aware fine-tune (_qat) of the static group's weights, biases "
+        "and activation steps on this many calibration tensors, distilling the float model's "
+        "outputs (needs torch); every variant the tolerance judges is tuned; 0: off",
+    )
+    qat_epochs: int = Field(3, ge=1, le=100, description="passes over the qat_images tensors")
+    qat_batch: int = Field(16, ge=1, le=1024, description="tensors per qat step")
+    qat_lr_weights: float = Field(
+        1e-6, gt=0.0, le=1.0, description="Adam's learning rate of the weights and biases"
+    )
+    qat_lr_scales: float = Field(
+        2e-4, gt=0.0, le=1.0, description="Adam's learning rate of the log activation steps"
+    )
+    qat_held_out: int = Field(
+        128,
+        ge=0,
+        le=10_000,
+        description="validation tensors per set on which the report gives the KL divergence "
+        "before and after the fine-tune (never trained on)",
+    )
     sensitivity: Literal["quantize_one", "keep_one"] = Field(
         "quantize_one",
         description="how a node's sensitivity is measured: output divergence when only it is "
@@ -183,6 +215,11 @@ class QuantizeToToleranceOptions(BaseModel):
         if not self.static_op_types and not self.dynamic_op_types:
             raise ValueError("static_op_types and dynamic_op_types are both empty")
         percentile_only(self.calibrate_method, self.percentile, self.percentile_tails)
+        if self.qat_images and self.scale_search_images:
+            raise ValueError(
+                "qat_images and scale_search_images both tune the activation scales; set one "
+                "of them to 0"
+            )
         if any(f <= 0 for f in self.scale_search_grid):
             raise ValueError(f"scale_search_grid {self.scale_search_grid}: factors must be > 0")
         return self
@@ -207,6 +244,8 @@ class _Plan:
     tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearchRecord]] = field(
         default_factory=dict
     )
+    # qat_images: each fine-tuned static model (by its float static nodes) with its record
+    trained: dict[tuple[str, ...], tuple[onnx.ModelProto, QatRecord]] = field(default_factory=dict)
 
 
 @register(NAME, QuantizeToToleranceOptions, kind="quantize", exact=False, measured=("sensitivity",))
@@ -369,6 +408,8 @@ def _build(
         out = _static(out, options, context, list(float_static))
         if options.scale_search_images:
             out = _tuned(plan, out, options, context, key[0])
+        if options.qat_images:
+            out = _trained(plan, out, options, context, key[0])
     if dynamic and plan.dynamic_nodes:
         out = _dynamic(out, plan.work, options, context, None)
     plan.cache[key] = out
@@ -394,6 +435,31 @@ def _tuned(
             model, xs, plan.search_ref, context.runtime, options.scale_search_grid, where
         )
     return plan.tuned[float_static][0]
+
+
+def _trained(
+    plan: _Plan,
+    model: onnx.ModelProto,
+    options: QuantizeToToleranceOptions,
+    context: PassContext,
+    float_static: tuple[str, ...],
+) -> onnx.ModelProto:
+    """The static model fine-tuned (_qat) against the float model, once per set of float
+    static nodes."""
+    if float_static not in plan.trained:
+        qat.check_supported(NAME, model)
+        session = make_session(plan.work.SerializeToString(), context.runtime)
+        xs = [np.asarray(x, np.float32) for x in context.calibration[: options.qat_images]]
+        held = [
+            np.asarray(x, np.float32)
+            for items in context.validation.values()
+            for x, _ in items[: options.qat_held_out]
+        ]
+        where = f"{NAME} ({len(float_static)} float): qat on {len(xs)} tensors"
+        plan.trained[float_static] = qat.finetune(
+            model, plan.work, xs, held, lambda x: run(session, x), options, where
+        )
+    return plan.trained[float_static][0]
 
 
 def _dynamic(
@@ -546,6 +612,7 @@ def _report(plan: _Plan, order: list[str], k: int, dynamic: bool) -> ToleranceRe
     )
     rows = [s.model_copy(update={"quantized": s.node in quantized}) for s in plan.sensitivity]
     tuned = plan.tuned.get(tuple(sorted(order[:k])))
+    trained = plan.trained.get(tuple(sorted(order[:k])))
     return ToleranceReport(
         reference=plan.ref_accuracy,
         sensitivity=rows,
@@ -553,6 +620,7 @@ def _report(plan: _Plan, order: list[str], k: int, dynamic: bool) -> ToleranceRe
         float_nodes=float_nodes,
         why=why,
         scale_search=tuned[1] if tuned else None,
+        qat=trained[1] if trained else None,
     )
 
 
