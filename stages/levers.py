@@ -66,7 +66,7 @@ from .quant_split import (
     weights_only,
 )
 from .recipe import Recipe, patched
-from .records import BuildRecord, LeverRecord, LeverRow, LeverSet, read_record
+from .records import BuildRecord, LeverRecord, LeverRow, LeverSet, QatRecord, read_record
 from .registry import PassContext
 from .scoring import Scoring, flips, score
 
@@ -334,9 +334,16 @@ def _build_and_score(job: _Job) -> tuple[LeverRow, bytes | None]:
     except PassError as e:
         print(f"{job.stage}: {job.name} refused: {e}", flush=True)
         return LeverRow(name=job.name, patch=job.patch, error=str(e)), None
-    kept = float_nodes({k: v for r in results for k, v in r.report.items()})
-    row = scorer.row(job.name, job.patch, results[-1].model, kept)
+    reports = {k: v for r in results for k, v in r.report.items()}
+    row = scorer.row(job.name, job.patch, results[-1].model, float_nodes(reports))
+    row = row.model_copy(update={"qat": fine_tune(reports)})
     return row, scorer.models.pop(job.name)
+
+
+def fine_tune(report: dict[str, Any]) -> QatRecord | None:
+    """What a quantization pass's report says its fine-tune (qat_images) did, if it ran."""
+    found = [r["qat"] for r in report.values() if isinstance(r, dict) and r.get("qat")]
+    return QatRecord.model_validate(found[0]) if found else None
 
 
 def _build_all(

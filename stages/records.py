@@ -574,6 +574,7 @@ class LeverRow(Record):
     float_nodes: list[str] = Field(default_factory=list)  # what the quantizer kept float
     val: dict[str, LeverSet] = Field(default_factory=dict)  # decision sets
     eval: dict[str, LeverSet] = Field(default_factory=dict)  # evaluation sets (no decision)
+    qat: QatRecord | None = None  # the quantizer's fine-tune, when the variant asked for one
 
 
 class LeverRecord(Record):

@@ -363,3 +363,29 @@ def test_limits_come_from_the_bench_record_of_the_class():
     assert limits.max_ships_mb == 6.0 and limits.min_speedup == 3.0
     assert limits.ships_extra_mb == pytest.approx(0.25) and limits.shipped_speedup == 3.79
     assert limits_of(bench, lev.model_copy(update={"rows": []}), 0.97) is None
+
+
+TOLERANCE = [
+    {"fix_output_shape": {}},
+    {"quantize_to_tolerance": {**LOOSE, "static_per_channel": False, "dynamic_op_types": []}},
+]
+
+
+def test_a_fine_tuned_variant_carries_what_its_training_did_into_the_report(
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    pytest.importorskip("torch")
+    root = built(tmp_path_factory, TOLERANCE)
+    patch = {"quantize_to_tolerance": {"qat_images": 4, "qat_epochs": 1, "qat_held_out": 2}}
+    lev = measure(root, {"qat": patch}, passes=TOLERANCE)
+    rows = {r.name: r for r in lev.rows}
+    assert rows["shipped"].qat is None
+    found = rows["qat"].qat
+    assert (found.images, found.epochs, found.held_out_images) == (4, 1, 4)  # 2 per val set
+    assert found.kl_before > 0 and found.held_out_kl_before > 0
+    text = "\n\n".join(levers_section(lev))
+    assert "What the fine-tune learned" in text
+    trained = f"{found.kl_before:.3g} → {found.kl_after:.3g}"
+    held = f"{found.held_out_kl_before:.3g} → {found.held_out_kl_after:.3g}"
+    assert f"| qat | 4 × 1 | {trained} | 4 | {held} |" in text
+    assert levers.fine_tune({"fix_output_shape": {}}) is None

@@ -196,6 +196,30 @@ def fragility_part(lev: LeverRecord, val: list[str], evals: list[str]) -> str | 
     ])  # fmt: skip
 
 
+def qat_part(lev: LeverRecord) -> str | None:
+    """What each fine-tuned row's training did to its divergence from the float model, on
+    the tensors it trained on and on validation tensors it did not."""
+    rows = [
+        [r.name, f"{r.qat.images} × {r.qat.epochs}",
+         f"{r.qat.kl_before:.3g} → {r.qat.kl_after:.3g}",
+         str(r.qat.held_out_images),
+         f"{r.qat.held_out_kl_before:.3g} → {r.qat.held_out_kl_after:.3g}"]
+        for r in lev.rows if r.qat is not None
+    ]  # fmt: skip
+    if not rows:
+        return None
+    return "\n\n".join([
+        "**What the fine-tune learned** (`qat_images`: `stages/passes/_qat.py`). The mean "
+        "per-frame KL divergence of the static int8 model's class distribution from the float "
+        "model's, before and after the fine-tune, on the calibration tensors it trained on and "
+        "on validation tensors it never trained on (float64 fake quantization, as the "
+        "fine-tune computes it). A fall on the first alone is the calibration images learned, "
+        "not the int8 noise.",
+        table(["variant", "tensors × epochs", "KL trained on", "held-out tensors",
+               "KL held out"], rows),
+    ])  # fmt: skip
+
+
 def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> list[str]:
     """Markdown parts of the section; none when the class measures no variant. With `limits`,
     a verdict ends it."""
@@ -244,7 +268,7 @@ def levers_section(lev: LeverRecord | None, limits: Limits | None = None) -> lis
     if refused:
         parts.append("Refused variants (the pass's own message, with the best it found):\n\n"
                      + "\n".join(refused))  # fmt: skip
-    for part in (split_part(lev, evals), fragility_part(lev, val, evals)):
+    for part in (qat_part(lev), split_part(lev, evals), fragility_part(lev, val, evals)):
         if part:
             parts.append(part)
     if limits is not None and any(r.name == "shipped" for r in built):
