@@ -6,7 +6,8 @@ cannot emulate) this runs those test files again under QEMU's Haswell model, who
 path saturates as the real one does (checked first, so a run on the VNNI path cannot pass for
 it); on an AVX2-only machine the suite itself ran them on that path. The tests on the real
 54 MB model are left out (minutes each under emulation); every tiny-model test of these files
-runs: the int8 passes' closeness tests, and the bundle, conformance and runtime tests.
+runs: the int8 passes' closeness tests (the fine-tune's included), and the bundle,
+conformance and runtime tests.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ INT8_TESTS = [
     "tests/passes/test_quantize_dynamic.py",
     "tests/passes/test_quantize_to_tolerance.py",
     "tests/passes/test_scale_search.py",
+    # the fine-tune's float64 training on torch's AVX2 kernels (39 s under QEMU)
+    "tests/passes/test_qat.py",
     "tests/test_quant_split.py",
     "tests/test_int8_kernels.py",
     # the sessions an app gets: int8 bundles built, checked against their conformance vectors
