@@ -20,8 +20,9 @@ torch is imported only when the option is on.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -72,29 +73,38 @@ def finetune(
     import torch  # only builds that fine-tune pay its import
 
     torch.manual_seed(0)
+    with _one_thread(torch):
+        kind = {p.key: p.value for p in model.metadata_props}.get("ocr.kind", "logits")
+        graph = _Graph(model, float_model, kind == "probabilities")
+        train, check = _tensors(torch, xs, teacher), _tensors(torch, held_out, teacher)
+        before = graph.kl(train), graph.kl(check)
+        _fit(torch, graph, train, options, progress)
+        after = graph.kl(train), graph.kl(check)
+        return graph.export(model), QatRecord(
+            images=len(xs),
+            epochs=options.qat_epochs,
+            held_out_images=len(held_out),
+            kl_before=_sig(before[0]),
+            kl_after=_sig(after[0]),
+            held_out_kl_before=_sig(before[1]),
+            held_out_kl_after=_sig(after[1]),
+        )
+
+
+@contextlib.contextmanager
+def _one_thread(torch) -> Iterator[None]:
+    """One summation order whatever the machine's cores."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one summation order whatever the machine's cores
+    torch.set_num_threads(1)
     try:
-        return _finetune(torch, model, float_model, xs, held_out, teacher, options, progress)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _finetune(
-    torch,
-    model: onnx.ModelProto,
-    float_model: onnx.ModelProto,
-    xs: list[np.ndarray],
-    held_out: list[np.ndarray],
-    teacher: Callable[[np.ndarray], np.ndarray],
-    options: Any,
-    progress: str,
-) -> tuple[onnx.ModelProto, QatRecord]:
-    kind = {p.key: p.value for p in model.metadata_props}.get("ocr.kind", "logits")
-    graph = _Graph(model, float_model, kind == "probabilities")
-    train = _tensors(torch, xs, teacher)
-    check = _tensors(torch, held_out, teacher)
-    before = graph.kl(train), graph.kl(check)
+def _fit(torch, graph: _Graph, train: list, options: Any, progress: str) -> None:
+    """Adam over the steps (their own rate) and the weights and biases, in a seeded order,
+    both rates decaying on one cosine."""
     opt = torch.optim.Adam(
         [
             {"params": list(graph.steps.values()), "lr": options.qat_lr_scales},
@@ -104,11 +114,11 @@ def _finetune(
             },
         ]
     )
-    batches = math.ceil(len(xs) / options.qat_batch)
+    batches = math.ceil(len(train) / options.qat_batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, options.qat_epochs * batches))
     order = np.random.default_rng(0)
     for epoch in range(options.qat_epochs):
-        perm = order.permutation(len(xs))
+        perm = order.permutation(len(train))
         for b in range(batches):
             idx = perm[b * options.qat_batch : (b + 1) * options.qat_batch]
             loss = graph.loss([train[i] for i in idx])
@@ -118,16 +128,6 @@ def _finetune(
             sched.step()
         if progress:
             print(f"{progress}: epoch {epoch + 1}/{options.qat_epochs}", flush=True)
-    after = graph.kl(train), graph.kl(check)
-    return graph.export(model), QatRecord(
-        images=len(xs),
-        epochs=options.qat_epochs,
-        held_out_images=len(held_out),
-        kl_before=_sig(before[0]),
-        kl_after=_sig(after[0]),
-        held_out_kl_before=_sig(before[1]),
-        held_out_kl_after=_sig(after[1]),
-    )
 
 
 def _sig(v: float) -> float:

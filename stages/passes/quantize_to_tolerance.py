@@ -238,14 +238,12 @@ class _Plan:
     sensitivity: list[SensitivityRow] = field(default_factory=list)
     steps: list[ToleranceStep] = field(default_factory=list)
     cache: dict[tuple[tuple[str, ...], bool], onnx.ModelProto] = field(default_factory=dict)
-    # scale_search_images: the float model's outputs on those tensors, and each tuned static
-    # model (by its float static nodes) with what the search changed
+    # scale_search_images: the float model's outputs on those tensors; with it or qat_images,
+    # each tuned static model (by its float static nodes) with what the tuning did
     search_ref: list[np.ndarray] | None = None
-    tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearchRecord]] = field(
+    tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearchRecord | QatRecord]] = field(
         default_factory=dict
     )
-    # qat_images: each fine-tuned static model (by its float static nodes) with its record
-    trained: dict[tuple[str, ...], tuple[onnx.ModelProto, QatRecord]] = field(default_factory=dict)
 
 
 @register(NAME, QuantizeToToleranceOptions, kind="quantize", exact=False, measured=("sensitivity",))
@@ -406,10 +404,8 @@ def _build(
     out = plan.work
     if set(plan.candidates) - set(float_static):
         out = _static(out, options, context, list(float_static))
-        if options.scale_search_images:
+        if options.scale_search_images or options.qat_images:
             out = _tuned(plan, out, options, context, key[0])
-        if options.qat_images:
-            out = _trained(plan, out, options, context, key[0])
     if dynamic and plan.dynamic_nodes:
         out = _dynamic(out, plan.work, options, context, None)
     plan.cache[key] = out
@@ -423,43 +419,44 @@ def _tuned(
     context: PassContext,
     float_static: tuple[str, ...],
 ) -> onnx.ModelProto:
-    """The static model with its activation scales fine-tuned (_scale_search), once per set of
-    float static nodes."""
+    """The static model with its activation scales tuned (_scale_search) or fine-tuned with
+    its weights (_qat) against the float model, once per set of float static nodes."""
     if float_static not in plan.tuned:
-        xs = [np.asarray(x, np.float32) for x in context.calibration[: options.scale_search_images]]
-        if plan.search_ref is None:
-            session = make_session(plan.work.SerializeToString(), context.runtime)
-            plan.search_ref = [run(session, x).astype(np.float64) for x in xs]
         where = f"{NAME} ({len(float_static)} float)"
-        plan.tuned[float_static] = scale_search.search(
-            model, xs, plan.search_ref, context.runtime, options.scale_search_grid, where
-        )
+        tune = _tune_scales if options.scale_search_images else _tune_qat
+        plan.tuned[float_static] = tune(plan, model, options, context, where)
     return plan.tuned[float_static][0]
 
 
-def _trained(
-    plan: _Plan,
-    model: onnx.ModelProto,
-    options: QuantizeToToleranceOptions,
-    context: PassContext,
-    float_static: tuple[str, ...],
-) -> onnx.ModelProto:
-    """The static model fine-tuned (_qat) against the float model, once per set of float
-    static nodes."""
-    if float_static not in plan.trained:
-        qat.check_supported(NAME, model)
+def _tune_scales(
+    plan: _Plan, model: onnx.ModelProto, options: QuantizeToToleranceOptions,
+    context: PassContext, where: str,
+) -> tuple[onnx.ModelProto, ScaleSearchRecord]:  # fmt: skip
+    xs = [np.asarray(x, np.float32) for x in context.calibration[: options.scale_search_images]]
+    if plan.search_ref is None:
         session = make_session(plan.work.SerializeToString(), context.runtime)
-        xs = [np.asarray(x, np.float32) for x in context.calibration[: options.qat_images]]
-        held = [
-            np.asarray(x, np.float32)
-            for items in context.validation.values()
-            for x, _ in items[: options.qat_held_out]
-        ]
-        where = f"{NAME} ({len(float_static)} float): qat on {len(xs)} tensors"
-        plan.trained[float_static] = qat.finetune(
-            model, plan.work, xs, held, lambda x: run(session, x), options, where
-        )
-    return plan.trained[float_static][0]
+        plan.search_ref = [run(session, x).astype(np.float64) for x in xs]
+    return scale_search.search(
+        model, xs, plan.search_ref, context.runtime, options.scale_search_grid, where
+    )
+
+
+def _tune_qat(
+    plan: _Plan, model: onnx.ModelProto, options: QuantizeToToleranceOptions,
+    context: PassContext, where: str,
+) -> tuple[onnx.ModelProto, QatRecord]:  # fmt: skip
+    qat.check_supported(NAME, model)
+    session = make_session(plan.work.SerializeToString(), context.runtime)
+    xs = [np.asarray(x, np.float32) for x in context.calibration[: options.qat_images]]
+    held = [
+        np.asarray(x, np.float32)
+        for items in context.validation.values()
+        for x, _ in items[: options.qat_held_out]
+    ]
+    return qat.finetune(
+        model, plan.work, xs, held, lambda x: run(session, x), options,
+        f"{where}: qat on {len(xs)} tensors",
+    )  # fmt: skip
 
 
 def _dynamic(
@@ -612,15 +609,15 @@ def _report(plan: _Plan, order: list[str], k: int, dynamic: bool) -> ToleranceRe
     )
     rows = [s.model_copy(update={"quantized": s.node in quantized}) for s in plan.sensitivity]
     tuned = plan.tuned.get(tuple(sorted(order[:k])))
-    trained = plan.trained.get(tuple(sorted(order[:k])))
+    record = tuned[1] if tuned else None
     return ToleranceReport(
         reference=plan.ref_accuracy,
         sensitivity=rows,
         steps=plan.steps,
         float_nodes=float_nodes,
         why=why,
-        scale_search=tuned[1] if tuned else None,
-        qat=trained[1] if trained else None,
+        scale_search=record if isinstance(record, ScaleSearchRecord) else None,
+        qat=record if isinstance(record, QatRecord) else None,
     )
 
 
