@@ -170,3 +170,29 @@ def assert_quantized_close(
         assert np.abs(got - ref).max() <= max_abs
         agree.append((got.argmax(-1) == ref.argmax(-1)).mean())
     assert np.mean(agree) >= min_agree
+
+
+def tolerance_pair(**tuning) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """tiny_ctc through quantize_to_tolerance with a tolerance any model meets, its static
+    group only: plain, then with `tuning` (options such as scale_search_images) on."""
+    from stages import registry
+    from stages.passes import quantize_to_tolerance as qtt
+
+    ctx = registry.PassContext(
+        calibration=inputs(8),
+        validation={"clean": list(zip(inputs(6, seed=3), ["a"] * 6, strict=True))},
+    )
+    loose = {"max_accuracy_drop_pts": 100.0, "min_agreement": 0.0, "dynamic_op_types": []}
+    return tuple(
+        qtt.quantize_to_tolerance(tiny_ctc(), qtt.QuantizeToToleranceOptions(**loose, **t), ctx)
+        for t in ({}, tuning)
+    )
+
+
+def tolerance_report(model: onnx.ModelProto) -> dict:
+    """The quantize_to_tolerance report a model carries in its metadata."""
+    import json
+
+    from stages.passes.quantize_to_tolerance import REPORT_KEY
+
+    return json.loads({p.key: p.value for p in model.metadata_props}[REPORT_KEY])

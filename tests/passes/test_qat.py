@@ -3,7 +3,6 @@ quantize_to_tolerance's qat_images. The fine-tune runs in float64 and every figu
 here runs on onnxruntime's exact int8 kernels (the default Runtime) or float, so the
 tolerances hold on AVX2 and on VNNI machines alike."""
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -127,21 +126,9 @@ def test_an_op_the_graph_cannot_run_is_named_before_training():
 
 
 def test_quantize_to_tolerance_trains_what_it_judges_and_reports_it():
-    model = tiny.tiny_ctc()
-    ctx = registry.PassContext(
-        calibration=tiny.inputs(8),
-        validation={"clean": list(zip(tiny.inputs(6, seed=3), ["a"] * 6, strict=True))},
-    )
-    loose = {"max_accuracy_drop_pts": 100.0, "min_agreement": 0.0, "dynamic_op_types": []}
-    plain = qtt.quantize_to_tolerance(model, qtt.QuantizeToToleranceOptions(**loose), ctx)
-    opts = qtt.QuantizeToToleranceOptions(**loose, qat_images=8, qat_epochs=2, qat_held_out=4)
-    tuned = qtt.quantize_to_tolerance(model, opts, ctx)
-
-    def meta(m: onnx.ModelProto) -> dict:
-        return json.loads({p.key: p.value for p in m.metadata_props}[qtt.REPORT_KEY])
-
-    assert "qat" not in meta(plain)  # off: the report (and model bytes) as before
-    found = meta(tuned)["qat"]
+    plain, tuned = tiny.tolerance_pair(qat_images=8, qat_epochs=2, qat_held_out=4)
+    assert "qat" not in tiny.tolerance_report(plain)  # off: the report (and bytes) as before
+    found = tiny.tolerance_report(tuned)["qat"]
     assert found["images"] == 8 and found["epochs"] == 2 and found["held_out_images"] == 4
     assert {"kl_before", "kl_after", "held_out_kl_before", "held_out_kl_after"} <= found.keys()
     assert [n.op_type for n in tuned.graph.node] == [n.op_type for n in plain.graph.node]

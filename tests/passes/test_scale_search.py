@@ -2,8 +2,6 @@
 scale_search_images. Every figure here runs on onnxruntime's exact int8 kernels (the default
 Runtime) or float, so it holds on AVX2 and on VNNI machines alike."""
 
-import json
-
 import numpy as np
 import onnx
 import pydantic
@@ -89,22 +87,9 @@ def test_the_search_keeps_a_factor_only_when_the_error_drops():
 
 
 def test_quantize_to_tolerance_tunes_what_it_judges_and_reports_it():
-    model = tiny.tiny_ctc()
-    ctx = registry.PassContext(
-        calibration=tiny.inputs(8),
-        validation={"clean": list(zip(tiny.inputs(6, seed=3), ["a"] * 6, strict=True))},
-    )
-    loose = {"max_accuracy_drop_pts": 100.0, "min_agreement": 0.0, "dynamic_op_types": []}
-    plain = qtt.quantize_to_tolerance(model, qtt.QuantizeToToleranceOptions(**loose), ctx)
-    opts = qtt.QuantizeToToleranceOptions(**loose, scale_search_images=8,
-                                          scale_search_grid=[0.5, 2.0])  # fmt: skip
-    tuned = qtt.quantize_to_tolerance(model, opts, ctx)
-
-    def meta(m: onnx.ModelProto) -> dict:
-        return json.loads({p.key: p.value for p in m.metadata_props}[qtt.REPORT_KEY])
-
-    assert "scale_search" not in meta(plain)  # off: the report (and model bytes) as before
-    found = meta(tuned)["scale_search"]
+    plain, tuned = tiny.tolerance_pair(scale_search_images=8, scale_search_grid=[0.5, 2.0])
+    assert "scale_search" not in tiny.tolerance_report(plain)  # off: report and bytes as before
+    found = tiny.tolerance_report(tuned)["scale_search"]
     assert found["rel_mse_after"] <= found["rel_mse_before"]
     want = ss.with_factors(plain, found["factors"])
     assert arrays(tuned).keys() == arrays(want).keys()
