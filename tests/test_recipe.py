@@ -475,6 +475,7 @@ def test_every_pass_round_trips_through_the_resolved_recipe(tmp_path, name):
 PATCHES = {
     "convert_opset": {"opset": 14},
     "fix_output_shape": {"rank": 0},
+    "fuse_silu": {"only_after_dequantize": True},
     "lift_constants": {"min_elements": 2},
     "ort_optimize": {"level": "basic"},
     "prune_charset": {"chars": "abc"},

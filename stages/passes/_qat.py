@@ -304,9 +304,12 @@ class _Graph:
             case "Shape":
                 return torch.tensor(list(ins[0].shape), dtype=torch.int64)
             case "Gather":
+                shape = list(ins[0].shape)
+                axis = a.get("axis", 0) % len(shape)
                 idx = ins[1].to(torch.int64)
-                out = torch.index_select(ins[0], a.get("axis", 0), idx.reshape(-1))
-                return out.reshape(list(idx.shape) + list(ins[0].shape[1:]))
+                idx = torch.where(idx < 0, idx + shape[axis], idx)  # ONNX counts from the end
+                out = torch.index_select(ins[0], axis, idx.reshape(-1))
+                return out.reshape(shape[:axis] + list(idx.shape) + shape[axis + 1 :])
             case "Squeeze":
                 axes = a["axes"] if "axes" in a else [int(v) for v in ins[1].reshape(-1)]
                 return ins[0].squeeze(tuple(ax % ins[0].ndim for ax in axes))

@@ -60,6 +60,16 @@ def test_the_torch_graph_computes_what_onnxruntime_computes():
         assert np.sum((got - want) ** 2) <= 1e-3 * np.sum(want**2)
 
 
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_takes_along_any_axis_and_counts_negative_indices_from_the_end(axis):
+    data = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    idx = np.array([[0, -1], [1, 0]], np.int64)
+    node = helper.make_node("Gather", ["data", "idx"], ["out"], axis=axis)
+    interpreter = SimpleNamespace(torch=torch)
+    got = _qat._Graph._op(interpreter, node, [torch.tensor(data), torch.tensor(idx)])
+    np.testing.assert_array_equal(got.numpy(), np.take(data, idx, axis=axis))
+
+
 def test_a_batch_gives_each_image_its_own_output():
     model, q = quantized()
     graph = _qat._Graph(q, model, probs=False)
