@@ -109,10 +109,11 @@ class SensitivityRow(Record):
     group: str  # static | dynamic
     rel_mse: float
     quantized: bool | None = None
+    macs: int | None = None  # per calibration tensor, when ranked by sensitivity per MAC
 
 
 class ToleranceStep(Record):
-    k: int  # static nodes kept float
+    k: int  # static nodes kept float beyond keep_float
     dynamic: bool  # dynamic group quantized
     sets: dict[str, dict[str, float]]  # set -> accuracy (%), agreement (0..1)
     accepted: bool

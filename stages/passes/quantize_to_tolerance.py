@@ -8,7 +8,8 @@ After:  static QDQ (quantize_static, calibrated on every source's calib images) 
         exact-match accuracy and prediction agreement stay within `max_accuracy_drop_pts` and
         `min_agreement` of the input model on EACH validation set (one per data source), not
         on their average. Only when no k works with the dynamic group quantized is it kept
-        float, and k searched again. The fully quantized model is tried first: nodes are ranked
+        float, and k searched again. Nodes named in `keep_float` stay float in every variant
+        and k counts the others. The fully quantized model is tried first: nodes are ranked
         only when it fails (or with always_rank), so a model that meets the tolerance costs no
         per-node quantizations. The decision goes to metadata 'report.quantize_to_tolerance'
         (records.ToleranceReport): each node's sensitivity when ranked, each tried k with its
@@ -24,6 +25,10 @@ Notes:
   static group float altogether, set static_op_types: [].
 - qat_images fine-tunes each judged static model by gradient (_qat, torch, float64) against the
   float model's outputs; scale_search_images is its gradient-free counterpart (one of the two).
+- rank_by sensitivity_per_mac orders the candidates by rel_mse / MACs (stages/macs.py, on the
+  first calibration tensor): what a speed budget would keep float. On ddddocr's model it keeps
+  the first and 1x1 convolutions, which pass the validation gate but transfer less to unseen
+  styles than the expensive 3x3 ones the plain ranking keeps (levers row `per_mac_097`).
 - static_per_channel needs opset >= 13 (per-axis DequantizeLinear): put convert_opset first.
 - quantize_static/quantize_dynamic refuse an already quantized model, so the dynamic step on the
   statically quantized model reuses quantize_dynamic's argument mapping and the shared helpers.
@@ -47,6 +52,7 @@ from ocr_bundles_runtime.session import make_session, run
 
 from .. import modelio
 from ..errors import PassError
+from ..macs import node_macs, tensor_shapes
 from ..records import (
     QatRecord,
     ScaleSearchRecord,
@@ -193,8 +199,24 @@ class QuantizeToToleranceOptions(BaseModel):
         "quantized (quantize_one) or when only it stays float (keep_one; larger = less error "
         "left, so ranked by the error it removes)",
     )
+    rank_by: Literal["sensitivity", "sensitivity_per_mac"] = Field(
+        "sensitivity",
+        description="order in which the search keeps static nodes float: most sensitive "
+        "first, or most sensitive per multiply-accumulate at the first calibration tensor (a "
+        "float node's time grows with its MACs: cheap nodes first, for a speed budget); "
+        "sensitivity_per_mac needs sensitivity quantize_one",
+    )
+    keep_float: list[str] = Field(
+        default_factory=list,
+        description="static nodes kept float whatever the search finds (names as in the "
+        "report; an unnamed node is '<op_type>_<index>'), e.g. cheap ones or one known to be "
+        "sensitive; the search adds the k most sensitive of the others",
+    )
     max_float_nodes: int = Field(
-        8, ge=0, description="give up (PassError) rather than keep more static nodes float"
+        8,
+        ge=0,
+        description="give up (PassError) rather than keep more static nodes float than this, "
+        "beyond keep_float",
     )
     always_rank: bool = Field(
         False,
@@ -220,6 +242,11 @@ class QuantizeToToleranceOptions(BaseModel):
                 "qat_images and scale_search_images both tune the activation scales; set one "
                 "of them to 0"
             )
+        if self.rank_by == "sensitivity_per_mac" and self.sensitivity != "quantize_one":
+            raise ValueError(
+                "rank_by sensitivity_per_mac divides each node's own error by its cost: it "
+                "needs sensitivity quantize_one"
+            )
         if any(f <= 0 for f in self.scale_search_grid):
             raise ValueError(f"scale_search_grid {self.scale_search_grid}: factors must be > 0")
         return self
@@ -231,6 +258,7 @@ class _Plan:
 
     work: onnx.ModelProto
     candidates: list[str]
+    keep: tuple[str, ...]  # keep_float, in graph order
     dynamic_nodes: list[str]
     ref_outputs: list[np.ndarray]  # on the sensitivity tensors
     ref_texts: dict[str, list[str]]  # per validation set
@@ -292,15 +320,31 @@ def _prepare(
     if not candidates and not dynamic_nodes:
         wanted = [*options.static_op_types, *options.dynamic_op_types]
         raise PassError(NAME, q.no_match_message(work, wanted))
+    keep = _kept(options, candidates)
     ref_texts, ref_outputs = _reference(model, options, context)
     return _Plan(
         work=work,
         candidates=candidates,
+        keep=keep,
         dynamic_nodes=dynamic_nodes,
         ref_outputs=ref_outputs,
         ref_texts=ref_texts,
         ref_accuracy=_accuracy(ref_texts, context),
     )
+
+
+def _kept(options: QuantizeToToleranceOptions, candidates: list[str]) -> tuple[str, ...]:
+    """keep_float in graph order, each name checked against the static candidates."""
+    unknown = [n for n in options.keep_float if n not in candidates]
+    if unknown:
+        shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
+        raise PassError(
+            NAME,
+            f"keep_float names {unknown}, which are not nodes of static_op_types "
+            f"{options.static_op_types} (those are: {shown or 'none'}); use those names, or "
+            "drop an op type from dynamic_op_types to keep the dynamic group float",
+        )
+    return tuple(n for n in candidates if n in options.keep_float)
 
 
 # The float model's texts on the validation sets and its outputs on the probe images depend on
@@ -500,11 +544,12 @@ def _rel_mse(
 
 
 def _rank(plan: _Plan, options: QuantizeToToleranceOptions, context: PassContext) -> list[str]:
-    """Static candidates, most sensitive first; every node's number goes into the report."""
+    """Static candidates but keep_float, most sensitive first; every node's number goes into
+    the report."""
     scores: dict[str, float] = {}
-    for node in plan.candidates:
+    for node in (c for c in plan.candidates if c not in plan.keep):
         others = [c for c in plan.candidates if c != node]
-        exclude = others if options.sensitivity == "quantize_one" else [node]
+        exclude = others if options.sensitivity == "quantize_one" else [node, *plan.keep]
         # keep_one with a single candidate leaves nothing to quantize: the float model itself
         quantized = (
             _static(plan.work, options, context, exclude)
@@ -515,11 +560,20 @@ def _rank(plan: _Plan, options: QuantizeToToleranceOptions, context: PassContext
     if options.sensitivity == "keep_one" and scores:
         # keeping the most harmful node float leaves the least error behind
         scores = {n: -s for n, s in scores.items()}
-    order = sorted(scores, key=lambda n: -scores[n])  # stable: ties keep graph order
+    macs = _macs(plan, context, list(scores)) if options.rank_by != "sensitivity" else {}
+    # a node without dot products costs ~nothing float: 1 MAC keeps the ratio finite
+    key = {n: s / max(macs.get(n, 1), 1) for n, s in scores.items()}
+    order = sorted(scores, key=lambda n: -key[n])  # stable: ties keep graph order
     ops = {n.name: n.op_type for n in plan.work.graph.node}
     for node in order:
         plan.sensitivity.append(
-            SensitivityRow(node=node, op_type=ops[node], group="static", rel_mse=abs(scores[node]))
+            SensitivityRow(
+                node=node,
+                op_type=ops[node],
+                group="static",
+                rel_mse=abs(scores[node]),
+                macs=macs.get(node),
+            )
         )
     for node in plan.dynamic_nodes:
         one = _dynamic(plan.work, plan.work, options, context, [node])
@@ -532,6 +586,12 @@ def _rank(plan: _Plan, options: QuantizeToToleranceOptions, context: PassContext
             )
         )
     return order
+
+
+def _macs(plan: _Plan, context: PassContext, nodes: list[str]) -> dict[str, int]:
+    """Each node's multiply-accumulates on the first calibration tensor."""
+    shapes = tensor_shapes(plan.work, np.asarray(context.calibration[0], np.float32))
+    return {n.name: node_macs(n, shapes) for n in plan.work.graph.node if n.name in nodes}
 
 
 def _evaluate(
@@ -573,18 +633,17 @@ def _attempt(
     plan: _Plan,
     options: QuantizeToToleranceOptions,
     context: PassContext,
-    float_static: tuple[str, ...],
+    searched: tuple[str, ...],
     dynamic: bool,
 ) -> onnx.ModelProto | None:
-    """The variant if it meets the tolerance on every set; each evaluated variant is a step."""
-    model = _build(plan, options, context, float_static, dynamic)
+    """The variant with keep_float and `searched` float if it meets the tolerance on every
+    set; each evaluated variant is a step."""
+    model = _build(plan, options, context, plan.keep + searched, dynamic)
     if not q.quantized_ops(model):
         return None  # everything float: not a quantization
     sets = _evaluate(plan, model, context)
     accepted = all(_within(plan, options, name, r) for name, r in sets.items())
-    plan.steps.append(
-        ToleranceStep(k=len(float_static), dynamic=dynamic, sets=sets, accepted=accepted)
-    )
+    plan.steps.append(ToleranceStep(k=len(searched), dynamic=dynamic, sets=sets, accepted=accepted))
     return model if accepted else None
 
 
@@ -599,16 +658,18 @@ def _within(
 
 
 def _report(plan: _Plan, order: list[str], k: int, dynamic: bool) -> ToleranceReport:
-    float_nodes = order[:k] + ([] if dynamic else list(plan.dynamic_nodes))
+    float_static = [*plan.keep, *order[:k]]
+    float_nodes = float_static + ([] if dynamic else list(plan.dynamic_nodes))
     ranks = {s.node: (i, s.rel_mse) for i, s in enumerate(plan.sensitivity)}
-    why = {n: f"sensitivity rank {ranks[n][0]}, rel_mse {ranks[n][1]:.3g}" for n in order[:k]}
+    why = {n: "keep_float" for n in plan.keep}
+    why |= {n: f"sensitivity rank {ranks[n][0]}, rel_mse {ranks[n][1]:.3g}" for n in order[:k]}
     if not dynamic:
         why |= {n: "dynamic group kept float to meet the tolerance" for n in plan.dynamic_nodes}
-    quantized = set(plan.candidates) - set(order[:k]) | (
+    quantized = set(plan.candidates) - set(float_static) | (
         set(plan.dynamic_nodes) if dynamic else set()
     )
     rows = [s.model_copy(update={"quantized": s.node in quantized}) for s in plan.sensitivity]
-    tuned = plan.tuned.get(tuple(sorted(order[:k])))
+    tuned = plan.tuned.get(tuple(sorted(float_static)))
     record = tuned[1] if tuned else None
     return ToleranceReport(
         reference=plan.ref_accuracy,
@@ -635,10 +696,13 @@ def _failure(plan: _Plan, options: QuantizeToToleranceOptions) -> str:
         f"agreement {r['agreement']:.3f}"
         for name, r in best.sets.items()
     )
+    beyond = f"beyond keep_float {list(plan.keep)} " if plan.keep else ""
+    more = "more " if plan.keep else ""
+    dynamic = "" if best.dynamic else " and the dynamic group float"
     return (
         f"no variant with at most max_float_nodes={options.max_float_nodes} float static nodes "
-        f"met the tolerance (max_accuracy_drop_pts {options.max_accuracy_drop_pts}, "
+        f"{beyond}met the tolerance (max_accuracy_drop_pts {options.max_accuracy_drop_pts}, "
         f"min_agreement {options.min_agreement}) on every validation set; best, with {best.k} "
-        f"float static nodes{'' if best.dynamic else ' and the dynamic group float'}: {shown}; "
+        f"{more}float static nodes{dynamic}: {shown}; "
         "relax the tolerance, raise max_float_nodes, or use more validation images"
     )

@@ -267,11 +267,22 @@ def sensitivity_sections(build: BuildRecord, checks: CheckRecord) -> list[str]:
         if rep is None:
             continue
         check = checks.of(st.file)
+        found = check.sensitivity(st.pass_name) if check else []
+        # MACs only where the search ranked by sensitivity per MAC
+        per_mac = any(s.macs is not None for s in found)
         rows = [
-            [s.node, s.op_type, s.group, f"{s.rel_mse:.3g}", fmt(s.quantized)]
-            for s in (check.sensitivity(st.pass_name) if check else [])
+            [
+                s.node,
+                s.op_type,
+                s.group,
+                f"{s.rel_mse:.3g}",
+                *([fmt(s.macs, 0)] if per_mac else []),
+                fmt(s.quantized),
+            ]
+            for s in found
         ]
-        sens = table(["node", "op", "group", "rel. MSE", "quantized"], rows)
+        cols = ["node", "op", "group", "rel. MSE", *(["MACs"] if per_mac else []), "quantized"]
+        sens = table(cols, rows)
         sets = list(rep.reference)
         tried = [
             [

@@ -235,6 +235,96 @@ def test_with_the_dynamic_group_float_k_is_searched_again():
     assert (ops["Gemm"], ops["LSTM"], ops["QuantizeLinear"]) == (1, 1, 2)
 
 
+def test_keep_float_nodes_stay_float_and_the_search_ranks_the_others():
+    """keep_float gives the model quantize_static builds with that node excluded: the same
+    outputs, bit for bit, as leaving its op type out of every group."""
+    model = tiny.tiny_ctc()
+    two = {"static_op_types": ["Conv", "Gemm"], "dynamic_op_types": ["LSTM"], **LOOSE}
+    ctx = context(model)
+    out = quantize_to_tolerance(
+        model, QuantizeToToleranceOptions(keep_float=["head"], always_rank=True, **two), ctx
+    )
+    rep = report(out)
+    assert rep.float_nodes == ["head"] and rep.why == {"head": "keep_float"}
+    assert steps(rep) == [(0, True, True)]
+    # only the others are ranked; the kept node is reported float
+    assert [(s.node, s.quantized) for s in rep.sensitivity] == [("conv", True), ("lstm", True)]
+    ops = tiny.op_counts(out)
+    # the head (onnxruntime's quantizer writes a Gemm as MatMul + Add) reads float weights
+    assert ops["QuantizeLinear"] == 2 and ops["DynamicQuantizeLSTM"] == 1
+    assert ops["MatMul"] == 1 and "MatMulInteger" not in ops
+    inits = {t.name for t in out.graph.initializer}
+    head = next(n for n in out.graph.node if n.op_type == "MatMul")
+    assert head.input[1] in inits
+    assert (
+        numpy_helper.to_array(
+            next(t for t in out.graph.initializer if t.name == head.input[1])
+        ).dtype
+        == np.float32
+    )
+    no_gemm = quantize_to_tolerance(
+        model,
+        QuantizeToToleranceOptions(static_op_types=["Conv"], dynamic_op_types=["LSTM"], **LOOSE),
+        ctx,
+    )
+    everything = quantize_to_tolerance(model, QuantizeToToleranceOptions(**two), ctx)
+    for x in tiny.inputs(4, seed=5):
+        assert np.array_equal(tiny.run(out, x), tiny.run(no_gemm, x))
+        # the numeric effect: the int8 head's error is gone
+        assert not np.array_equal(tiny.run(out, x), tiny.run(everything, x))
+    assert_close(model, out)
+
+
+def test_rank_by_sensitivity_per_mac_puts_cheap_nodes_first():
+    """80 classes make the head the most sensitive node but 7.5x the conv's MACs on the first
+    calibration tensor (width 16): the conv is 8 channels x 8 columns x (1 x 8 x 2) = 1024,
+    the head 8 frames x 80 classes x 12 inputs = 7680."""
+    model = tiny.tiny_ctc(classes=80)
+    two = {"static_op_types": ["Conv", "Gemm"], "dynamic_op_types": ["LSTM"], **LOOSE}
+    ctx = context(model)
+    ranked = {}
+    for rank_by in ("sensitivity", "sensitivity_per_mac"):
+        opts = QuantizeToToleranceOptions(rank_by=rank_by, always_rank=True, **two)
+        ranked[rank_by] = report(quantize_to_tolerance(model, opts, ctx)).sensitivity[:2]
+    plain, per_mac = ranked["sensitivity"], ranked["sensitivity_per_mac"]
+    assert [s.node for s in plain] == ["head", "conv"] and plain[0].macs is None
+    assert [(s.node, s.macs) for s in per_mac] == [("conv", 1024), ("head", 7680)]
+    # the same sensitivities, only the order differs: rel_mse / MACs, largest first
+    assert {s.node: s.rel_mse for s in plain} == {s.node: s.rel_mse for s in per_mac}
+    ratio = [s.rel_mse / s.macs for s in per_mac]
+    assert ratio == sorted(ratio, reverse=True)
+    assert plain[0].rel_mse > plain[1].rel_mse
+    with pytest.raises(pydantic.ValidationError, match="needs sensitivity quantize_one"):
+        QuantizeToToleranceOptions(rank_by="sensitivity_per_mac", sensitivity="keep_one")
+
+
+def test_max_float_nodes_counts_the_nodes_beyond_keep_float():
+    model = tiny.tiny_ctc()
+    opts = QuantizeToToleranceOptions(
+        static_op_types=["Conv", "Gemm"],
+        dynamic_op_types=[],
+        keep_float=["head"],
+        max_float_nodes=0,
+        min_agreement=1.0,
+    )
+    with pytest.raises(PassError, match=r"beyond keep_float \['head'\]") as err:
+        quantize_to_tolerance(model, opts, context(model, 60))
+    assert "best, with 0 more float static nodes" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("keep", "named"),
+    [(["Conv_7"], "Conv_7"), (["lstm"], "lstm"), (["conv", "nope"], "nope")],
+)
+def test_keep_float_names_must_be_static_candidates(keep, named):
+    model = tiny.tiny_ctc()
+    opts = QuantizeToToleranceOptions(keep_float=keep, **LOOSE)
+    with pytest.raises(PassError, match="keep_float names") as err:
+        quantize_to_tolerance(model, opts, context(model))
+    message = str(err.value)
+    assert named in message and "(those are: conv)" in message
+
+
 def _split_by_agreement(model: onnx.ModelProto, n: int) -> tuple[list, list]:
     """Self-labelled inputs the all-int8 variant (what LOOSE accepts first) predicts the same
     as the float model, and those it gets wrong."""
