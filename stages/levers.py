@@ -110,6 +110,12 @@ def shared_prefix(recipe: Recipe, variant: Recipe) -> int:
     return min(n, len(variant.passes) - 1)
 
 
+def shared_reports(record: BuildRecord, k: int) -> dict[str, Any]:
+    """The reports of the build's first k passes: what a variant sharing them inherits (the
+    nodes its quantizer kept float, what its fine-tune did)."""
+    return {key: v for st in record.stages[:k] for key, v in st.report.items()}
+
+
 def decision_sets(context: PassContext) -> Sets:
     return {s: ([x for x, _ in v], [t for _, t in v]) for s, v in context.validation.items()}
 
@@ -274,7 +280,7 @@ def measure_class(
         decision_sets(context), evaluation_sets(sets, recipe, eval_images), scoring,
         timing_images,
     )  # fmt: skip
-    shipped_kept = float_nodes({k: v for st in build_record.stages for k, v in st.report.items()})
+    shipped_kept = float_nodes(shared_reports(build_record, len(build_record.stages)))
     print(f"levers@{target}: shipped", flush=True)
     shipped = onnx.load(build / "model.onnx")
     rows = [scorer.row("shipped", {}, shipped, shipped_kept)]
@@ -289,7 +295,10 @@ def measure_class(
         k = shared_prefix(recipe, variant)  # the build's stage k holds their output
         start = build / build_record.stages[k - 1].file if k else source / "model.onnx"
         tail = variant.model_copy(update={"passes": variant.passes[k:]})
-        jobs.append(_Job(f"levers@{target}", f"{i}/{len(variants)}", name, patch, start, tail))
+        shared = shared_reports(build_record, k)
+        jobs.append(
+            _Job(f"levers@{target}", f"{i}/{len(variants)}", name, patch, start, tail, shared)
+        )
     for row, data in _build_all(jobs, scorer, context, workers):
         rows.append(row)
         if data is not None:
@@ -309,6 +318,7 @@ class _Job:
     patch: dict[str, Any]
     start: Path
     tail: Recipe
+    shared: dict[str, Any]  # the build's reports of the passes the variant shares with it
 
 
 _WORKER: tuple[Scorer, PassContext] | None = None  # a worker's scorer and decision data
@@ -334,7 +344,8 @@ def _build_and_score(job: _Job) -> tuple[LeverRow, bytes | None]:
     except PassError as e:
         print(f"{job.stage}: {job.name} refused: {e}", flush=True)
         return LeverRow(name=job.name, patch=job.patch, error=str(e)), None
-    reports = {k: v for r in results for k, v in r.report.items()}
+    # a quantizer among the shared passes reports in the build record, not in `results`
+    reports = {**job.shared, **{k: v for r in results for k, v in r.report.items()}}
     row = scorer.row(job.name, job.patch, results[-1].model, float_nodes(reports))
     row = row.model_copy(update={"qat": fine_tune(reports)})
     return row, scorer.models.pop(job.name)

@@ -389,3 +389,28 @@ def test_a_fine_tuned_variant_carries_what_its_training_did_into_the_report(
     held = f"{found.held_out_kl_before:.3g} → {found.held_out_kl_after:.3g}"
     assert f"| qat | 4 × 1 | {trained} | 4 | {held} |" in text
     assert levers.fine_tune({"fix_output_shape": {}}) is None
+
+
+KEPT = [
+    {"fix_output_shape": {}},
+    {"quantize_to_tolerance": {
+        **LOOSE, "static_op_types": ["Conv", "Gemm"], "dynamic_op_types": [],
+        "keep_float": ["conv"], "static_per_channel": False,
+    }},
+    {"fuse_silu": {}},
+]  # fmt: skip
+
+
+def test_a_variant_patching_a_pass_after_the_quantizer_keeps_its_float_nodes(
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """The quantizer is among the passes a variant shares with the build: its report (which
+    nodes stayed float) is the build's, not missing because only the later passes reran."""
+    root = built(tmp_path_factory, KEPT)
+    lev = measure(root, {
+        "later": {"fuse_silu": {"only_after_dequantize": True}},
+        "same": {},
+    }, passes=KEPT)  # fmt: skip
+    rows = {r.name: r for r in lev.rows}
+    assert rows["shipped"].float_nodes == ["conv"]
+    assert rows["later"].float_nodes == ["conv"] and rows["same"].float_nodes == ["conv"]
