@@ -44,10 +44,7 @@ def fuse_silu(
     """Replace each Mul(x, Sigmoid(x)) by QuickGelu(x, alpha=1)."""
     out = modelio.copy(model)
     graph = out.graph
-    pairs = _silus(graph)
-    if options.only_after_dequantize:
-        producer = {o: n.op_type for n in graph.node for o in n.output}
-        pairs = [(s, m) for s, m in pairs if producer.get(s.input[0]) == "DequantizeLinear"]
+    pairs = _silus(graph, options.only_after_dequantize)
     if not pairs:
         which = " reading a DequantizeLinear" if options.only_after_dequantize else ""
         return unchanged(
@@ -63,9 +60,12 @@ def fuse_silu(
     return out
 
 
-def _silus(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+def _silus(
+    graph: onnx.GraphProto, after_dequantize: bool
+) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
     """(Sigmoid, Mul) pairs of the main graph where Mul reads x and Sigmoid(x), and nothing
-    else (no other node, no graph output) reads the Sigmoid's output."""
+    else (no other node, no graph output) reads the Sigmoid's output; with
+    `after_dequantize`, only those whose x a DequantizeLinear produces."""
     producer = {o: n for n in graph.node for o in n.output}
     readers: dict[str, int] = {}
     for node in graph.node:
@@ -85,6 +85,10 @@ def _silus(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]
                 and sig.input[0] == x
                 and readers[s] == 1
                 and s not in outputs
+                and (
+                    not after_dequantize
+                    or getattr(producer.get(x), "op_type", None) == "DequantizeLinear"
+                )
             ):
                 pairs.append((sig, node))
                 break
