@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -64,11 +64,12 @@ def finetune(
     float_model: onnx.ModelProto,
     xs: list[np.ndarray],
     held_out: list[np.ndarray],
-    teacher: Callable[[np.ndarray], np.ndarray],
+    teacher: tuple[list[np.ndarray], list[np.ndarray]],
     options: Any,
     progress: str = "",
 ) -> tuple[onnx.ModelProto, QatRecord]:
-    """`model` (static QDQ) fine-tuned on `xs` against `teacher` (the float model's outputs);
+    """`model` (static QDQ) fine-tuned on `xs` against `teacher`: the float model's outputs on
+    `xs` and on `held_out`, which a search tuning several models computes once;
     `options` carries qat_epochs, qat_batch, qat_lr_weights, qat_lr_scales."""
     import torch  # only builds that fine-tune pay its import
 
@@ -76,7 +77,7 @@ def finetune(
     with _one_thread(torch):
         kind = {p.key: p.value for p in model.metadata_props}.get("ocr.kind", "logits")
         graph = _Graph(model, float_model, kind == "probabilities")
-        train, check = _tensors(torch, xs, teacher), _tensors(torch, held_out, teacher)
+        train, check = _tensors(torch, xs, teacher[0]), _tensors(torch, held_out, teacher[1])
         before = graph.kl(train), graph.kl(check)
         _fit(torch, graph, train, options, progress)
         after = graph.kl(train), graph.kl(check)
@@ -134,10 +135,10 @@ def _sig(v: float) -> float:
     return float(f"{v:.3g}")
 
 
-def _tensors(torch, xs: list[np.ndarray], teacher) -> list[tuple[Any, Any]]:
+def _tensors(torch, xs: list[np.ndarray], ys: list[np.ndarray]) -> list[tuple[Any, Any]]:
     return [
-        (torch.tensor(x, dtype=torch.float64), torch.tensor(teacher(x), dtype=torch.float64))
-        for x in xs
+        (torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))
+        for x, y in zip(xs, ys, strict=True)
     ]
 
 

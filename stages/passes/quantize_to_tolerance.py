@@ -269,6 +269,7 @@ class _Plan:
     # scale_search_images: the float model's outputs on those tensors; with it or qat_images,
     # each tuned static model (by its float static nodes) with what the tuning did
     search_ref: list[np.ndarray] | None = None
+    qat_ref: tuple[list[np.ndarray], list[np.ndarray]] | None = None  # qat_images: train, held
     tuned: dict[tuple[str, ...], tuple[onnx.ModelProto, ScaleSearchRecord | QatRecord]] = field(
         default_factory=dict
     )
@@ -490,17 +491,18 @@ def _tune_qat(
     context: PassContext, where: str,
 ) -> tuple[onnx.ModelProto, QatRecord]:  # fmt: skip
     qat.check_supported(NAME, model)
-    session = make_session(plan.work.SerializeToString(), context.runtime)
     xs = [np.asarray(x, np.float32) for x in context.calibration[: options.qat_images]]
     held = [
         np.asarray(x, np.float32)
         for items in context.validation.values()
         for x, _ in items[: options.qat_held_out]
     ]
+    if plan.qat_ref is None:  # the float model's outputs, once for every tuned k
+        session = make_session(plan.work.SerializeToString(), context.runtime)
+        plan.qat_ref = [run(session, x) for x in xs], [run(session, x) for x in held]
     return qat.finetune(
-        model, plan.work, xs, held, lambda x: run(session, x), options,
-        f"{where}: qat on {len(xs)} tensors",
-    )  # fmt: skip
+        model, plan.work, xs, held, plan.qat_ref, options, f"{where}: qat on {len(xs)} tensors"
+    )
 
 
 def _dynamic(

@@ -20,6 +20,7 @@ from stages.passes import _scale_search as ss
 from stages.passes import quantize_to_tolerance as qtt
 from stages.passes._ort_quant import rel_mse
 from stages.passes.quantize_static import QuantizeStaticOptions, quantize_static
+from stages.records import QatRecord
 
 torch = pytest.importorskip("torch")  # a pinned dependency: installed by `make install`
 
@@ -38,8 +39,9 @@ def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def teacher(model: onnx.ModelProto):
-    return lambda x: tiny.run(model, x)
+def teacher(model: onnx.ModelProto) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The float model's outputs on XS and HELD, as finetune takes them."""
+    return [tiny.run(model, x) for x in XS], [tiny.run(model, x) for x in HELD]
 
 
 def options(**kw) -> SimpleNamespace:
@@ -148,3 +150,32 @@ def test_quantize_to_tolerance_trains_what_it_judges_and_reports_it():
 def test_qat_and_scale_search_are_refused_together():
     with pytest.raises(pydantic.ValidationError, match="qat_images and scale_search_images"):
         qtt.QuantizeToToleranceOptions(qat_images=8, scale_search_images=8)
+
+
+def test_a_search_tuning_several_models_runs_the_float_teacher_once(monkeypatch):
+    """Each k the search tries is fine-tuned against the same float outputs, computed once.
+    (The fine-tune itself is stubbed: the torch graph runs the tiny model's head one image at
+    a time only in its dynamic form, and what is checked here is what it is handed.)"""
+    model = tiny.tiny_ctc()
+    teachers: list[tuple] = []
+
+    def fake(m, float_model, xs, held, teacher, *rest):
+        teachers.append(teacher)
+        return m, QatRecord(images=len(xs), epochs=1, held_out_images=len(held), kl_before=0,
+                            kl_after=0, held_out_kl_before=0, held_out_kl_after=0)  # fmt: skip
+
+    monkeypatch.setattr(qtt.qat, "finetune", fake)
+    ctx = registry.PassContext(
+        calibration=tiny.inputs(8),
+        validation={"clean": list(zip(tiny.inputs(6, seed=3), ["a"] * 6, strict=True))},
+    )
+    strict = qtt.QuantizeToToleranceOptions(
+        min_agreement=1.0, max_accuracy_drop_pts=0.0, dynamic_op_types=[],
+        static_op_types=["Conv", "Gemm"], qat_images=4, qat_held_out=2,
+    )  # fmt: skip
+    with pytest.raises(PassError, match="no variant"):
+        qtt.quantize_to_tolerance(model, strict, ctx)
+    assert len(teachers) >= 2 and all(t is teachers[0] for t in teachers)
+    train, held = teachers[0]
+    assert len(train) == 4 and len(held) == 2
+    np.testing.assert_array_equal(train[0], tiny.run(model, tiny.inputs(8)[0]))
