@@ -61,6 +61,7 @@ from .contract import Contract
 from .data.dataset import read_sets
 from .errors import ModelError, PipelineError, ProfileError
 from .evaluate import eval_runtime
+from .installed import emulators
 from .ort_canonical import canonical_ort
 from .profiles.profile import CpuProfile, place
 from .profiles.run import run_on
@@ -406,7 +407,8 @@ class ProfileAgreement:
 
     def __call__(self, cands: list[conformance_vectors.Candidate]) -> list[float | None]:
         xs = [self.inputs(c.png) for c in cands]
-        placements = {name: place(profile) for name, profile in self.profiles.items()}
+        emu = emulators()
+        placements = {name: place(profile, emu) for name, profile in self.profiles.items()}
         for name, placement in placements.items():
             if placement.how == "unavailable":
                 raise ProfileError(f"{self.label}: profile {name}: {placement.reason}")

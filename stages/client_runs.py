@@ -17,11 +17,11 @@ from ocr_bundles_runtime.manifest import BundleSpec, find_bundle, parse_bundle
 
 from .errors import PipelineError
 from .evaluate import EvalSets
+from .installed import client_dir
 from .profiles.host import host_facts
 from .records import ClientRun, ClientSet, ClientsRecord
 from .scoring import Scoring, agreement, score
 
-CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js"
 BACKENDS = {"node": "onnxruntime-node", "wasm": "onnxruntime-web"}  # our name -> npm package
 CLI_BACKEND = {"node": "node", "wasm": "web"}
 TIMEOUT_S = 1800
@@ -31,20 +31,21 @@ def unavailable() -> str | None:
     """Why the clients cannot run here, or None."""
     if shutil.which("node") is None:
         return "node is not installed"
-    if not (CLIENT / "node_modules").is_dir():
-        return f"{CLIENT / 'node_modules'} is missing: run make js"
+    modules = client_dir() / "node_modules"
+    if not modules.is_dir():
+        return f"{modules} is missing: run make js"
     return None
 
 
 def runtime_name(backend: str) -> str:
     package = BACKENDS[backend]
-    meta = CLIENT / "node_modules" / package / "package.json"
+    meta = client_dir() / "node_modules" / package / "package.json"
     version = json.loads(meta.read_text())["version"] if meta.is_file() else "?"
     return f"{package} {version}"
 
 
 def _node(bundle: Path, backend: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    cmd = ["node", str(CLIENT / "cli.mjs"), "--bundle", str(bundle)]
+    cmd = ["node", str(client_dir() / "cli.mjs"), "--bundle", str(bundle)]
     cmd += ["--backend", CLI_BACKEND[backend], *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
 

@@ -37,6 +37,7 @@ from ocr_bundles_runtime.session import session_plan
 
 from . import modelio
 from .evaluate import EvalSets, eval_runtime
+from .installed import emulators
 from .profiles.host import host_facts
 from .profiles.profile import CpuProfile, Placement, place
 from .profiles.run import run_on
@@ -208,7 +209,8 @@ def within_budget(
 def placements(profiles: dict[str, CpuProfile], integer: bool) -> dict[str, Placement]:
     """Where each profile runs. Without `integer` ops, a profile this machine is not reads
     what this machine reads (FLOAT), emulable or not."""
-    places = {name: place(p) for name, p in profiles.items()}
+    emu = emulators()
+    places = {name: place(p, emu) for name, p in profiles.items()}
     if integer:
         return places
     return {

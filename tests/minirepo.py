@@ -36,6 +36,7 @@ COPIED = (
     "machine.json",
     "clients/js",  # without node_modules: linked to this checkout's (make js)
 )
+EMULATORS = ROOT / ".emu"
 TARGETS = ("high", "mid", "low")
 README = "# tiny\n\n<!-- summary:start -->\n<!-- summary:end -->\n"
 
@@ -170,7 +171,16 @@ def params() -> dict[str, Any]:
         },
         "serve": {"target": "high", "clients": [1], "requests": 8, "batching": [False]},
         # the machine running the tests, natively: verify@C does real work in seconds
-        "profiles": {"here": {"arch": host_arch(), "note": "the test machine"}},
+        "profiles": {
+            "here": {"arch": host_arch(), "note": "the test machine"},
+            # declared by no class: an experiment adds it (make emulators installs its QEMU)
+            "arm": {
+                "arch": "aarch64",
+                "requires": ["asimddp"],
+                "qemu_cpu": "neoverse-n1",
+                "note": "an emulated phone CPU",
+            },
+        },
         "verify": {"images": 4, "client_images": 4},
         "levers": {
             "eval_images": 4,
@@ -187,7 +197,7 @@ def params() -> dict[str, Any]:
         "overrides": {
             "high": {},
             "mid": {},
-            "low": {"passes": {"quantize_dynamic": {"per_channel": False}}},
+            "low": {"passes": {"quantize_dynamic": {"per_channel": False}}, "profiles": ["here"]},
         },
     }
 
@@ -220,8 +230,9 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
 
 
 def copy_pipeline(dest: Path, names: tuple[str, ...]) -> None:
-    """This checkout's `names` into `dest`; the JavaScript client's node_modules (`make js`) is
-    linked, not copied (445 MB)."""
+    """This checkout's `names` into `dest`; the JavaScript client's node_modules (`make js`) and
+    the emulators (`make emulators`) are linked, not copied (445 and 255 MB): git ignores both,
+    as in this checkout."""
     for name in names:
         src = ROOT / name
         if src.is_dir():
@@ -232,6 +243,8 @@ def copy_pipeline(dest: Path, names: tuple[str, ...]) -> None:
     modules = ROOT / "clients" / "js" / "node_modules"
     if "clients/js" in names and modules.is_dir():
         (dest / "clients" / "js" / "node_modules").symlink_to(modules)
+    if EMULATORS.is_dir():
+        (dest / ".emu").symlink_to(EMULATORS)
 
 
 def make_repo(dest: Path) -> Path:

@@ -201,15 +201,25 @@ def _queue_state(repo: Path, name: str) -> str | None:
     return None
 
 
+def _exp_file(repo: Path, name: str, path: str) -> dict[str, Any]:
+    """A file as the experiment `name` committed it."""
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+    ref = next(r for r in refs if r.endswith(f"/{name}"))
+    return json.loads(git(repo, "show", f"{ref}:{path}").stdout)
+
+
 def test_queued_experiment_runs(repo: Path) -> None:
+    """A queued experiment runs in a copy under .dvc/tmp that has none of git's ignored files:
+    it must still find the emulators and the JS clients' packages this checkout installed."""
     name = "tiny-per-channel"
     key = "overrides.low.passes.quantize_dynamic.per_channel"
-    queued = dvc(repo, "exp", "run", "--queue", "--name", name, "-S", f"{key}=true")
+    phone = "overrides.low.profiles=[here, arm]"  # verify and the vectors emulate it
+    queued = dvc(repo, "exp", "run", "--queue", "--name", name, "-S", f"{key}=true", "-S", phone)
     assert name in output(queued), output(queued)
     assert _queue_state(repo, name) == "Queued", dvc(repo, "queue", "status").stdout
 
     dvc(repo, "queue", "start", "-j", "1")
-    deadline, state = time.monotonic() + 180, None
+    deadline, state = time.monotonic() + 300, None
     try:
         while time.monotonic() < deadline:
             state = _queue_state(repo, name)
@@ -233,6 +243,13 @@ def test_queued_experiment_runs(repo: Path) -> None:
     final = low["variants"]["final"]
     assert {"size_mb", "sets", "warm_p50_ms"} <= set(final), sorted(final)
     assert set(final["sets"]) == {"clean", "hard", "mine"}
+
+    arm = _exp_file(repo, name, "verify/low.json")["profiles"]["arm"]
+    if (repo / ".emu").exists():  # make test installs them
+        assert arm["how"] == "emulated" and arm["sets"], arm
+    clients = _exp_file(repo, name, "verify/clients/low.json")["clients"]
+    if (repo / "clients" / "js" / "node_modules").exists():
+        assert not any("run make js" in (c["reason"] or "") for c in clients.values()), clients
 
     table = dvc(repo, "exp", "show", "--csv", "--only-changed").stdout
     assert name in table and key in table, f"`dvc exp show --only-changed`:\n{table}"

@@ -89,7 +89,7 @@ def test_a_float_model_is_not_emulated_and_this_machines_run_stands_for_it(
     from stages.profiles.profile import CpuProfile, Placement
 
     monkeypatch.setattr(
-        verify, "place", lambda p: Placement("emulated", ("/nonexistent/qemu-x86_64", "-cpu"))
+        verify, "place", lambda p, emu: Placement("emulated", ("/nonexistent/qemu-x86_64", "-cpu"))
     )
     sets = EvalSets(read_sets(measured["root"] / "data", ["clean"], "eval"))
     ref = {"clean": ["abc"] * len(sets.labels["clean"])}
@@ -113,7 +113,7 @@ def test_a_float_model_reads_this_machines_run_even_where_no_emulator_could(
     from stages import verify
     from stages.profiles.profile import CpuProfile, Placement
 
-    monkeypatch.setattr(verify, "place", lambda p: Placement("unavailable", reason="no QEMU"))
+    monkeypatch.setattr(verify, "place", lambda p, emu: Placement("unavailable", reason="no QEMU"))
     profiles = {"vnni": CpuProfile(arch="x86_64", requires=["avx512_vnni"], note="n")}
     assert verify.placements(profiles, integer=False)["vnni"].how == "float"
     assert verify.placements(profiles, integer=True)["vnni"].how == "unavailable"
