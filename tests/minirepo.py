@@ -125,12 +125,9 @@ def commit_all(repo: Path, message: str) -> None:
         git(repo, "commit", "-q", "-m", message)
 
 
-def init_and_commit(dest: Path, message: str, exclude: tuple[str, ...] = ()) -> None:
-    """Make `dest` a git + DVC repository (no analytics, autostage) and commit all of it;
-    `exclude`: paths git must not see (written to .git/info/exclude)."""
+def init_and_commit(dest: Path, message: str) -> None:
+    """Make `dest` a git + DVC repository (no analytics, autostage) and commit all of it."""
     git(dest, "init", "-q", "-b", "main")
-    if exclude:
-        (dest / ".git" / "info" / "exclude").write_text("".join(f"{e}\n" for e in exclude))
     git(dest, "config", "user.name", "dvc tests")
     git(dest, "config", "user.email", "dvc-tests@example.invalid")
     git(dest, "config", "commit.gpgsign", "false")

@@ -214,6 +214,9 @@ def test_queued_experiment_runs(repo: Path) -> None:
     name = "tiny-per-channel"
     key = "overrides.low.passes.quantize_dynamic.per_channel"
     phone = "overrides.low.profiles=[here, arm]"  # verify and the vectors emulate it
+    # the experiment's copy holds what git holds: the linked installs must not be in it
+    for link in (".emu", "clients/js/node_modules"):
+        assert git(repo, "check-ignore", "-q", link, check=False).returncode == 0, link
     queued = dvc(repo, "exp", "run", "--queue", "--name", name, "-S", f"{key}=true", "-S", phone)
     assert name in output(queued), output(queued)
     assert _queue_state(repo, name) == "Queued", dvc(repo, "queue", "status").stdout
