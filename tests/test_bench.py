@@ -4,6 +4,7 @@ tiny project measured by the real stage (the `measured` fixture, tests/measured.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -446,7 +447,9 @@ def test_long_session_run_reports_resident_memory_growth(measured: dict) -> None
 
 class _Holding(worker.Runner):
     """A fake recognizer that keeps `per_call` MB on each call and `step` MB more on its
-    second, the first one measured (the worker's first call is the cold start's)."""
+    second, the first one measured (the worker's first call is the cold start's). It holds
+    fresh anonymous pages: memory from malloc could reuse what earlier tests in the same
+    pytest worker freed, which VmRSS already counts, and not grow at all."""
 
     def __init__(self, spec: dict[str, Any], step: float, per_call: float) -> None:
         super().__init__(spec)
@@ -459,8 +462,11 @@ class _Holding(worker.Runner):
         pass
 
     def recognize(self, data: bytes) -> str:
-        mb = self.per_call + (self.step if len(self.held) == 1 else 0.0)
-        self.held.append(b"\x01" * int(mb * 2**20))  # written, so resident
+        size = int((self.per_call + (self.step if len(self.held) == 1 else 0.0)) * 2**20)
+        pages = mmap.mmap(-1, max(size, 1))
+        for at in range(0, size, mmap.PAGESIZE):  # written, so resident
+            pages[at] = 1
+        self.held.append(pages)
         return "ab"
 
 
