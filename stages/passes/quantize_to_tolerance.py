@@ -28,7 +28,7 @@ Notes:
 - rank_by sensitivity_per_mac orders the candidates by rel_mse / MACs (stages/macs.py, on the
   first calibration tensor): what a speed budget would keep float. On ddddocr's model it keeps
   the first and 1x1 convolutions, which pass the validation gate but transfer less to unseen
-  styles than the expensive 3x3 ones the plain ranking keeps (levers row `per_mac_097`).
+  styles than the expensive 3x3 ones the plain ranking keeps (docs/measurements.md).
 - static_per_channel needs opset >= 13 (per-axis DequantizeLinear): put convert_opset first.
 - quantize_static/quantize_dynamic refuse an already quantized model, so the dynamic step on the
   statically quantized model reuses quantize_dynamic's argument mapping and the shared helpers.
