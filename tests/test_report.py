@@ -75,6 +75,20 @@ def test_quantization_decision_comes_from_the_real_build_record(written: dict) -
     assert "## Quantization decision" not in page(written, "high.md")  # no such pass there
 
 
+def test_quantization_decision_without_a_ranking_says_so(written: dict) -> None:
+    """A build whose first variant met the tolerance ranked no node: the page says so instead
+    of printing an empty sensitivity table."""
+    from stages.report.class_page import sensitivity_sections
+
+    build = read_record(written["builds"] / "low" / "model" / "build.json", BuildRecord)
+    checks = read_record(written["builds"] / "low" / "checks.json", CheckRecord)
+    ranked = "\n".join(sensitivity_sections(build, checks))
+    assert "| node | op | group | rel. MSE |" in ranked and "not ranked" not in ranked
+    unranked = "\n".join(sensitivity_sections(build, checks.model_copy(update={"stages": []})))
+    assert "Sensitivity: not ranked" in unranked and "| node | op |" not in unranked
+    assert "Kept float:" in unranked
+
+
 def test_summary_rows_per_class_and_per_set(written: dict) -> None:
     text = written["text"]
     assert not text.startswith("# ")  # embeddable in README: no page title

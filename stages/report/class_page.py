@@ -300,12 +300,18 @@ def sensitivity_sections(build: BuildRecord, checks: CheckRecord) -> list[str]:
         steps = table([*header, "accepted"], tried)
         ref = ", ".join(f"{s} {fmt(a, 2)} %" for s, a in rep.reference.items())
         why = "\n".join(f"- `{n}`: {w}" for n, w in rep.why.items()) or "- none: every node int8"
+        ranked = (
+            "Sensitivity (output error when only this node is quantized, on calibration images "
+            "of every source; checks.json: its last digits follow the build CPU's kernels):"
+            f"\n\n{sens}"
+            if rows
+            else "Sensitivity: not ranked (the first variant met the tolerance; "
+            "`always_rank: true` ranks every node anyway)."
+        )
         out.append(
             f"### {st.stem}\n\nValidation accuracy of the input model: {ref}. A variant is "
             f"accepted only when every set is within tolerance.\n\n{steps}\n\nKept float:\n\n"
-            f"{why}\n\nSensitivity (output error when only this node is quantized, on "
-            f"calibration images of every source; checks.json: its last digits follow the "
-            f"build CPU's kernels):\n\n{sens}"
+            f"{why}\n\n{ranked}"
         )
     return out
 
