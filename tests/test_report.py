@@ -76,16 +76,16 @@ def test_quantization_decision_comes_from_the_real_build_record(written: dict) -
 
 
 def test_quantization_decision_without_a_ranking_says_so(written: dict) -> None:
-    """A build whose first variant met the tolerance ranked no node: the page says so instead
-    of printing an empty sensitivity table."""
+    """A decision with no sensitivity recorded (the fully quantized model met the tolerance, so
+    nothing was ranked): the page says so instead of printing an empty table."""
     from stages.report.class_page import sensitivity_sections
 
     build = read_record(written["builds"] / "low" / "model" / "build.json", BuildRecord)
     checks = read_record(written["builds"] / "low" / "checks.json", CheckRecord)
     ranked = "\n".join(sensitivity_sections(build, checks))
-    assert "| node | op | group | rel. MSE |" in ranked and "not ranked" not in ranked
+    assert "| node | op | group | rel. MSE |" in ranked and "none recorded" not in ranked
     unranked = "\n".join(sensitivity_sections(build, checks.model_copy(update={"stages": []})))
-    assert "Sensitivity: not ranked" in unranked and "| node | op |" not in unranked
+    assert "Sensitivity: none recorded" in unranked and "| node | op |" not in unranked
     assert "Kept float:" in unranked
 
 

@@ -305,8 +305,8 @@ def sensitivity_sections(build: BuildRecord, checks: CheckRecord) -> list[str]:
             "of every source; checks.json: its last digits follow the build CPU's kernels):"
             f"\n\n{sens}"
             if rows
-            else "Sensitivity: not ranked (the first variant met the tolerance; "
-            "`always_rank: true` ranks every node anyway)."
+            else "Sensitivity: none recorded (the search ranks nodes only when the fully "
+            "quantized model misses the tolerance, or with `always_rank: true`)."
         )
         out.append(
             f"### {st.stem}\n\nValidation accuracy of the input model: {ref}. A variant is "
